@@ -1,0 +1,51 @@
+"""The ``comfy-cluster`` command: a thin argparse front over ``comfy_cluster.commands``.
+
+Each sub-command lives in its own module under ``commands/`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func(args) -> int``. Heavy imports (aiohttp, rich) happen inside
+``func``, so ``comfy-cluster servers`` stays fast and works with the runtime dependencies alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+#: Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = ("servers", "status", "render", "sim", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comfy-cluster",
+        description="Run ComfyUI workflows on a cluster of ComfyUI servers.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = f"comfy_cluster.commands.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # a real import error inside the module: surface it
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure-Python core: config, ComfyUI client, health, balancing, frames, scheduler. No nuke, no Qt."""

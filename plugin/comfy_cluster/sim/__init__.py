@@ -1,0 +1,1 @@
+"""A local ComfyUI-compatible server for tests, benchmarks and the demo."""

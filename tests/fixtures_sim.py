@@ -1,0 +1,1 @@
+"""Fixtures that start simulated ComfyUI servers (filled in by the simulator work)."""
