@@ -7,4 +7,4 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-pytest_plugins = ["fixtures_sim"]
+pytest_plugins = ["fixtures_sim", "fixtures_nuke"]

@@ -1,0 +1,7 @@
+"""``nukescripts.utils``: re-exports of the main-thread helpers."""
+
+from __future__ import annotations
+
+from nuke import executeInMainThread, executeInMainThreadWithResult
+
+__all__ = ["executeInMainThread", "executeInMainThreadWithResult"]
