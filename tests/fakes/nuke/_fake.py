@@ -46,7 +46,9 @@ __all__ = [
     "user_sets",
 ]
 
-_DEFAULT_VERSION = (15, 1, 1)
+#: The Nuke release that ships this Python: Nuke 14 has 3.9, 15 has 3.10, 16 has 3.11.
+_VERSION_FOR_PYTHON = {(3, 9): (14, 1, 4), (3, 10): (15, 1, 1), (3, 11): (16, 0, 1)}
+_DEFAULT_VERSION = _VERSION_FOR_PYTHON.get(sys.version_info[:2], (16, 0, 1))
 
 
 def _nuke() -> Any:
@@ -55,7 +57,8 @@ def _nuke() -> Any:
 
 def reset() -> None:
     """Forget everything (nodes, callbacks, menus, panels, plugin path, queue, records); the
-    calling thread becomes Nuke's main thread; GUI mode on; version back to 15.1v1."""
+    calling thread becomes Nuke's main thread; GUI mode on; the version is the Nuke release
+    that ships this Python."""
     old = _state._CURRENT[0] if _state._CURRENT else None
     if old is not None:
         for path in old.sys_path_added:

@@ -1,0 +1,216 @@
+"""The cluster as one object: configured servers, their health, and the user's edits to them.
+
+:class:`ClusterService` is what the server panel (and later the host layer) holds. It owns one
+:class:`~comfy_cluster.core.health.HealthMonitor` and the user config file; every edit is saved at
+once and the monitor is told about the new server list. Pure core: no Qt, no ``nuke``.
+
+Threads: any thread may call any method. Reads (:meth:`snapshot`, :meth:`servers`,
+:meth:`active_jobs`) return cached values and never block on the network, so the Qt main thread
+can call them on every timer tick. Edits take a lock, read and write the small user file, and
+hand the new server list to the monitor; they never wait for a health check either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Union
+
+from comfy_cluster.core.config import (
+    load_base_servers,
+    load_servers,
+    load_user_config,
+    save_user_config,
+    user_config_path,
+)
+from comfy_cluster.core.errors import ClosedError, ConfigError
+from comfy_cluster.core.server import ServerConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClusterService", "MonitorFactory", "MonitorLike"]
+
+
+class MonitorLike(Protocol):
+    """The part of ``HealthMonitor`` the service uses (tests substitute a fake)."""
+
+    def start(self) -> Any: ...
+
+    def close(self) -> Any: ...
+
+    def snapshot(self) -> Any: ...
+
+    def poll_now(self) -> Any: ...
+
+    def set_active(self, active: bool, who: str = ...) -> Any: ...
+
+    def set_servers(self, servers: Sequence[ServerConfig]) -> Any: ...
+
+
+#: Builds a monitor for a server list; the service starts it and closes it.
+MonitorFactory = Callable[[Sequence[ServerConfig]], MonitorLike]
+
+#: The name panels hold the monitor active under (jobs use their own).
+WATCHER = "panels"
+
+
+def default_monitor_factory(servers: Sequence[ServerConfig]) -> MonitorLike:
+    """A real :class:`~comfy_cluster.core.health.HealthMonitor` with its default client."""
+    from comfy_cluster.core.health import HealthMonitor
+
+    return HealthMonitor(tuple(servers))
+
+
+class ClusterService:
+    """Servers + health + user edits behind the small interface the panel needs.
+
+    ``environ`` and ``user_path`` are read at construction (``COMFY_CLUSTER_CONFIG`` picks the
+    user file, as everywhere else). Raises :class:`ConfigError` if the configuration is broken.
+    Edits raise :class:`ConfigError` for an unknown server name or a bad value, and leave both
+    the file and the running monitor untouched when they do. After :meth:`close`, edits raise
+    :class:`ClosedError`; reads keep returning the last values.
+    """
+
+    def __init__(
+        self,
+        *,
+        environ: Optional[Mapping[str, str]] = None,
+        user_path: Union[str, Path, None] = None,
+        monitor_factory: Optional[MonitorFactory] = None,
+        start: bool = True,
+    ) -> None:
+        self._environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
+        self._user_path = (
+            Path(user_path) if user_path is not None else user_config_path(self._environ)
+        )
+        self._monitor_factory = monitor_factory or default_monitor_factory
+        self._lock = threading.RLock()
+        self._servers = load_servers(self._environ, self._user_path)
+        self._jobs: dict[str, str] = {}
+        self._watchers = 0
+        self._closed = False
+        self._monitor = self._monitor_factory(self._servers)
+        if start:
+            self._monitor.start()
+
+    # -- reads (cached, any thread) -------------------------------------------------------
+    @property
+    def user_path(self) -> Path:
+        """The user config file edits are saved to."""
+        return self._user_path
+
+    @property
+    def monitor(self) -> MonitorLike:
+        """The health monitor (shared with anyone who needs the same snapshots)."""
+        return self._monitor
+
+    def servers(self) -> tuple[ServerConfig, ...]:
+        """The configured servers, environment first, then those the user added."""
+        return self._servers
+
+    def snapshot(self) -> Any:
+        """The monitor's latest :class:`~comfy_cluster.core.health.HealthSnapshot`."""
+        return self._monitor.snapshot()
+
+    def active_jobs(self) -> dict[str, str]:
+        """Server name -> "job / chunk" text, as last reported with :meth:`report_job`."""
+        with self._lock:
+            return dict(self._jobs)
+
+    def report_job(self, server: str, text: Optional[str]) -> None:
+        """Record (or clear, with None/"") what ``server`` is working on; any thread."""
+        with self._lock:
+            if text:
+                self._jobs[server] = text
+            else:
+                self._jobs.pop(server, None)
+
+    # -- polling -------------------------------------------------------------------------
+    def poll_now(self) -> None:
+        """Wake the poller to check every server soon; returns at once."""
+        self._monitor.poll_now()
+
+    def set_active(self, active: bool) -> None:
+        """Count watchers (panels, running jobs): the monitor polls fast while any watch."""
+        with self._lock:
+            self._watchers = max(0, self._watchers + (1 if active else -1))
+            if not self._closed:
+                self._monitor.set_active(self._watchers > 0, WATCHER)
+
+    # -- edits (saved to the user file at once) ------------------------------------------
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Enable or disable ``name``."""
+        self._edit(name, lambda cfg: cfg.set_enabled(name, enabled))
+
+    def set_priority(self, name: str, priority: int) -> None:
+        """Set the priority of ``name`` (1 = most preferred)."""
+        self._edit(name, lambda cfg: cfg.set_priority(name, priority))
+
+    def add_server(self, config: ServerConfig) -> None:
+        """Add ``config``, replacing a server of the same name."""
+        if not isinstance(config, ServerConfig):
+            raise TypeError(f"add_server needs a ServerConfig, got {type(config).__name__}")
+        self._edit(None, lambda cfg: cfg.add_server(config))
+
+    def remove_server(self, name: str) -> None:
+        """Remove ``name``; an environment server stays hidden until the user re-adds it."""
+        self._edit(name, lambda cfg: cfg.remove_server(name))
+
+    def reload(self) -> None:
+        """Re-read the environment and user file (e.g. after editing the file by hand)."""
+        with self._lock:
+            self._check_open()
+            self._apply(load_servers(self._environ, self._user_path))
+
+    def _edit(self, name: Optional[str], change: Callable[[Any], Any]) -> None:
+        with self._lock:
+            self._check_open()
+            if name is not None and all(s.name != name for s in self._servers):
+                raise ConfigError(
+                    f"no server named {name!r}", source=f"user file {self._user_path}", server=name
+                )
+            cfg = change(load_user_config(self._user_path))
+            # Apply before writing: an edit that cannot be applied must not reach the file.
+            servers = cfg.apply(load_base_servers(self._environ))
+            save_user_config(cfg, self._user_path)
+            self._apply(servers)
+
+    def _apply(self, servers: tuple[ServerConfig, ...]) -> None:
+        """Swap in a new server list and give the monitor the same list (lock held).
+
+        ``set_servers`` only swaps pollers (stale ones are told to stop, never joined), so this
+        does not wait for a health check.
+        """
+        if servers == self._servers:
+            return
+        self._servers = servers
+        self._monitor.set_servers(servers)
+        self._monitor.poll_now()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the cluster service is closed")
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the monitor and its threads; idempotent. Called when Nuke quits."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            monitor = self._monitor
+        monitor.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    def __enter__(self) -> ClusterService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,212 @@
+"""ui/install.py with the fake nuke: Pane-menu entry, restore by id, uninstall, quitting."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+import pytest
+
+# The fake_nuke fixture (harmless if conftest already loads this plugin).
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+EXPECTED_BINDING = "PySide6" if sys.version_info >= (3, 11) else "PySide2"
+# The fake nuke claims Nuke 15 whatever the Python; pin the binding this Python's Nuke ships.
+os.environ.setdefault("QT_API", EXPECTED_BINDING.lower())
+try:
+    __import__(f"{EXPECTED_BINDING}.QtWidgets")
+except ImportError as exc:  # only this binding's absence skips; anything else must fail loudly
+    pytest.skip(
+        f"{EXPECTED_BINDING} (Nuke's Qt for Python {sys.version_info[0]}.{sys.version_info[1]}) "
+        f"is not importable: {exc}",
+        allow_module_level=True,
+    )
+pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install -e '.[test]')")
+
+from comfy_cluster.core.cluster import ClusterService  # noqa: E402
+from comfy_cluster.core.errors import ServerUnreachable  # noqa: E402
+from comfy_cluster.core.health import HealthMonitor  # noqa: E402
+from comfy_cluster.ui import install  # noqa: E402
+from comfy_cluster.ui.install import (  # noqa: E402
+    PANEL_ID,
+    PANEL_LABEL,
+    install_gui,
+    service_host,
+    uninstall_gui,
+)
+from comfy_cluster.ui.panel import ServerPanelWidget  # noqa: E402
+
+
+class DownClient:
+    """ComfyClient stand-in for a server that refuses connections (no network is used)."""
+
+    def __init__(self, server, timeouts):
+        self.server = server
+
+    def system_stats(self):
+        raise ServerUnreachable("connection refused", server=self.server.name)
+
+    def close(self):
+        pass
+
+
+def quick_monitor(servers):
+    return HealthMonitor(servers, client_factory=DownClient, interval_busy=0.05, timeout=0.5)
+
+
+def health_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-health-")]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFY_CLUSTER_CONFIG", str(tmp_path / "servers.json"))
+    monkeypatch.setenv(
+        "NUKE_COMFYUI_SERVERS",
+        json.dumps([{"name": "a", "ip": "10.0.0.5"}, {"name": "b", "ip": "10.0.0.6"}]),
+    )
+    return tmp_path / "servers.json"
+
+
+@pytest.fixture
+def installed(qapp, fake_nuke, env):
+    """install_gui() with a ClusterService whose monitor never touches the network."""
+    services = []
+
+    def factory():
+        services.append(ClusterService(monitor_factory=quick_monitor))
+        return services[-1]
+
+    host = install_gui(service_factory=factory, interval_ms=20)
+    host.built = services
+    yield host
+    uninstall_gui()
+    for service in services:
+        service.close()
+
+
+def widget_of(panel) -> ServerPanelWidget:
+    widget = panel.widget_knob.getObject().widget
+    assert isinstance(widget, ServerPanelWidget)
+    return widget
+
+
+def test_install_adds_the_pane_menu_entry_and_registers_the_id(installed, fake_nuke):
+    item = fake_nuke.menu("Pane").findItem(PANEL_LABEL)
+    assert item is not None
+    assert fake_nuke._fake.session().panels[PANEL_ID] is install.open_panel
+    assert service_host() is installed
+    assert not installed.started  # nothing runs until a panel opens (menu.py stays cheap)
+    assert health_threads() == []
+
+
+def test_install_twice_is_harmless(installed, fake_nuke):
+    assert install_gui() is installed
+    names = [i.name() for i in fake_nuke.menu("Pane").items()]
+    assert names.count(PANEL_LABEL) == 1
+
+
+def test_the_pane_menu_opens_a_docked_panel(qtbot, installed, fake_nuke):
+    fake_nuke.menu("Pane").findItem(PANEL_LABEL).invoke()
+    (dock,) = [d for d in fake_nuke._fake.session().panes.values() if d.panels]
+    (panel,) = dock.panels
+    assert panel._id == PANEL_ID and panel._title == PANEL_LABEL
+    widget = widget_of(panel)
+    qtbot.addWidget(widget)
+    widget.show()
+    qtbot.waitUntil(lambda: widget.controller.model.rowCount() == 2, timeout=2000)
+    assert widget.controller.active
+    assert installed.started and sorted(t.name for t in health_threads()) == [
+        "comfy-cluster-health-a",
+        "comfy-cluster-health-b",
+    ]
+
+
+def test_a_saved_layout_restores_the_panel_by_id(qtbot, installed, fake_nuke):
+    nukescripts = pytest.importorskip("nukescripts")
+    panel = nukescripts.restorePanel(PANEL_ID)
+    assert panel is not None and panel._id == PANEL_ID
+    assert panel._pane is not None and panel in panel._pane.panels
+    widget = widget_of(panel)
+    qtbot.addWidget(widget)
+    # Two panes show the same cluster: one service for the whole session.
+    second = widget_of(nukescripts.restorePanel(PANEL_ID))
+    qtbot.addWidget(second)
+    assert second.controller.service is widget.controller.service
+    assert len(installed.built) == 1
+
+
+def test_the_widget_knob_expression_resolves_without_comfy_cluster_in_main(
+    qtbot, installed, fake_nuke
+):
+    namespace = fake_nuke._fake.main_namespace()
+    assert "comfy_cluster" not in namespace
+    knob = eval(install.WIDGET_KNOB_EXPRESSION, dict(namespace))
+    widget = knob.makeUI()
+    qtbot.addWidget(widget)
+    assert isinstance(widget, ServerPanelWidget)
+
+
+def test_uninstall_is_the_exact_inverse(qtbot, qapp, installed, fake_nuke, capsys):
+    nukescripts = pytest.importorskip("nukescripts")
+    widget = widget_of(nukescripts.restorePanel(PANEL_ID))
+    qtbot.addWidget(widget)
+    widget.show()
+    qtbot.waitUntil(lambda: len(health_threads()) == 2, timeout=2000)
+    service = installed.built[0]
+
+    uninstall_gui()
+
+    assert fake_nuke.menu("Pane").findItem(PANEL_LABEL) is None
+    assert PANEL_ID not in fake_nuke._fake.session().panels
+    assert nukescripts.restorePanel(PANEL_ID) is None
+    assert "hasn't been registered" in capsys.readouterr().out
+    assert service_host() is None
+    assert service.closed and not widget.controller.active
+    qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)
+    uninstall_gui()  # twice is harmless
+
+
+def test_quitting_stops_timers_and_threads(qtbot, qapp, installed, fake_nuke):
+    widget = widget_of(pytest.importorskip("nukescripts").restorePanel(PANEL_ID))
+    qtbot.addWidget(widget)
+    widget.show()
+    qtbot.waitUntil(lambda: len(health_threads()) == 2, timeout=2000)
+    assert widget.controller.timer.isActive()
+
+    qapp.aboutToQuit.emit()
+
+    assert not widget.controller.timer.isActive()
+    assert installed.built[0].closed
+    qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        installed.service  # noqa: B018 - no new service once Nuke is quitting
+
+
+def test_a_given_service_is_used_and_not_closed(qtbot, qapp, fake_nuke, env):
+    with ClusterService(monitor_factory=quick_monitor) as service:
+        assert install_gui(service, interval_ms=20) is not None
+        try:
+            widget = install.make_panel_widget()
+            qtbot.addWidget(widget)
+            assert widget.controller.service is service
+        finally:
+            uninstall_gui()
+        assert not service.closed  # the caller owns it
+
+
+def test_no_gui_no_install(qapp, fake_nuke):
+    fake_nuke._fake.set_gui(False)
+    assert install_gui() is None
+    uninstall_gui()
+    assert service_host() is None
+    fake_nuke._fake.set_gui(True)
+    assert fake_nuke.menu("Pane").findItem(PANEL_LABEL) is None
+
+
+def test_a_panel_before_install_says_why(qapp):
+    assert service_host() is None
+    with pytest.raises(RuntimeError, match="install_gui"):
+        install.make_panel_widget()
