@@ -1,0 +1,214 @@
+"""Installing the host layer into a Nuke session, and its exact inverse.
+
+:func:`install_host` registers what the ComfyClusterRender node needs: the node callbacks
+(``onCreate``, ``knobChanged``, ``onDestroy``, filtered to the gizmo's class) and, in a GUI
+session, the Nodes-menu entry *ComfyUI Cluster/ComfyClusterRender*. :func:`uninstall_host` removes
+exactly that, so menus and callbacks are as before. Both are idempotent; main thread only.
+
+Who calls it:
+
+* GUI sessions: ``menu.py`` (through the GUI install, then directly, each guarded).
+* Terminal sessions (``nuke -t``, farms) never run ``menu.py``. There the gizmo's own ``onCreate``
+  knob calls :func:`node_created`, which installs the host on first use. So a farm render of a
+  script containing the node gets the callbacks without ``init.py`` doing more than set paths, and
+  without any Qt import. The Render/Cancel buttons call :func:`render_pressed` /
+  :func:`cancel_pressed`, which also install on first use.
+
+The session's state (dispatcher, job registry, installed callbacks) is one :class:`HostSession`.
+Nuke's buttons and callbacks are strings and plain functions that need to find it, so it is parked
+on the ``nuke`` module itself (attribute ``_comfy_cluster_host``), whose lifetime is exactly
+the Nuke session's; this package keeps no module-level state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.host import knobs as K
+from comfy_cluster.host.dispatch import Dispatcher
+from comfy_cluster.host.render_node import RenderController, SchedulerFactory, ServerSource
+
+__all__ = [
+    "HostSession",
+    "cancel_pressed",
+    "current_session",
+    "install_host",
+    "node_created",
+    "render_pressed",
+    "uninstall_host",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Attribute of the ``nuke`` module holding the installed :class:`HostSession`.
+SESSION_ATTR = "_comfy_cluster_host"
+
+
+def _default_servers() -> Sequence[ServerConfig]:
+    from comfy_cluster.core.config import load_servers
+
+    return load_servers()
+
+
+def _default_scheduler(servers: Sequence[ServerConfig]) -> Any:
+    from comfy_cluster.core.scheduler import Scheduler
+
+    return Scheduler(tuple(servers))
+
+
+@dataclass
+class HostSession:
+    """What one install owns: dispatcher, render controller (with its job registry), and the
+    record of every callback and menu item added, so :meth:`uninstall` removes exactly those.
+
+    Main thread only.
+    """
+
+    nuke: Any
+    dispatcher: Dispatcher
+    controller: RenderController
+    #: (remove function name, callable, nodeClass) for each callback added.
+    callbacks: list[tuple[str, Callable[..., Any], str]] = field(default_factory=list)
+    #: Menu entries added: (menu path within "Nodes", item name); the submenu if we created it.
+    menu_items: list[tuple[str, str]] = field(default_factory=list)
+    created_submenu: bool = False
+
+    # -- callbacks (bound methods, so add/remove compare equal) ----------------------------------
+
+    def on_create(self) -> None:
+        self.controller.on_create(self.nuke.thisNode())
+
+    def on_knob_changed(self) -> None:
+        self.controller.on_knob_changed(self.nuke.thisNode(), self.nuke.thisKnob())
+
+    def on_destroy(self) -> None:
+        self.controller.on_destroy(self.nuke.thisNode())
+
+    def create_node(self) -> Any:
+        """The Nodes-menu command."""
+        return self.nuke.createNode(K.GIZMO_CLASS)
+
+    # -- install / uninstall ---------------------------------------------------------------------
+
+    def install(self) -> None:
+        nuke = self.nuke
+        for add, remove, call in (
+            ("addOnCreate", "removeOnCreate", self.on_create),
+            ("addKnobChanged", "removeKnobChanged", self.on_knob_changed),
+            ("addOnDestroy", "removeOnDestroy", self.on_destroy),
+        ):
+            getattr(nuke, add)(call, nodeClass=K.GIZMO_CLASS)
+            self.callbacks.append((remove, call, K.GIZMO_CLASS))
+        if getattr(nuke, "GUI", False):
+            self._install_menu()
+
+    def _install_menu(self) -> None:
+        nodes = self.nuke.menu("Nodes")
+        submenu = nodes.findItem(K.MENU_NAME)
+        if submenu is None:
+            submenu = nodes.addMenu(K.MENU_NAME, icon=K.ICON)
+            self.created_submenu = True
+        if submenu.findItem(K.MENU_ITEM) is None:
+            submenu.addCommand(K.MENU_ITEM, self.create_node, icon=K.ICON)
+            self.menu_items.append((K.MENU_NAME, K.MENU_ITEM))
+
+    def uninstall(self) -> None:
+        self.controller.cancel_all()
+        nuke = self.nuke
+        for remove, call, node_class in reversed(self.callbacks):
+            getattr(nuke, remove)(call, nodeClass=node_class)
+        self.callbacks.clear()
+        if self.menu_items or self.created_submenu:
+            nodes = nuke.menu("Nodes")
+            for menu_name, item in reversed(self.menu_items):
+                submenu = nodes.findItem(menu_name)
+                if submenu is not None and submenu.findItem(item) is not None:
+                    submenu.removeItem(item)
+            self.menu_items.clear()
+            if self.created_submenu and nodes.findItem(K.MENU_NAME) is not None:
+                nodes.removeItem(K.MENU_NAME)
+            self.created_submenu = False
+
+
+def _nuke() -> Any:
+    import nuke
+
+    return nuke
+
+
+def current_session(nuke: Any = None) -> Optional[HostSession]:
+    """The installed session, or None. Main thread."""
+    return getattr(nuke or _nuke(), SESSION_ATTR, None)
+
+
+def install_host(
+    *,
+    servers: Optional[ServerSource] = None,
+    scheduler_factory: Optional[SchedulerFactory] = None,
+    nuke: Any = None,
+    export_batch: int = 4,
+    temp_root: Optional[str] = None,
+) -> HostSession:
+    """Install the callbacks (and, with a GUI, the Nodes menu entry); idempotent. Main thread.
+
+    ``servers`` returns the configured servers (default: ``core.config.load_servers``, read at
+    each use so edits apply); ``scheduler_factory(servers)`` builds the render engine. Tests
+    inject both. If already installed, returns the existing session unchanged.
+    """
+    nuke = nuke or _nuke()
+    session = getattr(nuke, SESSION_ATTR, None)
+    if session is not None:
+        return session
+    dispatcher = Dispatcher(nuke)
+    controller = RenderController(
+        nuke,
+        dispatcher,
+        servers or _default_servers,
+        scheduler_factory or _default_scheduler,
+        export_batch=export_batch,
+        temp_root=temp_root,
+    )
+    session = HostSession(nuke, dispatcher, controller)
+    session.install()
+    setattr(nuke, SESSION_ATTR, session)
+    return session
+
+
+def uninstall_host(nuke: Any = None) -> None:
+    """Exact inverse of :func:`install_host`: running jobs are cancelled, callbacks and menu
+    entries removed. Idempotent. Main thread."""
+    nuke = nuke or _nuke()
+    session = getattr(nuke, SESSION_ATTR, None)
+    if session is None:
+        return
+    try:
+        session.uninstall()
+    finally:
+        delattr(nuke, SESSION_ATTR)
+
+
+# -- entry points for the gizmo's knobs (one-liners in the .gizmo call these) ---------------------
+
+
+def node_created(node: Any) -> None:
+    """The gizmo's ``onCreate`` knob: install on first use (terminal sessions), refresh the node."""
+    nuke = _nuke()
+    installed = getattr(nuke, SESSION_ATTR, None) is not None
+    session = install_host(nuke=nuke)
+    if not installed:
+        # Our addOnCreate callback was registered during this node's creation; do its work now.
+        session.controller.on_create(node)
+
+
+def render_pressed(node: Any) -> None:
+    """The Render button. GUI: returns at once. Terminal: blocks until the render ends."""
+    install_host().controller.render(node)
+
+
+def cancel_pressed(node: Any) -> None:
+    """The Cancel button."""
+    install_host().controller.cancel(node)

@@ -1,0 +1,633 @@
+"""The ComfyClusterRender node's behaviour: render, cancel, knob refresh, the job registry.
+
+:class:`RenderController` is created by the host install (one per Nuke session) and reached from
+the gizmo's buttons and the node callbacks. Its public methods run on the **main thread**; the
+scheduler's worker threads only ever see node *names*, a :class:`JobMonitor` and the
+:class:`~comfy_cluster.host.dispatch.Dispatcher`.
+
+Render, step by step:
+
+1. main thread: read and check the knobs, resolve the frame range and the servers;
+2. an :class:`~comfy_cluster.host.export.InputExporter` thread asks the main thread to write the
+   input frames batch by batch (temporary Write + ``nuke.execute``);
+3. the scheduler starts once every input frame is written (``core.scheduler`` checks that all
+   inputs exist before it starts; a scheduler whose ``start`` takes ``wait_for_input`` is
+   started at once and renders chunks while later ones are still exported). It renders on its
+   worker threads; every event becomes coalesced knob updates
+   (``cc_progress``, ``cc_status``) through the dispatcher; the end of the job is posted once;
+4. GUI: the button returns at once. Terminal (``nuke -t``): the button blocks, draining the
+   dispatcher's queue (export batches, knob updates, progress lines) until the job ends.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from comfy_cluster.core.events import (
+    ChunkAssigned,
+    ChunkRetried,
+    FrameWritten,
+    JobCancelled,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    JobStarted,
+    ServerBlocklisted,
+)
+from comfy_cluster.core.frames import FrameRange, has_frame_token
+from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.host import knobs as K
+from comfy_cluster.host.dispatch import Dispatcher
+from comfy_cluster.host.export import InputExporter
+
+__all__ = [
+    "JobMonitor",
+    "JobRegistry",
+    "RenderController",
+    "RenderSettingsError",
+    "format_eta",
+    "format_status",
+    "server_menu",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Returns the configured servers (``load_servers`` by default; tests inject sims).
+ServerSource = Callable[[], Sequence[ServerConfig]]
+#: Builds a scheduler for a server list: ``factory(servers) -> Scheduler``.
+SchedulerFactory = Callable[[Sequence[ServerConfig]], Any]
+
+
+class RenderSettingsError(ValueError):
+    """A knob value that makes rendering impossible; the message names the knob."""
+
+
+# -- pure helpers (any thread) -------------------------------------------------------------------
+
+
+def format_eta(seconds: Optional[float]) -> str:
+    """``75.2`` -> ``"1m15s"``; ``None`` -> ``""``."""
+    if seconds is None or seconds < 0:
+        return ""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def format_status(done: int, total: int, servers: Sequence[str], eta: Optional[float]) -> str:
+    """The one-line running status: ``"4/10 frames | sim1, sim2 | ETA 12s"``."""
+    parts = [f"{done}/{total} frames"]
+    if servers:
+        parts.append(", ".join(sorted(servers)))
+    text = format_eta(eta)
+    if text:
+        parts.append(f"ETA {text}")
+    return " | ".join(parts)
+
+
+def server_menu(choice: str, names: Sequence[str]) -> tuple[list[str], str]:
+    """Menu items and the item to select for a saved ``choice`` and the live server ``names``.
+
+    A choice that is no longer configured stays visible as ``"<name> (missing)"`` rather than
+    silently becoming another server.
+    """
+    items = [K.AUTO, *names]
+    choice = choice or K.AUTO
+    if choice in items:
+        return items, choice
+    missing = f"{choice}{K.MISSING_SUFFIX}"
+    return [*items, missing], missing
+
+
+def choice_from_item(item: str) -> str:
+    """The server name an enumeration item stands for (``"x (missing)"`` -> ``"x"``)."""
+    if item.endswith(K.MISSING_SUFFIX):
+        return item[: -len(K.MISSING_SUFFIX)]
+    return item or K.AUTO
+
+
+# -- per-job state -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningJob:
+    """One node's running job: export, then (or meanwhile) the scheduler. Any thread.
+
+    The input export runs first; the scheduler is started when the exporter has written every
+    frame, or at once when the scheduler can wait for each input frame itself (``wait_for_input``).
+    ``cancel`` works in every phase: before the scheduler started it ends the export and reports
+    ``JobCancelled`` itself; afterwards the scheduler does.
+    """
+
+    node_name: str
+    job: Any
+    monitor: JobMonitor
+    exporter: InputExporter
+    temp_dir: Optional[str]
+    scheduler: Any = None
+    handle: Any = None
+    #: Set once the node is deleted: the end of the job must not touch it.
+    node_gone: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cancelled: bool = False
+
+    def start_scheduler(self, **hooks: Any) -> None:
+        """Hand the job to the scheduler (exporter thread or main thread)."""
+        with self._lock:
+            if self._cancelled:
+                start = False
+            else:
+                start = True
+                try:
+                    self.handle = self.scheduler.start(self.job, self.monitor.on_event, **hooks)
+                except Exception as exc:
+                    self.monitor.fail(f"could not start: {exc}")
+                    return
+        if not start:
+            self.monitor.cancelled()
+
+    def inputs_finished(self, error: Optional[BaseException], stopped: bool, start: bool) -> None:
+        """The exporter's end (exporter thread): fail, cancel, or start the scheduler."""
+        if error is not None:
+            self.monitor.fail(f"writing the input frames failed: {error}")
+            self.cancel()
+        elif stopped:
+            with self._lock:
+                handle = self.handle
+            if handle is None:
+                self.monitor.cancelled()
+        elif start:
+            self.start_scheduler()
+
+    def cancel(self) -> None:
+        """Ask the job to stop; returns at once (the end is reported by an event)."""
+        with self._lock:
+            self._cancelled = True
+            handle = self.handle
+        self.exporter.stop()
+        if handle is not None:
+            handle.cancel()
+
+
+class JobRegistry:
+    """Running jobs by node name, one per node. Owned by the host session, never a global.
+
+    Main thread mutates it; ``get``/``names`` may be read from any thread (they take the lock).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, RunningJob] = {}
+
+    def add(self, record: RunningJob) -> None:
+        with self._lock:
+            self._jobs[record.node_name] = record
+
+    def get(self, node_name: str) -> Optional[RunningJob]:
+        with self._lock:
+            return self._jobs.get(node_name)
+
+    def pop(self, node_name: str, record: Optional[RunningJob] = None) -> Optional[RunningJob]:
+        """Remove ``node_name``'s job (only if it is ``record``, when given)."""
+        with self._lock:
+            current = self._jobs.get(node_name)
+            if current is None or (record is not None and current is not record):
+                return None
+            return self._jobs.pop(node_name)
+
+    def names(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._jobs)
+
+    def all(self) -> tuple[RunningJob, ...]:
+        with self._lock:
+            return tuple(self._jobs.values())
+
+
+class JobMonitor:
+    """Turns one job's events into knob updates; runs on the scheduler's threads.
+
+    Holds only the node *name*. Non-final events become coalesced ``set_knob_later`` calls; in
+    terminal mode a progress line is posted every 10 % or per finished chunk. The final event is
+    posted once to ``on_end`` (main thread); events after it are ignored so a late progress
+    update can never overwrite the final status.
+    """
+
+    def __init__(
+        self,
+        node_name: str,
+        dispatcher: Dispatcher,
+        total: int,
+        on_end: Callable[[str, JobEvent], None],
+        *,
+        print_line: Optional[Callable[[str], None]] = None,
+        job_id: str = "",
+    ) -> None:
+        self.node_name = node_name
+        self.job_id = job_id
+        self._dispatcher = dispatcher
+        self._on_end = on_end
+        self._print_line = print_line
+        self._lock = threading.Lock()
+        self.total = total
+        self.done = 0
+        self._busy: dict[str, int] = {}
+        self._ended = False
+        self._last_decile = -1
+        self.last_status = ""
+
+    @property
+    def ended(self) -> bool:
+        with self._lock:
+            return self._ended
+
+    def on_event(self, event: JobEvent) -> None:
+        """The scheduler's ``on_event`` callback. Any thread; never touches Nuke."""
+        with self._lock:
+            if self._ended:
+                return
+            if isinstance(event, (JobDone, JobFailed, JobCancelled)):
+                self._ended = True
+                final = True
+            else:
+                final = False
+                self._track(event)
+                status = format_status(self.done, self.total, list(self._busy), event.eta_seconds)
+                self.last_status = status
+                line = self._progress_line(event, status)
+        if final:
+            self._dispatcher.post(self._on_end, self.node_name, event)
+            return
+        self._dispatcher.set_knob_later(self.node_name, K.PROGRESS, _percent(event.progress))
+        self._dispatcher.set_knob_later(self.node_name, K.STATUS, status)
+        if line is not None and self._print_line is not None:
+            self._dispatcher.post(self._print_line, line)
+
+    def fail(self, message: str) -> None:
+        """Report a failure found outside the scheduler (export, start). Any thread."""
+        self.on_event(
+            JobFailed(job_id=self.job_id, progress=0.0, eta_seconds=None, message=message)
+        )
+
+    def cancelled(self) -> None:
+        """Report a cancel that happened before the scheduler ran. Any thread."""
+        self.on_event(JobCancelled(job_id=self.job_id, progress=0.0, eta_seconds=None))
+
+    def _track(self, event: JobEvent) -> None:
+        # A server is "in use" while it holds frames it has not delivered yet.
+        busy = self._busy
+        if isinstance(event, JobStarted):
+            self.total = event.total_frames or self.total
+        elif isinstance(event, ChunkAssigned):
+            busy[event.server] = busy.get(event.server, 0) + len(event.frames)
+        elif isinstance(event, FrameWritten):
+            self.done += 1
+            self._release(event.server, 1)
+        elif isinstance(event, ChunkRetried):
+            self._release(event.server, len(event.frames) or busy.get(event.server, 0))
+        elif isinstance(event, ServerBlocklisted):
+            busy.pop(event.server, None)
+
+    def _release(self, server: str, frames: int) -> None:
+        left = self._busy.get(server, 0) - frames
+        if left > 0:
+            self._busy[server] = left
+        else:
+            self._busy.pop(server, None)
+
+    def _progress_line(self, event: JobEvent, status: str) -> Optional[str]:
+        """A terminal progress line at each new 10 % step (never one per frame)."""
+        if self._print_line is None:
+            return None
+        decile = int(event.progress * 10 + 1e-9)
+        if isinstance(event, JobStarted):
+            self._last_decile = 0
+            return f"{self.node_name}: started, {self.total} frames on {', '.join(event.servers)}"
+        if decile > self._last_decile and isinstance(event, FrameWritten):
+            self._last_decile = decile
+            return f"{self.node_name}: {_percent(event.progress):.0f}% {status}"
+        return None
+
+
+def _percent(progress: float) -> float:
+    return round(max(0.0, min(1.0, float(progress))) * 100.0, 1)
+
+
+# -- the controller ------------------------------------------------------------------------------
+
+
+class RenderController:
+    """Render/cancel/refresh for every ComfyClusterRender node of one Nuke session.
+
+    Every public method: main thread only. ``servers`` returns the configured servers;
+    ``scheduler_factory(servers)`` builds a scheduler (tests inject short timeouts).
+    """
+
+    def __init__(
+        self,
+        nuke: Any,
+        dispatcher: Dispatcher,
+        servers: ServerSource,
+        scheduler_factory: SchedulerFactory,
+        *,
+        export_batch: int = 4,
+        temp_root: Optional[str] = None,
+    ) -> None:
+        self._nuke = nuke
+        self._dispatcher = dispatcher
+        self._servers = servers
+        self._scheduler_factory = scheduler_factory
+        self._export_batch = export_batch
+        self._temp_root = temp_root
+        self.jobs = JobRegistry()
+        self._scheduler: Optional[tuple[tuple[ServerConfig, ...], Any]] = None
+
+    # -- server knob ----------------------------------------------------------------------------
+
+    def server_names(self) -> list[str]:
+        """Names of the configured, enabled servers; [] when the configuration is broken."""
+        try:
+            return [s.name for s in self._servers() if s.enabled]
+        except Exception as exc:  # ConfigError: the status line of a render reports it
+            _log.warning("comfy_cluster: cannot read the server list: %s", exc)
+            return []
+
+    def refresh_server_knob(self, node: Any, names: Optional[Sequence[str]] = None) -> None:
+        """Rebuild ``cc_server``'s items from the live list, keep the saved choice. Idempotent."""
+        knob = node.knob(K.SERVER)
+        choice_knob = node.knob(K.SERVER_CHOICE)
+        if knob is None or choice_knob is None:
+            return
+        choice = choice_knob.value() or K.AUTO
+        items, selected = server_menu(choice, self.server_names() if names is None else names)
+        if list(knob.values()) != items:
+            knob.setValues(items)
+        if knob.value() != selected:
+            knob.setValue(selected)
+
+    # -- callbacks ------------------------------------------------------------------------------
+
+    def on_create(self, node: Any) -> None:
+        """onCreate (create, script load, paste): only idempotent refreshes, no prompts."""
+        self.refresh_server_knob(node)
+
+    def on_knob_changed(self, node: Any, knob: Any) -> None:
+        """knobChanged: remember the server choice; refresh the menu when the panel opens."""
+        name = knob.name()
+        if name == K.SERVER:
+            choice = choice_from_item(knob.value())
+            choice_knob = node.knob(K.SERVER_CHOICE)
+            if choice_knob is not None and choice_knob.value() != choice:
+                choice_knob.setValue(choice)
+        elif name == "showPanel":
+            self.refresh_server_knob(node)
+        elif name == K.FRAMES:
+            text = node.knob(K.FRAMES).value().strip()
+            if text:
+                try:
+                    self._set_read_range(node, FrameRange.parse(text))
+                except ValueError:
+                    pass  # reported when the user presses Render
+
+    def on_destroy(self, node: Any) -> None:
+        """onDestroy: a deleted node cancels its job; the job's end then touches nothing."""
+        record = self.jobs.get(node.fullName())
+        if record is not None:
+            record.node_gone = True
+            record.cancel()
+
+    # -- buttons --------------------------------------------------------------------------------
+
+    def render(self, node: Any) -> None:
+        """The Render button. GUI: starts the job and returns. Terminal: blocks until it ends."""
+        name = node.fullName()
+        if self.jobs.get(name) is not None:
+            self._report(name, f"{name} is already rendering; cancel it first", error=False)
+            return
+        try:
+            record = self._start(node)
+        except Exception as exc:
+            self._fail(name, str(exc) or type(exc).__name__)
+            return
+        if not self._dispatcher.gui:
+            self._dispatcher.run_until(record.finished.is_set)
+
+    def cancel(self, node: Any) -> None:
+        """The Cancel button: stop the node's job (prompts are removed from the servers)."""
+        record = self.jobs.get(node.fullName())
+        if record is None:
+            return
+        node.knob(K.STATUS).setValue(f"Cancelling... {record.monitor.last_status}".strip())
+        record.cancel()
+
+    def cancel_all(self) -> None:
+        """Cancel every running job (uninstall, quit). Main thread."""
+        for record in self.jobs.all():
+            record.cancel()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _settings(self, node: Any) -> dict[str, Any]:
+        workflow = node.knob(K.WORKFLOW).value().strip()
+        output = node.knob(K.OUTPUT).value().strip()
+        if not workflow:
+            raise RenderSettingsError("Workflow (cc_workflow) is empty: pick a workflow JSON file")
+        if not os.path.isfile(workflow):
+            raise RenderSettingsError(f"Workflow file not found: {workflow}")
+        if not output:
+            raise RenderSettingsError("Output (cc_output) is empty: e.g. /renders/shot.####.png")
+        if not has_frame_token(output):
+            raise RenderSettingsError(f"Output (cc_output) has no frame number (####): {output}")
+        source = node.input(0)
+        if source is None:
+            raise RenderSettingsError("Nothing is connected to the input")
+        text = node.knob(K.FRAMES).value().strip()
+        if text:
+            frames = FrameRange.parse(text)
+        else:
+            frames = FrameRange.from_bounds(int(source.firstFrame()), int(source.lastFrame()))
+        chunk_size = int(node.knob(K.CHUNK_SIZE).value())
+        if chunk_size < 0:
+            raise RenderSettingsError("Chunk size must be 0 (automatic) or more")
+        return {
+            "workflow": workflow,
+            "output": output,
+            "frames": frames,
+            "mode": node.knob(K.MODE).value() or "frame",
+            "chunk_size": chunk_size,
+            "strategy": node.knob(K.STRATEGY).value() or "fastest",
+        }
+
+    def _choose_servers(self, node: Any) -> tuple[list[ServerConfig], Optional[tuple[str, ...]]]:
+        configured = [s for s in self._servers() if s.enabled]
+        self.refresh_server_knob(node, [s.name for s in configured])
+        choice = node.knob(K.SERVER_CHOICE).value() or K.AUTO
+        if not configured:
+            raise RenderSettingsError("No ComfyUI server is configured (NUKE_COMFYUI_SERVERS)")
+        if choice == K.AUTO:
+            return configured, None
+        if all(s.name != choice for s in configured):
+            raise RenderSettingsError(f"Server {choice} is not configured any more (missing)")
+        return configured, (choice,)
+
+    def _start(self, node: Any) -> RunningJob:
+        from comfy_cluster.core.job import RenderJob
+
+        name = node.fullName()
+        settings = self._settings(node)
+        servers, allow = self._choose_servers(node)
+        frames: FrameRange = settings["frames"]
+        temp_dir = tempfile.mkdtemp(prefix="comfy_cluster_in_", dir=self._temp_root)
+        input_pattern = os.path.join(temp_dir, name.replace(".", "_") + ".####.png")
+        job = RenderJob(
+            settings["workflow"],
+            frames,
+            settings["output"],
+            input_pattern=input_pattern,
+            mode=settings["mode"],
+            chunk_size=settings["chunk_size"],
+            strategy=settings["strategy"],
+            servers=allow,
+            existing="overwrite",
+        )
+        self._set_read_range(node, frames)
+        node.knob(K.PROGRESS).setValue(0.0)
+        node.knob(K.STATUS).setValue(f"0/{len(frames)} frames | writing input frames")
+        node.knob(K.TILE_COLOR).setValue(K.COLOR_RUNNING)
+        monitor = JobMonitor(
+            name,
+            self._dispatcher,
+            len(frames),
+            self._finish,
+            print_line=None if self._dispatcher.gui else self._print,
+            job_id=job.job_id,
+        )
+        try:
+            scheduler = self._scheduler_for(servers)
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        hook = _input_hook(scheduler)
+        exporter = InputExporter(
+            self._nuke,
+            self._dispatcher,
+            name,
+            tuple(frames),
+            input_pattern,
+            batch_size=self._export_batch,
+            on_end=lambda error, stopped: record.inputs_finished(error, stopped, hook is None),
+        )
+        record = RunningJob(name, job, monitor, exporter, temp_dir, scheduler=scheduler)
+        self.jobs.add(record)
+        if hook is not None:
+            # The scheduler waits for each input frame itself: render while exporting.
+            record.start_scheduler(**{hook: exporter.wait_for})
+        exporter.start()
+        return record
+
+    def _scheduler_for(self, servers: Sequence[ServerConfig]) -> Any:
+        """One scheduler per server list, reused across renders so its measured server speeds
+        carry over; a new list (servers edited) gets a new scheduler."""
+        key = tuple(servers)
+        if self._scheduler is None or self._scheduler[0] != key:
+            self._scheduler = (key, self._scheduler_factory(key))
+        return self._scheduler[1]
+
+    def _set_read_range(self, node: Any, frames: FrameRange) -> None:
+        node.knob(K.FIRST).setValue(frames.first)
+        node.knob(K.LAST).setValue(frames.last)
+
+    def _finish(self, node_name: str, event: JobEvent) -> None:
+        """The job ended (posted once by its monitor). Main thread."""
+        record = self.jobs.pop(node_name)
+        self._dispatcher.discard(node_name)
+        try:
+            if record is not None and record.node_gone:
+                return
+            node = self._nuke.toNode(node_name)
+            if node is None:
+                return
+            if isinstance(event, JobDone):
+                seconds = f" in {event.seconds:.1f}s" if event.seconds else ""
+                per = ", ".join(f"{k}: {v}" for k, v in sorted(event.per_server.items()))
+                text = f"Done: {event.frames_written} frames{seconds}" + (
+                    f" ({per})" if per else ""
+                )
+                node.knob(K.PROGRESS).setValue(100.0)
+                node.knob(K.STATUS).setValue(text)
+                node.knob(K.TILE_COLOR).setValue(K.COLOR_DEFAULT)
+                _reload_read(node)
+                if not self._dispatcher.gui:
+                    self._print(f"{node_name}: {text}")
+            elif isinstance(event, JobCancelled):
+                done = record.monitor.done if record is not None else 0
+                total = record.monitor.total if record is not None else 0
+                node.knob(K.STATUS).setValue(f"Cancelled at {done}/{total} frames")
+                node.knob(K.TILE_COLOR).setValue(K.COLOR_DEFAULT)
+                if not self._dispatcher.gui:
+                    self._print(f"{node_name}: cancelled at {done}/{total} frames")
+            else:
+                message = getattr(event, "message", "") or "render failed"
+                self._fail(node_name, message)
+        finally:
+            if record is not None:
+                record.exporter.stop()
+                if record.temp_dir:
+                    shutil.rmtree(record.temp_dir, ignore_errors=True)
+                record.finished.set()
+
+    def _fail(self, node_name: str, message: str) -> None:
+        """Put an error on the node (status, red tile) and report it once. Main thread."""
+        node = self._nuke.toNode(node_name)
+        if node is not None:
+            node.knob(K.STATUS).setValue(f"Error: {message}")
+            node.knob(K.TILE_COLOR).setValue(K.COLOR_ERROR)
+        self._report(node_name, f"{node_name}: {message}", error=True)
+
+    def _report(self, node_name: str, text: str, *, error: bool) -> None:
+        if self._dispatcher.gui:
+            self._nuke.message(f"ComfyUI Cluster\n\n{text}")
+        else:
+            self._print(("ERROR " if error else "") + text)
+
+    def _print(self, line: str) -> None:
+        self._nuke.tprint(f"comfy_cluster: {line}")
+
+
+#: Keyword names a scheduler's ``start`` may accept for "block until this input frame exists".
+_INPUT_HOOKS = ("wait_for_input", "input_ready")
+
+
+def _input_hook(scheduler: Any) -> Optional[str]:
+    """The readiness keyword ``scheduler.start`` accepts, or None (then inputs are exported
+    completely before the job starts)."""
+    try:
+        parameters = inspect.signature(scheduler.start).parameters
+    except (TypeError, ValueError):
+        return None
+    return next((name for name in _INPUT_HOOKS if name in parameters), None)
+
+
+def _reload_read(node: Any) -> None:
+    """Make the internal Read look at the files again (they appeared after it first looked)."""
+    try:
+        read = node.node(K.INTERNAL_READ)
+        knob = read.knob("reload") if read is not None else None
+        if knob is not None:
+            knob.execute()
+    except Exception:  # cosmetic: never fail a finished render over a reload
+        _log.debug("comfy_cluster: reload of the internal Read failed", exc_info=True)

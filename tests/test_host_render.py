@@ -1,0 +1,387 @@
+"""End to end: the ComfyClusterRender gizmo in the fake Nuke, rendering on simulated servers.
+
+The node is created through the Nodes menu, fed by a Read of a small PNG sequence, and rendered
+with the real scheduler against 127.0.0.1 sims. Every worker-side touch of Nuke would raise
+FakeThreadViolation; the tests record any such construction, so a violation swallowed by a
+logging handler still fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from PIL import Image
+
+from comfy_cluster.core.retry import retry_transient
+from comfy_cluster.core.scheduler import Scheduler
+from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.host import knobs as K
+from comfy_cluster.host.install import install_host, uninstall_host
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / "tests" / "fixtures" / "workflows" / "invert.json"
+FRAMES = range(1, 7)
+TIMEOUT = 20.0
+
+
+def _colour(frame: int) -> tuple[int, int, int]:
+    return (frame * 30 % 256, 200 - frame * 10, 17 * frame % 256)
+
+
+def _colours(path: Path) -> list[tuple[int, ...]]:
+    with Image.open(path) as img:
+        return [colour for _, colour in img.convert("RGB").getcolors()]
+
+
+class Rig:
+    """The session under test: fake nuke, sims, the installed host, a plate Read."""
+
+    def __init__(self, nuke: Any, tmp_path: Path, servers: list[ServerConfig]) -> None:
+        self.nuke = nuke
+        self.tmp = tmp_path
+        self.servers = servers
+        self.plate = tmp_path / "plate"
+        self.out = tmp_path / "out"
+        self.plate.mkdir()
+        for frame in FRAMES:
+            Image.new("RGB", (8, 8), _colour(frame)).save(self.plate / f"plate.{frame:04d}.png")
+        self.read = nuke.nodes.Read(file=str(self.plate / "plate.####.png"))
+        self.read["first"].setValue(FRAMES[0])
+        self.read["last"].setValue(FRAMES[-1])
+
+    def create_node(self) -> Any:
+        before = set(n.name() for n in self.nuke.allNodes())
+        self.nuke._fake.invoke("Nodes", K.MENU_PATH)
+        (name,) = {n.name() for n in self.nuke.allNodes()} - before
+        node = self.nuke.toNode(name)
+        node.setInput(0, self.read)
+        node[K.WORKFLOW].setValue(str(WORKFLOW))
+        node[K.OUTPUT].setValue(str(self.out / "inv.####.png"))
+        return node
+
+    def status(self, node: Any) -> str:
+        return node[K.STATUS].value()
+
+    def wait_status(self, node: Any, prefix: str, timeout: float = TIMEOUT) -> None:
+        name = node.fullName()
+
+        def ended() -> bool:
+            current = self.nuke.toNode(name)
+            return current is not None and current[K.STATUS].value().startswith(prefix)
+
+        self.nuke._fake.pump_until(ended, timeout)
+
+    def assert_inverted(self, frames: Any = FRAMES) -> None:
+        for frame in frames:
+            path = self.out / f"inv.{frame:04d}.png"
+            assert path.is_file(), f"frame {frame} missing"
+            expected = [255 - c for c in _colour(frame)]
+            (got,) = _colours(path)  # one flat colour, like the plate
+            # ComfyUI works in floats: allow the 8-bit round trip to be one step off.
+            assert all(abs(a - b) <= 1 for a, b in zip(got, expected)), (frame, got, expected)
+
+
+@pytest.fixture
+def violations(monkeypatch: pytest.MonkeyPatch, fake_nuke: Any) -> list[str]:
+    """Every FakeThreadViolation raised during the test, even if something swallowed it."""
+    from nuke._state import FakeThreadViolation
+
+    seen: list[str] = []
+    original = FakeThreadViolation.__init__
+
+    def record(self: Any, *args: Any) -> None:
+        seen.append(str(args[0]) if args else "")
+        original(self, *args)
+
+    monkeypatch.setattr(FakeThreadViolation, "__init__", record)
+    return seen
+
+
+def _scheduler(servers: Any) -> Scheduler:
+    # Short failover timings so the kill test finishes in seconds.
+    return Scheduler(
+        servers,
+        retry=retry_transient(attempts=2, max_seconds=2.0, initial=0.05, maximum=0.2),
+        stall_timeout=2.0,
+        no_server_timeout=10.0,
+        join_timeout=5.0,
+    )
+
+
+@pytest.fixture
+def rig_factory(
+    fake_nuke: Any, tmp_path: Path, sim_factory: Callable[..., Any], violations: list[str]
+) -> Iterator[Callable[..., Rig]]:
+    fake_nuke.pluginAddPath(str(ROOT / "gizmos"))
+    uninstall_host(fake_nuke)
+
+    def make(*sim_options: dict[str, Any], gui: bool = True) -> Rig:
+        sims = [sim_factory(name=f"sim{i + 1}", **opts) for i, opts in enumerate(sim_options)]
+        servers = [
+            ServerConfig(name=f"sim{i + 1}", host="127.0.0.1", port=s.port)
+            for i, s in enumerate(sims)
+        ]
+        fake_nuke._fake.set_gui(gui)
+        rig = Rig(fake_nuke, tmp_path, servers)
+        rig.sims = sims  # type: ignore[attr-defined]
+        install_host(
+            servers=lambda: rig.servers,
+            scheduler_factory=_scheduler,
+            nuke=fake_nuke,
+            temp_root=str(tmp_path),
+            export_batch=2,
+        )
+        return rig
+
+    yield make
+    uninstall_host(fake_nuke)
+    assert violations == []
+
+
+def _prompts_left(rig: Rig) -> list[str]:
+    left: list[str] = []
+    for sim in rig.sims:  # type: ignore[attr-defined]
+        running, pending = sim.queue_snapshot()
+        left += running + pending
+    return left
+
+
+def test_render_through_the_menu_writes_inverted_frames(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({}, {})
+    nuke = rig.nuke
+    node = rig.create_node()
+    assert node.Class() == K.GIZMO_CLASS
+    assert node[K.SERVER].values() == [K.AUTO, "sim1", "sim2"]
+
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Done")
+
+    rig.assert_inverted()
+    assert node[K.PROGRESS].value() == 100
+    status = rig.status(node)
+    assert status.startswith(f"Done: {len(FRAMES)} frames"), status
+    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert nuke._fake.messages() == []
+    # The node's output is the rendered sequence: a Write downstream copies the inverted frames.
+    assert node[K.FIRST].value() == FRAMES[0] and node[K.LAST].value() == FRAMES[-1]
+    (rig.tmp / "check").mkdir()
+    check = nuke.nodes.Write(file=str(rig.tmp / "check" / "c.####.png"))
+    check.setInput(0, node)
+    nuke.execute(check, FRAMES[0], FRAMES[-1])
+    for frame in FRAMES:
+        copied = (rig.tmp / "check" / f"c.{frame:04d}.png").read_bytes()
+        assert copied == (rig.out / f"inv.{frame:04d}.png").read_bytes()
+    # The temporary input Write and its frames are gone; nothing was left queued.
+    assert [n.Class() for n in nuke.allNodes()].count("Write") == 1
+    assert not any(p.name.startswith("comfy_cluster_in_") for p in rig.tmp.iterdir())
+    assert _prompts_left(rig) == []
+
+
+def test_progress_updates_are_coalesced(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({"node_seconds": 0.02, "steps": 8})
+    nuke = rig.nuke
+    node = rig.create_node()
+    node[K.FRAMES].setValue("1-4")
+    nuke._fake.press(node[K.RENDER])
+    assert node[K.STATUS].value().startswith("0/4 frames")
+    ran = nuke._fake.pump_until(lambda: rig.status(node).startswith("Done"), TIMEOUT)
+    rig.assert_inverted(range(1, 5))
+    assert not (rig.out / "inv.0005.png").exists()
+    # 4 frames x (assign, 8 progress steps, write) events: far fewer main-thread calls.
+    assert ran < 60, ran
+
+
+def test_server_killed_mid_job_finishes_on_the_other(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({"node_seconds": 0.05}, {"node_seconds": 0.05})
+    nuke = rig.nuke
+    node = rig.create_node()
+    nuke._fake.press(node[K.RENDER])
+    victim = rig.sims[1]  # type: ignore[attr-defined]
+    nuke._fake.pump_until(lambda: len(victim.prompts_seen) >= 1, TIMEOUT)
+    victim.kill()
+    rig.wait_status(node, "Done")
+    rig.assert_inverted()
+    assert node[K.PROGRESS].value() == 100
+
+
+def test_cancel_leaves_no_prompt_on_any_sim(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({"node_seconds": 0.3}, {"node_seconds": 0.3})
+    nuke = rig.nuke
+    node = rig.create_node()
+    nuke._fake.press(node[K.RENDER])
+    nuke._fake.pump_until(
+        lambda: any(s.prompts_seen for s in rig.sims),  # type: ignore[attr-defined]
+        TIMEOUT,
+    )
+    nuke._fake.press(node[K.CANCEL])
+    rig.wait_status(node, "Cancelled")
+    # An interrupted prompt leaves the sim's "running" slot a moment after the interrupt.
+    nuke._fake.pump_until(lambda: _prompts_left(rig) == [], 5.0)
+    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert nuke._fake.messages() == []
+
+
+def test_deleting_the_node_mid_job_cancels_quietly(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({"node_seconds": 0.3})
+    nuke = rig.nuke
+    node = rig.create_node()
+    name = node.fullName()
+    nuke._fake.press(node[K.RENDER])
+    session = nuke._comfy_cluster_host
+    nuke._fake.pump_until(lambda: bool(rig.sims[0].prompts_seen), TIMEOUT)  # type: ignore[attr-defined]
+    nuke.delete(node)
+    nuke._fake.pump_until(lambda: session.controller.jobs.get(name) is None, TIMEOUT)
+    nuke._fake.pump_until(lambda: _prompts_left(rig) == [], 5.0)
+    assert nuke._fake.messages() == []
+
+
+def test_error_lands_on_the_node_and_in_one_message(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({"fail_node": "ImageInvert"})
+    nuke = rig.nuke
+    node = rig.create_node()
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Error")
+    assert node[K.TILE_COLOR].value() == K.COLOR_ERROR
+    assert len(nuke._fake.messages()) == 1
+    assert "ImageInvert" in rig.status(node) or "2" in rig.status(node)
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "expected"),
+    [
+        (K.WORKFLOW, "", "Workflow (cc_workflow) is empty"),
+        (K.OUTPUT, "/tmp/no_frame_number.png", "no frame number"),
+        (K.FRAMES, "1-x", "Error:"),
+    ],
+)
+def test_bad_knobs_fail_before_anything_starts(
+    rig_factory: Callable[..., Rig], knob: str, value: str, expected: str
+) -> None:
+    rig = rig_factory({})
+    nuke = rig.nuke
+    node = rig.create_node()
+    node[knob].setValue(value)
+    nuke._fake.press(node[K.RENDER])
+    assert expected in rig.status(node)
+    assert node[K.TILE_COLOR].value() == K.COLOR_ERROR
+    assert len(nuke._fake.messages()) == 1
+    assert rig.sims[0].prompts_seen == []  # type: ignore[attr-defined]
+
+
+def test_terminal_render_blocks_and_prints_progress(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({}, {}, gui=False)
+    nuke = rig.nuke
+    with pytest.raises(RuntimeError):
+        nuke.menu("Nodes")  # no GUI: no menus, and the host install did not try
+    node = nuke.createNode(K.GIZMO_CLASS)
+    node.setInput(0, rig.read)
+    node[K.WORKFLOW].setValue(str(WORKFLOW))
+    node[K.OUTPUT].setValue(str(rig.out / "inv.####.png"))
+    node[K.RENDER].execute()  # blocks until the job ends
+    assert rig.status(node).startswith("Done"), rig.status(node)
+    assert node[K.PROGRESS].value() == 100
+    rig.assert_inverted()
+    lines = [line for line in nuke._fake.tprints() if "comfy_cluster" in line]
+    assert any("started" in line for line in lines)
+    assert any("Done" in line for line in lines)
+    assert len(lines) <= 12, lines  # per 10 %, never per frame
+    assert nuke._fake.dropped() == []  # nothing went to executeInMainThread
+    assert nuke._fake.queued() == 0
+
+
+def test_terminal_render_error_is_printed_once(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({"fail_node": "ImageInvert"}, gui=False)
+    nuke = rig.nuke
+    node = nuke.createNode(K.GIZMO_CLASS)
+    node.setInput(0, rig.read)
+    node[K.WORKFLOW].setValue(str(WORKFLOW))
+    node[K.OUTPUT].setValue(str(rig.out / "inv.####.png"))
+    node[K.RENDER].execute()
+    assert rig.status(node).startswith("Error")
+    errors = [line for line in nuke._fake.tprints() if "ERROR" in line]
+    assert len(errors) == 1
+    assert nuke._fake.messages() == []
+
+
+def test_pinned_server_renders_only_there(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory({}, {})
+    nuke = rig.nuke
+    node = rig.create_node()
+    nuke._fake.user_sets(node[K.SERVER], "sim2")
+    assert node[K.SERVER_CHOICE].value() == "sim2"
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Done")
+    assert rig.sims[0].prompts_seen == []  # type: ignore[attr-defined]
+    assert len(rig.sims[1].prompts_seen) == len(FRAMES)  # type: ignore[attr-defined]
+    assert os.path.isfile(rig.out / "inv.0001.png")
+
+
+class _StreamingScheduler:
+    """A stand-in scheduler that takes the ``wait_for_input`` hook: it 'renders' (copies) each
+    frame as soon as its input is exported, to show the host starts the job before the export
+    ends when a scheduler can wait for inputs."""
+
+    def __init__(self, servers: Any) -> None:
+        self.started_before_export_done: list[bool] = []
+
+    def start(self, job: Any, on_event: Any, wait_for_input: Any = None) -> Any:
+        import shutil
+        import threading
+
+        from comfy_cluster.core.events import FrameWritten, JobDone, JobStarted
+        from comfy_cluster.core.frames import format_frame_path
+
+        frames = tuple(job.frame_range)
+        self.started_before_export_done.append(not wait_for_input(frames[-1], timeout=0))
+
+        class Handle:
+            def cancel(self) -> None:
+                pass
+
+        def run() -> None:
+            on_event(JobStarted(job.job_id, 0.0, None, total_frames=len(frames), servers=("s",)))
+            for i, frame in enumerate(frames, 1):
+                assert wait_for_input(frame, timeout=10)
+                dest = format_frame_path(job.output_pattern, frame)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.copy(format_frame_path(job.input_pattern, frame), dest)
+                on_event(FrameWritten(job.job_id, i / len(frames), None, frame, dest, "s"))
+            on_event(JobDone(job.job_id, 1.0, 0.0, frames_written=len(frames)))
+
+        threading.Thread(target=run, daemon=True).start()
+        return Handle()
+
+
+def test_scheduler_with_input_hook_starts_before_export_ends(
+    fake_nuke: Any, tmp_path: Path, violations: list[str]
+) -> None:
+    fake_nuke.pluginAddPath(str(ROOT / "gizmos"))
+    uninstall_host(fake_nuke)
+    schedulers: list[_StreamingScheduler] = []
+
+    def factory(servers: Any) -> _StreamingScheduler:
+        schedulers.append(_StreamingScheduler(servers))
+        return schedulers[-1]
+
+    rig = Rig(fake_nuke, tmp_path, [ServerConfig(name="s", host="127.0.0.1", port=1)])
+    install_host(
+        servers=lambda: rig.servers,
+        scheduler_factory=factory,
+        nuke=fake_nuke,
+        temp_root=str(tmp_path),
+        export_batch=1,
+    )
+    try:
+        node = rig.create_node()
+        fake_nuke._fake.press(node[K.RENDER])
+        rig.wait_status(node, "Done")
+        assert schedulers[0].started_before_export_done == [True]
+        for frame in FRAMES:  # the stand-in copies the exported input: same bytes as the plate
+            assert (rig.out / f"inv.{frame:04d}.png").is_file()
+    finally:
+        uninstall_host(fake_nuke)
+    assert violations == []
