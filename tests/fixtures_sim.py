@@ -1,1 +1,123 @@
-"""Fixtures that start simulated ComfyUI servers (filled in by the simulator work)."""
+"""Fixtures that start simulated ComfyUI servers on free 127.0.0.1 ports (stopped after the test).
+
+- ``sim``: one running ``SimServer`` with default options.
+- ``sim_factory(options=None, **option_fields)``: start more, each with its own options.
+- ``black_hole``: a ``BlackHole`` listener that accepts and never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
+
+import pytest
+
+from comfy_cluster.sim.harness import BlackHole, SimServer, stop_all
+from comfy_cluster.sim.options import SimOptions
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., SimServer]]:
+    started: list[SimServer] = []
+
+    def make(options: Optional[SimOptions] = None, **fields: Any) -> SimServer:
+        opts = options or SimOptions()
+        if fields:
+            opts = opts.replace(**fields)
+        server = SimServer(opts)
+        started.append(server)
+        return server.start()
+
+    yield make
+    stop_all(started)
+
+
+@pytest.fixture
+def sim(sim_factory: Callable[..., SimServer]) -> SimServer:
+    return sim_factory()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    with BlackHole() as hole:
+        yield hole
+
+
+# --- plain requests / websocket-client helpers for the sim tests ---------------------------------
+
+
+INVERT_PROMPT = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+    },
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
+}
+
+
+def ws_open(url: str, client_id: Optional[str] = None, *, timeout: float = 10.0, headers=None):
+    """A websocket-client connection to ``url`` (http://...) with the greeting already read."""
+    import websocket
+
+    client_id = client_id or uuid.uuid4().hex
+    ws = websocket.create_connection(
+        url.replace("http://", "ws://") + f"/ws?clientId={client_id}",
+        timeout=timeout,
+        header=headers or [],
+    )
+    greeting = json.loads(ws.recv())
+    assert greeting["type"] == "status" and greeting["data"]["sid"] == client_id
+    ws.client_id = client_id  # type: ignore[attr-defined]
+    return ws
+
+
+def ws_recv(ws: Any) -> dict:
+    """One frame as {"kind": "text", "msg": {...}} or {"kind": "binary", "data": bytes}."""
+    import websocket
+
+    opcode, data = ws.recv_data()
+    if opcode == websocket.ABNF.OPCODE_BINARY:
+        return {"kind": "binary", "data": data}
+    return {"kind": "text", "msg": json.loads(data)}
+
+
+def ws_until_done(ws: Any, prompt_id: str, *, timeout: float = 15.0) -> list[dict]:
+    """Frames up to and including ``executing{node: null, prompt_id}``."""
+    deadline = time.monotonic() + timeout
+    frames: list[dict] = []
+    while time.monotonic() < deadline:
+        frame = ws_recv(ws)
+        frames.append(frame)
+        msg = frame.get("msg") or {}
+        if (
+            msg.get("type") == "executing"
+            and msg["data"].get("node") is None
+            and msg["data"].get("prompt_id") == prompt_id
+        ):
+            return frames
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s: {frames[-3:]}")
+
+
+def submit(url: str, prompt: dict, client_id: Optional[str] = None, **fields: Any):
+    import requests
+
+    body = {"prompt": prompt, **fields}
+    if client_id is not None:
+        body["client_id"] = client_id
+    return requests.post(url + "/prompt", json=body, timeout=10)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until truthy (returns its value) or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout} s")
+        time.sleep(interval)
