@@ -217,3 +217,41 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         return cls(kind=type(exc).__name__, message=str(exc))
+
+
+# --- added with core/client.py, core/retry.py (issue 4) -------------------------------------------
+
+
+class RetriesExhausted(TransientError):
+    """The retry policy gave up: ``attempts`` tries made, ``last_error`` the last cause.
+
+    Still a ``TransientError``: the work may succeed on another server.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        last_error: BaseException,
+        server: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, server=server)
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class AuthenticationFailed(PermanentError):
+    """The server (or a proxy in front of it) answered 401/403: token or headers are wrong."""
+
+    def __init__(self, message: str, *, server: Optional[str] = None, status: int = 0) -> None:
+        super().__init__(message, server=server)
+        self.status = status
+
+
+class UnexpectedStatus(ProtocolError):
+    """An HTTP status ComfyUI does not use for that call (404, 413, 500...); ``status`` holds it."""
+
+    def __init__(self, message: str, *, server: Optional[str] = None, status: int = 0) -> None:
+        super().__init__(message, server=server)
+        self.status = status

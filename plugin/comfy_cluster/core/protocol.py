@@ -1,0 +1,655 @@
+"""ComfyUI's wire messages parsed into typed, immutable values (the one parsing boundary).
+
+Everything here is pure: no I/O, no threads, safe to call from any thread. The websocket listener
+(``core/client.py``) feeds text frames to :func:`parse_message`; HTTP bodies go through
+:func:`parse_node_errors`, :func:`parse_queue`, :func:`parse_history_entry` and
+:func:`parse_system_stats`.
+Shapes follow ComfyUI 0.3.64 (``shared/docs/comfyui-protocol.md``); fields only some versions send
+are optional, and queue/history tuples are read by position 0-4 only.
+
+Raises :class:`~comfy_cluster.core.errors.ProtocolError` for frames that are not ComfyUI's protocol
+(bad JSON, no ``type``, wrong field types). Unknown message types become :class:`UnknownEvent`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Optional, Union
+
+from comfy_cluster.core.errors import (
+    ExecutionFailed,
+    Interrupted,
+    NodeError,
+    ProtocolError,
+    WorkflowRejected,
+)
+
+log = logging.getLogger(__name__)
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _frozen(mapping: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """A read-only view of a shallow copy (events are shared between threads)."""
+    return MappingProxyType(dict(mapping)) if mapping else _EMPTY
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event; ``prompt_id`` is None for broadcasts and connection pseudo-events."""
+
+    prompt_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StatusEvent(Event):
+    """``status``: the server's queue changed. ``sid`` is set only in the greeting after connect."""
+
+    queue_remaining: int = 0
+    sid: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ExecutionStart(Event):
+    """``execution_start``: the worker took the prompt."""
+
+    timestamp: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ExecutionCached(Event):
+    """``execution_cached``: these nodes reuse cached outputs and will not run."""
+
+    nodes: tuple[str, ...] = ()
+    timestamp: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Executing(Event):
+    """``executing``: ``node`` started; ``node is None``: the prompt finished (history written).
+
+    Right after a reconnect the server may send it with the running node and no ``prompt_id``.
+    """
+
+    node: Optional[str] = None
+    display_node: Optional[str] = None
+
+    @property
+    def finished(self) -> bool:
+        """True for the completion signal ``executing{node: null, prompt_id}``."""
+        return self.node is None and self.prompt_id is not None
+
+
+@dataclass(frozen=True)
+class ProgressEvent(Event):
+    """``progress``: a node's progress bar (samplers, SaveImageWebsocket...)."""
+
+    node: Optional[str] = None
+    value: float = 0.0
+    max: float = 1.0
+
+
+@dataclass(frozen=True)
+class NodeProgress:
+    """One node inside a ``progress_state`` snapshot."""
+
+    node_id: str
+    value: float
+    max: float
+    state: str  # "running" | "finished" (| "error", defined but unused in 0.3.64)
+
+
+@dataclass(frozen=True)
+class ProgressState(Event):
+    """``progress_state``: every node that is not pending, with its value/max/state."""
+
+    nodes: Mapping[str, NodeProgress] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True)
+class Executed(Event):
+    """``executed``: a node produced UI output (``{"images": [...]}`` for savers)."""
+
+    node: str = ""
+    output: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    display_node: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ExecutionSuccess(Event):
+    """``execution_success``: sent *before* history is written; wait for ``Executing.finished``."""
+
+    timestamp: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ExecutionErrorEvent(Event):
+    """``execution_error``: a node raised while running the prompt."""
+
+    node_id: Optional[str] = None
+    node_type: str = ""
+    exception_type: str = ""
+    exception_message: str = ""
+    executed: tuple[str, ...] = ()
+    traceback: tuple[str, ...] = ()
+
+    def to_error(self, server: Optional[str] = None) -> ExecutionFailed:
+        """The typed error a caller raises for this event."""
+        message = self.exception_message.strip() or self.exception_type or "execution failed"
+        where = f"node {self.node_id} ({self.node_type})" if self.node_id else "prompt"
+        return ExecutionFailed(
+            f"{where} failed: {self.exception_type}: {message}",
+            server=server,
+            prompt_id=self.prompt_id,
+            node_id=self.node_id,
+            node_type=self.node_type,
+            exception_type=self.exception_type,
+        )
+
+
+@dataclass(frozen=True)
+class ExecutionInterrupted(Event):
+    """``execution_interrupted``: someone (maybe not us) interrupted the prompt."""
+
+    node_id: Optional[str] = None
+    node_type: str = ""
+    executed: tuple[str, ...] = ()
+
+    def to_error(self, server: Optional[str] = None) -> Interrupted:
+        where = f" at node {self.node_id} ({self.node_type})" if self.node_id else ""
+        return Interrupted(f"prompt interrupted{where}", server=server, prompt_id=self.prompt_id)
+
+
+@dataclass(frozen=True)
+class FeatureFlags(Event):
+    """``feature_flags``: the server's answer to our handshake."""
+
+    flags: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True)
+class UnknownEvent(Event):
+    """A message type this module does not know (``logs``, custom nodes' messages...)."""
+
+    type: str = ""
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class Connected(Event):
+    """Pseudo-event from the listener: a websocket is open (``attempt`` 1 = first connect)."""
+
+    client_id: str = ""
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Disconnected(Event):
+    """Pseudo-event from the listener: the websocket closed; missed events are not replayed."""
+
+    reason: str = ""
+
+
+# --- text frames --------------------------------------------------------------------------------
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _ids(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ProtocolError(f"expected a list of node ids, got {type(value).__name__}")
+    return tuple(str(v) for v in value)
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{name}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _status(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+    try:
+        remaining = data["status"]["exec_info"]["queue_remaining"]
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"status message without queue_remaining: {data!r}") from exc
+    return StatusEvent(
+        prompt_id=pid,
+        queue_remaining=int(_number(remaining, "queue_remaining")),
+        sid=_str_or_none(data.get("sid")),
+    )
+
+
+def _progress_state(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+    nodes = data.get("nodes") or {}
+    if not isinstance(nodes, Mapping):
+        raise ProtocolError("progress_state.nodes is not an object")
+    parsed: dict[str, NodeProgress] = {}
+    for key, info in nodes.items():
+        if not isinstance(info, Mapping):
+            raise ProtocolError(f"progress_state node {key!r} is not an object")
+        parsed[str(key)] = NodeProgress(
+            node_id=str(info.get("node_id", key)),
+            value=_number(info.get("value", 0.0), "value"),
+            max=_number(info.get("max", 1.0), "max"),
+            state=str(info.get("state", "")),
+        )
+    return ProgressState(prompt_id=pid, nodes=MappingProxyType(parsed))
+
+
+def _executed(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+    output = data.get("output") or {}
+    if not isinstance(output, Mapping):
+        raise ProtocolError("executed.output is not an object")
+    return Executed(
+        prompt_id=pid,
+        node=str(data.get("node", "")),
+        output=_frozen(output),
+        display_node=_str_or_none(data.get("display_node")),
+    )
+
+
+def _execution_error(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+    tb = data.get("traceback") or ()
+    return ExecutionErrorEvent(
+        prompt_id=pid,
+        node_id=_str_or_none(data.get("node_id")),
+        node_type=str(data.get("node_type") or ""),
+        exception_type=str(data.get("exception_type") or ""),
+        exception_message=str(data.get("exception_message") or ""),
+        executed=_ids(data.get("executed")),
+        traceback=tuple(str(line) for line in tb) if isinstance(tb, (list, tuple)) else (str(tb),),
+    )
+
+
+_Parser = Callable[[Mapping[str, Any], Optional[str]], Event]
+
+#: Message type -> parser; read-only.
+_PARSERS: Mapping[str, _Parser] = MappingProxyType(
+    {
+        "status": _status,
+        "execution_start": lambda d, p: ExecutionStart(prompt_id=p, timestamp=d.get("timestamp")),
+        "execution_cached": lambda d, p: ExecutionCached(
+            prompt_id=p, nodes=_ids(d.get("nodes")), timestamp=d.get("timestamp")
+        ),
+        "executing": lambda d, p: Executing(
+            prompt_id=p,
+            node=_str_or_none(d.get("node")),
+            display_node=_str_or_none(d.get("display_node")),
+        ),
+        "progress": lambda d, p: ProgressEvent(
+            prompt_id=p,
+            node=_str_or_none(d.get("node")),
+            value=_number(d.get("value", 0), "value"),
+            max=_number(d.get("max", 1), "max"),
+        ),
+        "progress_state": _progress_state,
+        "executed": _executed,
+        "execution_success": lambda d, p: ExecutionSuccess(
+            prompt_id=p, timestamp=d.get("timestamp")
+        ),
+        "execution_error": _execution_error,
+        "execution_interrupted": lambda d, p: ExecutionInterrupted(
+            prompt_id=p,
+            node_id=_str_or_none(d.get("node_id")),
+            node_type=str(d.get("node_type") or ""),
+            executed=_ids(d.get("executed")),
+        ),
+        "feature_flags": lambda d, p: FeatureFlags(prompt_id=p, flags=_frozen(d)),
+    }
+)
+
+
+def parse_message(text: Union[str, bytes]) -> Event:
+    """Parse one websocket text frame ``{"type": ..., "data": {...}}`` into an :class:`Event`.
+
+    Raises ProtocolError if it is not JSON or not shaped like a ComfyUI message.
+    """
+    try:
+        msg = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"websocket frame is not JSON: {str(text)[:80]!r}") from exc
+    return parse_message_obj(msg)
+
+
+def parse_message_obj(msg: Any) -> Event:
+    """Like :func:`parse_message` for an already-decoded object (e.g. a recorded transcript)."""
+    if not isinstance(msg, Mapping) or not isinstance(msg.get("type"), str):
+        raise ProtocolError(f"websocket message without a type: {str(msg)[:80]!r}")
+    kind = msg["type"]
+    data = msg.get("data")
+    if data is None:
+        data = {}
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        pid = data.get("prompt_id") if isinstance(data, Mapping) else None
+        log.debug("ignoring unknown ComfyUI message type %r", kind)
+        return UnknownEvent(prompt_id=_str_or_none(pid), type=kind, data=data)
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{kind}: data is not an object")
+    try:
+        return parser(data, _str_or_none(data.get("prompt_id")))
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"{kind}: malformed data: {exc}") from exc
+
+
+# --- binary frames ------------------------------------------------------------------------------
+
+#: Binary event types (first 4 bytes, big-endian).
+PREVIEW_IMAGE = 1
+TEXT = 3
+PREVIEW_IMAGE_WITH_METADATA = 4
+
+
+@dataclass(frozen=True)
+class BinaryFrame:
+    """What a binary frame is, without its payload (we only log and skip them)."""
+
+    kind: int  # 1 preview, 3 text, 4 preview with metadata, other = unknown; -1 = too short
+    size: int
+    prompt_id: Optional[str] = None
+    node_id: Optional[str] = None
+
+
+def describe_binary(data: bytes) -> BinaryFrame:
+    """Identify a binary frame. Never raises: a malformed frame is just described as such."""
+    size = len(data)
+    if size < 4:
+        return BinaryFrame(kind=-1, size=size)
+    (kind,) = struct.unpack(">I", data[:4])
+    try:
+        if kind == TEXT and size >= 8:
+            (n,) = struct.unpack(">I", data[4:8])
+            return BinaryFrame(kind, size, node_id=data[8 : 8 + n].decode("utf-8", "replace"))
+        if kind == PREVIEW_IMAGE_WITH_METADATA and size >= 8:
+            (n,) = struct.unpack(">I", data[4:8])
+            meta = json.loads(data[8 : 8 + n].decode("utf-8"))
+            if isinstance(meta, Mapping):
+                return BinaryFrame(
+                    kind,
+                    size,
+                    prompt_id=_str_or_none(meta.get("prompt_id")),
+                    node_id=_str_or_none(meta.get("node_id")),
+                )
+    except (ValueError, struct.error):
+        pass
+    return BinaryFrame(kind, size)
+
+
+# --- HTTP bodies --------------------------------------------------------------------------------
+
+_NODE_ID_IN_DETAILS = re.compile(r"Node ID '#?([^']+)'")
+
+
+def parse_node_errors(
+    body: Any, *, server: Optional[str] = None, prompt_id: Optional[str] = None
+) -> WorkflowRejected:
+    """Turn a POST /prompt 400 body into a :class:`WorkflowRejected` with one NodeError per error.
+
+    Never raises: an unexpected body still gives a WorkflowRejected (with the raw text as message).
+    """
+    if not isinstance(body, Mapping):
+        return WorkflowRejected(
+            f"workflow rejected: {str(body)[:200]}", server=server, prompt_id=prompt_id
+        )
+    error = body.get("error")
+    if not isinstance(error, Mapping):
+        error = {"message": str(error)} if error else {}
+    error_type = str(error.get("type") or "")
+    message = str(error.get("message") or "workflow rejected")
+    details = str(error.get("details") or "")
+    node_errors = []
+    raw = body.get("node_errors")
+    if isinstance(raw, Mapping):
+        for node_id, entry in raw.items():
+            if not isinstance(entry, Mapping):
+                continue
+            class_type = str(entry.get("class_type") or "")
+            for err in entry.get("errors") or ():
+                if not isinstance(err, Mapping):
+                    continue
+                extra = err.get("extra_info")
+                input_name = extra.get("input_name") if isinstance(extra, Mapping) else None
+                node_errors.append(
+                    NodeError(
+                        node_id=str(node_id),
+                        class_type=class_type,
+                        type=str(err.get("type") or ""),
+                        message=str(err.get("message") or ""),
+                        details=str(err.get("details") or ""),
+                        input_name=None if input_name is None else str(input_name),
+                    )
+                )
+    if not node_errors and error_type == "invalid_prompt":
+        # "Cannot execute because node X does not exist." + "Node ID '#1'": still name the node.
+        match = _NODE_ID_IN_DETAILS.search(details)
+        if match:
+            rejected = WorkflowRejected(message, error_type=error_type)
+            missing = rejected.missing_classes
+            node_errors.append(
+                NodeError(
+                    node_id=match.group(1),
+                    class_type=missing[0] if missing else "",
+                    type=error_type,
+                    message=message,
+                )
+            )
+    text = message
+    if node_errors:
+        text += ": " + "; ".join(e.describe() for e in node_errors)
+    elif details:
+        text += f" ({details})"
+    return WorkflowRejected(
+        text,
+        server=server,
+        error_type=error_type,
+        node_errors=tuple(node_errors),
+        prompt_id=prompt_id,
+    )
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One output file as ComfyUI names it; ``/view?filename=&subfolder=&type=`` downloads it."""
+
+    filename: str
+    subfolder: str = ""
+    type: str = "output"
+    node_id: Optional[str] = None
+
+    @property
+    def relpath(self) -> str:
+        """``subfolder/filename`` (forward slashes) under the server's ``type`` directory."""
+        return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
+
+
+def _images_of(ui: Any, node_id: Optional[str]) -> tuple[ImageRef, ...]:
+    if not isinstance(ui, Mapping):
+        return ()
+    refs = []
+    for item in ui.get("images") or ():
+        if isinstance(item, Mapping) and item.get("filename"):
+            refs.append(
+                ImageRef(
+                    filename=str(item["filename"]),
+                    subfolder=str(item.get("subfolder") or ""),
+                    type=str(item.get("type") or "output"),
+                    node_id=node_id,
+                )
+            )
+    return tuple(refs)
+
+
+def output_images(source: Any, *, node_id: Optional[str] = None) -> tuple[ImageRef, ...]:
+    """Images of a history entry (``{"outputs": {node: ui}}``), an :class:`Executed` or a ui dict.
+
+    History entries keep ComfyUI's node order. Never raises; unknown shapes give ``()``.
+    """
+    if isinstance(source, Executed):
+        return _images_of(source.output, source.node)
+    if isinstance(source, Mapping) and isinstance(source.get("outputs"), Mapping):
+        refs: tuple[ImageRef, ...] = ()
+        for nid, ui in source["outputs"].items():
+            if node_id is None or str(nid) == node_id:
+                refs += _images_of(ui, str(nid))
+        return refs
+    return _images_of(source, node_id)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """GET /queue: prompt ids running and pending, pending in run order (number, then id)."""
+
+    running: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+    #: prompt id -> client_id from extra_data (None when the prompt had none).
+    owners: Mapping[str, Optional[str]] = field(default_factory=lambda: _EMPTY)
+
+    def __contains__(self, prompt_id: object) -> bool:
+        return prompt_id in self.running or prompt_id in self.pending
+
+    @property
+    def depth(self) -> int:
+        return len(self.running) + len(self.pending)
+
+
+def _queue_items(items: Any, name: str) -> list:
+    if not isinstance(items, list):
+        raise ProtocolError(f"/queue: {name} is not a list")
+    parsed = []
+    for item in items:
+        # Positions 0-4 only: newer servers append a 6th element.
+        if not isinstance(item, (list, tuple)) or len(item) < 2:
+            raise ProtocolError(f"/queue: malformed {name} item")
+        number = item[0] if isinstance(item[0], (int, float)) else 0
+        extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
+        parsed.append((number, str(item[1]), _str_or_none(extra.get("client_id"))))
+    return parsed
+
+
+def parse_queue(body: Any) -> QueueState:
+    """Parse GET /queue. Raises ProtocolError on a body that is not a queue."""
+    if not isinstance(body, Mapping):
+        raise ProtocolError("/queue: body is not an object")
+    running = _queue_items(body.get("queue_running", []), "queue_running")
+    pending = sorted(_queue_items(body.get("queue_pending", []), "queue_pending"))
+    owners = {pid: owner for _, pid, owner in running + pending}
+    return QueueState(
+        running=tuple(pid for _, pid, _ in running),
+        pending=tuple(pid for _, pid, _ in pending),
+        owners=MappingProxyType(owners),
+    )
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    """A finished prompt as GET /history/{id} reports it.
+
+    ``outcome`` is "success", "error" or "interrupted" (told apart by the last status message).
+    """
+
+    prompt_id: str
+    outcome: str
+    completed: bool
+    images: tuple[ImageRef, ...]
+    outputs: Mapping[str, Any]
+    error: Optional[ExecutionErrorEvent] = None
+    interrupted: Optional[ExecutionInterrupted] = None
+
+    def raise_for_outcome(self, server: Optional[str] = None) -> None:
+        """Raise ExecutionFailed / Interrupted unless the prompt succeeded."""
+        if self.error is not None:
+            raise self.error.to_error(server)
+        if self.interrupted is not None:
+            raise self.interrupted.to_error(server)
+        if self.outcome != "success":
+            raise ExecutionFailed(
+                f"prompt ended with status {self.outcome!r}",
+                server=server,
+                prompt_id=self.prompt_id,
+            )
+
+
+def parse_history_entry(prompt_id: str, entry: Any) -> HistoryResult:
+    """Parse one history ENTRY. Servers without ``status`` (pre-2024) count as success."""
+    if not isinstance(entry, Mapping):
+        raise ProtocolError(f"history entry for {prompt_id} is not an object")
+    status = entry.get("status")
+    error = interrupted = None
+    if isinstance(status, Mapping):
+        completed = bool(status.get("completed"))
+        outcome = "success" if status.get("status_str") == "success" and completed else "error"
+        for item in status.get("messages") or ():
+            if not isinstance(item, (list, tuple)) or len(item) < 2:
+                continue
+            event = parse_message_obj({"type": item[0], "data": item[1]})
+            if isinstance(event, ExecutionErrorEvent):
+                error = event
+            elif isinstance(event, ExecutionInterrupted):
+                interrupted = event
+                outcome = "interrupted"
+    else:
+        completed, outcome = True, "success"
+    outputs = entry.get("outputs") if isinstance(entry.get("outputs"), Mapping) else {}
+    return HistoryResult(
+        prompt_id=prompt_id,
+        outcome=outcome,
+        completed=completed,
+        images=output_images({"outputs": outputs}),
+        outputs=_frozen(outputs),
+        error=error,
+        interrupted=interrupted,
+    )
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """The parts of GET /system_stats the health cache shows."""
+
+    os: Optional[str] = None
+    comfyui_version: Optional[str] = None
+    python_version: Optional[str] = None
+    device: Optional[str] = None
+    device_type: Optional[str] = None
+    vram_total: Optional[int] = None
+    vram_free: Optional[int] = None
+
+
+def parse_system_stats(body: Any) -> SystemInfo:
+    """Parse GET /system_stats. Raises ProtocolError unless it has a ``system`` object."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("system"), Mapping):
+        raise ProtocolError("/system_stats: no 'system' object (is this a ComfyUI server?)")
+    system = body["system"]
+    devices = body.get("devices")
+    device: Mapping[str, Any] = {}
+    if isinstance(devices, list) and devices and isinstance(devices[0], Mapping):
+        device = devices[0]
+
+    def as_int(value: Any) -> Optional[int]:
+        return (
+            int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        )
+
+    return SystemInfo(
+        os=_str_or_none(system.get("os")),
+        comfyui_version=_str_or_none(system.get("comfyui_version")),
+        python_version=_str_or_none(system.get("python_version")),
+        device=_str_or_none(device.get("name")),
+        device_type=_str_or_none(device.get("type")),
+        vram_total=as_int(device.get("vram_total")),
+        vram_free=as_int(device.get("vram_free")),
+    )

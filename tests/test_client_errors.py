@@ -1,0 +1,319 @@
+"""core/client.py error translation: every library exception is mapped; statuses mean something.
+
+Runs without a server: statuses come from a stub transport adapter (httpx's MockTransport idea).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import ssl
+from typing import Any, Callable
+
+import pytest
+import requests
+import requests.adapters
+import requests.exceptions
+import websocket._exceptions
+
+from comfy_cluster.core import client as client_mod
+from comfy_cluster.core.client import (
+    ERROR_MAP,
+    ClientState,
+    ComfyClient,
+    Timeouts,
+    map_errors,
+    translate_error,
+)
+from comfy_cluster.core.errors import (
+    AuthenticationFailed,
+    ClosedError,
+    ComfyClusterError,
+    ConfigError,
+    PermanentError,
+    ProtocolError,
+    ServerTimeout,
+    ServerUnreachable,
+    TransientError,
+    UnexpectedStatus,
+    WebsocketClosed,
+    WorkflowRejected,
+)
+from comfy_cluster.core.server import ServerConfig
+
+SERVER = ServerConfig(name="r1", host="127.0.0.1", port=9)
+
+
+def _library_exceptions() -> list[type]:
+    found = []
+    for module in (requests.exceptions, websocket._exceptions):
+        for _, klass in inspect.getmembers(module, inspect.isclass):
+            if not issubclass(klass, BaseException) or issubclass(klass, Warning):
+                continue
+            if klass.__module__ == module.__name__:
+                found.append(klass)
+    return found
+
+
+LIBRARY_EXCEPTIONS = _library_exceptions()
+
+
+def _instance(klass: type) -> BaseException:
+    if klass is websocket._exceptions.WebSocketBadStatusException:
+        return klass("Handshake status %d %s", 500, "Internal Server Error")
+    if issubclass(klass, requests.exceptions.JSONDecodeError):
+        return klass("Expecting value", "x", 0)
+    return klass("boom")
+
+
+def test_the_walk_finds_both_libraries() -> None:
+    names = {k.__name__ for k in LIBRARY_EXCEPTIONS}
+    assert {"ConnectTimeout", "ReadTimeout", "SSLError", "JSONDecodeError"} <= names
+    assert {"WebSocketTimeoutException", "WebSocketBadStatusException"} <= names
+
+
+@pytest.mark.parametrize("klass", LIBRARY_EXCEPTIONS, ids=lambda k: k.__name__)
+def test_every_library_exception_is_explicitly_mapped(klass: type) -> None:
+    assert klass in ERROR_MAP, f"{klass.__module__}.{klass.__name__} is not in ERROR_MAP"
+    original = _instance(klass)
+    with pytest.raises(ComfyClusterError) as info, map_errors("r1", "GET /x"):
+        raise original
+    assert info.value.__cause__ is original
+    assert info.value.server == "r1" and "GET /x" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (requests.exceptions.ConnectionError("refused"), ServerUnreachable),
+        (requests.exceptions.ConnectTimeout("black hole"), ServerTimeout),
+        (requests.exceptions.ReadTimeout("slow"), ServerTimeout),
+        (requests.exceptions.ChunkedEncodingError("reset"), ServerUnreachable),
+        (requests.exceptions.SSLError("cert"), ServerUnreachable),
+        (requests.exceptions.InvalidURL("x"), ConfigError),
+        (requests.exceptions.JSONDecodeError("x", "y", 0), ProtocolError),
+        (websocket._exceptions.WebSocketConnectionClosedException("gone"), WebsocketClosed),
+        (websocket._exceptions.WebSocketTimeoutException("t"), ServerTimeout),
+        (
+            websocket._exceptions.WebSocketBadStatusException("h %d %s", 401, "no"),
+            AuthenticationFailed,
+        ),
+        (
+            websocket._exceptions.WebSocketBadStatusException("h %d %s", 503, "no"),
+            ServerUnreachable,
+        ),
+        (ConnectionRefusedError(111, "refused"), ServerUnreachable),
+        (ConnectionResetError(104, "reset"), ServerUnreachable),
+        (socket.timeout("timed out"), ServerTimeout),
+        (ssl.SSLError("bad"), ServerUnreachable),
+    ],
+)
+def test_meaningful_mapping(exc: BaseException, expected: type) -> None:
+    assert type(translate_error(exc, "r1", "call")) is expected
+
+
+def test_transient_means_retryable() -> None:
+    for klass in (ServerUnreachable, ServerTimeout, WebsocketClosed):
+        assert issubclass(klass, TransientError)
+    for klass in (WorkflowRejected, AuthenticationFailed, UnexpectedStatus, ConfigError):
+        assert issubclass(klass, PermanentError)
+
+
+def test_errors_of_our_own_pass_through_untouched() -> None:
+    mine = WorkflowRejected("x")
+    with pytest.raises(WorkflowRejected) as info, map_errors("r1", "x"):
+        raise mine
+    assert info.value is mine
+
+
+def test_only_client_module_catches_library_exceptions() -> None:
+    """The one translation seam: no other core module mentions requests/websocket exceptions."""
+    from pathlib import Path
+
+    core = Path(client_mod.__file__).parent
+    for path in core.glob("*.py"):
+        if path.name == "client.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for needle in (
+            "requests.exceptions",
+            "RequestException",
+            "WebSocketException",
+            "import websocket",
+        ):
+            assert needle not in text, f"{path.name} mentions {needle}"
+
+
+# --- statuses, through a stub transport ---------------------------------------------------------
+
+
+class StubAdapter(requests.adapters.BaseAdapter):
+    """Answers every request with ``handler(request) -> (status, body)``; records requests."""
+
+    def __init__(self, handler: Callable[[requests.PreparedRequest], tuple[int, Any]]) -> None:
+        super().__init__()
+        self.handler = handler
+        self.requests: list[requests.PreparedRequest] = []
+        self.timeouts: list[Any] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.requests.append(request)
+        self.timeouts.append(kwargs.get("timeout"))
+        status, body = self.handler(request)
+        response = requests.Response()
+        response.status_code = status
+        response._content = body if isinstance(body, bytes) else json.dumps(body).encode()  # type: ignore[attr-defined]
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def stub_client(
+    handler: Callable[[requests.PreparedRequest], tuple[int, Any]], **kw: Any
+) -> tuple[ComfyClient, StubAdapter]:
+    server = kw.pop("server", SERVER)
+    client = ComfyClient(server, timeouts=Timeouts(0.5, 1.5), **kw)
+    adapter = StubAdapter(handler)
+    client._session.mount("http://", adapter)
+    client._session.mount("https://", adapter)
+    return client, adapter
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (500, UnexpectedStatus),
+        (404, UnexpectedStatus),
+        (413, UnexpectedStatus),
+        (401, AuthenticationFailed),
+        (403, AuthenticationFailed),
+        (502, ServerUnreachable),
+        (503, ServerUnreachable),
+        (504, ServerUnreachable),
+    ],
+)
+def test_http_status_translation(status: int, expected: type) -> None:
+    client, _ = stub_client(lambda r: (status, b"500 Internal Server Error"))
+    with pytest.raises(expected) as info:
+        client.queue_remaining()
+    assert f"HTTP {status}" in str(info.value) and info.value.server == "r1"
+
+
+def test_every_call_has_explicit_connect_and_read_timeouts() -> None:
+    client, adapter = stub_client(lambda r: (200, {"exec_info": {"queue_remaining": 3}}))
+    assert client.queue_remaining() == 3
+    assert adapter.timeouts == [(0.5, 1.5)]
+
+
+def test_400_on_prompt_is_workflow_rejected_with_node_errors() -> None:
+    body = {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+        },
+        "node_errors": {
+            "5": {
+                "errors": [
+                    {
+                        "type": "value_smaller_than_min",
+                        "message": "Value 0 smaller than min of 1",
+                        "details": "width",
+                        "extra_info": {"input_name": "width"},
+                    }
+                ],
+                "dependent_outputs": ["9"],
+                "class_type": "EmptyImage",
+            }
+        },
+    }
+    client, adapter = stub_client(lambda r: (400, body))
+    with pytest.raises(WorkflowRejected) as info:
+        client.submit({"5": {"class_type": "EmptyImage", "inputs": {}}}, prompt_id="pid-1")
+    (err,) = info.value.node_errors
+    assert (err.node_id, err.class_type, err.input_name) == ("5", "EmptyImage", "width")
+    assert info.value.prompt_id == "pid-1"
+    sent = json.loads(adapter.requests[0].body)  # type: ignore[arg-type]
+    assert sent["client_id"] == client.client_id and sent["prompt_id"] == "pid-1"
+
+
+def test_submit_refuses_a_server_that_ignores_our_prompt_id() -> None:
+    client, _ = stub_client(
+        lambda r: (200, {"prompt_id": "theirs", "number": 1, "node_errors": {}})
+    )
+    with pytest.raises(ProtocolError, match="too old"):
+        client.submit({}, prompt_id="ours")
+
+
+def test_non_json_answer_is_protocol_error() -> None:
+    client, _ = stub_client(lambda r: (200, b"<html>proxy login</html>"))
+    with pytest.raises(ProtocolError, match="not JSON"):
+        client.system_stats()
+
+
+def test_token_and_headers_go_on_every_request_and_tls_verify_follows_config() -> None:
+    server = ServerConfig(
+        name="s",
+        host="h",
+        port=443,
+        scheme="https",
+        token="sekrit",
+        headers={"X-Farm": "a"},
+        verify_tls=False,
+    )
+    client, adapter = stub_client(
+        lambda r: (200, {"exec_info": {"queue_remaining": 0}}), server=server
+    )
+    client.queue_remaining()
+    headers = adapter.requests[0].headers
+    assert headers["Authorization"] == "Bearer sekrit" and headers["X-Farm"] == "a"
+    assert adapter.requests[0].url == "https://h:443/prompt"
+    assert client._session.verify is False
+    assert ComfyClient(SERVER)._session.verify is True
+
+
+def test_use_after_close_raises_closed_error() -> None:
+    client, adapter = stub_client(lambda r: (200, {}))
+    with client:
+        assert client.state is ClientState.OPEN
+    assert client.state is ClientState.CLOSED
+    for call in (
+        client.system_stats,
+        client.queue,
+        lambda: client.submit({}),
+        lambda: client.listen(print),
+    ):
+        with pytest.raises(ClosedError):
+            call()
+    client.close()  # idempotent
+    assert adapter.requests == []
+
+
+def test_interrupt_only_when_our_prompt_is_running_and_never_bodiless() -> None:
+    queue = {
+        "queue_running": [[1, "theirs", {}, {}, []]],
+        "queue_pending": [[2, "mine", {}, {}, []]],
+    }
+
+    def handler(r: requests.PreparedRequest) -> tuple[int, Any]:
+        return (200, queue) if r.method == "GET" else (200, b"")
+
+    client, adapter = stub_client(handler)
+    assert client.interrupt("mine") is False  # pending, not running
+    assert client.interrupt("gone") is False
+    assert [r.method for r in adapter.requests] == ["GET", "GET"]
+    client.cancel("mine")
+    posts = [(r.path_url, json.loads(r.body)) for r in adapter.requests if r.method == "POST"]  # type: ignore[arg-type]
+    assert posts == [("/queue", {"delete": ["mine"]})]
+    queue["queue_running"] = [[2, "mine", {}, {}, []]]
+    queue["queue_pending"] = []
+    assert client.interrupt("mine") is True
+    posts = [(r.path_url, json.loads(r.body)) for r in adapter.requests if r.method == "POST"]  # type: ignore[arg-type]
+    assert posts[-1] == ("/interrupt", {"prompt_id": "mine"})
+    for _, body in posts:
+        assert "clear" not in body
+    client.delete_queued([])  # nothing to do: no request
+    assert len([r for r in adapter.requests if r.method == "POST"]) == 2
