@@ -1,0 +1,295 @@
+"""Showing a render job's events in a terminal: rich bars, plain lines, or JSON lines.
+
+Every view is an ``on_event`` callback for :meth:`Scheduler.start` plus ``close()`` and
+``summary(result)``. The scheduler calls the callback from its worker threads, one event at a
+time (``EventSink`` serialises them), so a view only guards what the main thread also touches.
+
+- :class:`RichView` (stdout is a TTY and rich is installed): one overall bar and one bar per
+  server, each with what that server is doing (its chunk, or why it left the job).
+- :class:`PlainView` (pipes, CI logs): one line per 10 % of frames written, one per finished
+  multi-frame chunk, one per retry or blocklisted server; never one per frame.
+- :class:`JsonView` (``--json``): one JSON object per event, ``{"type": <class name>, ...fields}``.
+
+rich is imported lazily, inside :class:`RichView`, so the CLI works with the runtime dependencies
+alone (``make_view`` falls back to plain text when rich is missing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any, Optional, TextIO
+
+from comfy_cluster.core import events as ev
+
+__all__ = ["JsonView", "PlainView", "RichView", "View", "event_to_json", "make_view"]
+
+
+def event_to_json(event: ev.JobEvent) -> dict[str, Any]:
+    """``{"type": "FrameWritten", "job_id": ..., "frame": 7, ...}``: the class name and fields."""
+    data: dict[str, Any] = {"type": type(event).__name__}
+    for f in dataclasses.fields(event):
+        data[f.name] = _plain(getattr(event, f.name))
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4)
+    return value
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class View:
+    """Base view: counts frames per server and writes the end-of-job summary as text.
+
+    ``__call__`` runs on scheduler threads; ``close`` and ``summary`` on the main thread.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+        self.total = 0
+        self.written = 0
+        self.per_server: dict[str, int] = {}
+        self.servers: tuple[str, ...] = ()
+        #: Set once ``out`` is gone (a closed pipe: ``comfy-cluster render ... | head``).
+        self.broken = False
+
+    def write_line(self, text: str) -> None:
+        """Write one line; a closed pipe silences the view instead of failing the render."""
+        if self.broken:
+            return
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self.broken = True
+
+    def __call__(self, event: ev.JobEvent) -> None:
+        with self._lock:
+            if isinstance(event, ev.JobStarted):
+                self.total = event.total_frames
+                self.servers = tuple(event.servers)
+                self.per_server = {name: 0 for name in event.servers}
+            elif isinstance(event, ev.FrameWritten):
+                self.written += 1
+                self.per_server[event.server] = self.per_server.get(event.server, 0) + 1
+            self.handle(event)
+
+    def handle(self, event: ev.JobEvent) -> None:
+        """Show one event (lock held)."""
+
+    def close(self) -> None:
+        """Stop any live display (idempotent)."""
+
+    def summary(self, result: Any) -> None:
+        """Print how the job ended: frames per server, retries, time, and why if it failed."""
+        for line in summary_lines(result):
+            self.write_line(line)
+
+
+def summary_lines(result: Any) -> list[str]:
+    """The text summary of a ``JobResult`` (shared by the plain and rich views)."""
+    status = result.status.value
+    requested = len(result.frames_requested)
+    written = len(result.frames_written)
+    skipped = len(result.frames_skipped)
+    head = f"{status}: {written} frame(s) written"
+    if skipped:
+        head += f", {skipped} skipped (already on disk)"
+    head += f" of {requested} in {_duration(result.seconds)}; retries: {result.retries}"
+    lines = [head]
+    for name, count in sorted(result.per_server.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {name}: {count} frame(s)")
+    for name, why in result.blocklisted.items():
+        lines.append(f"  {name} left the job: {why}")
+    if not result.ok:
+        if result.message:
+            node = f" (node {result.node_id})" if result.node_id else ""
+            lines.append(f"  reason: {result.message}{node}")
+        if result.frames_missing:
+            from comfy_cluster.core.job import frames_text
+
+            lines.append(
+                f"  missing: {len(result.frames_missing)} frame(s): "
+                f"{frames_text(result.frames_missing)}"
+            )
+    return lines
+
+
+class JsonView(View):
+    """One JSON object per line per event; nothing else on stdout (the summary is JobDone)."""
+
+    def handle(self, event: ev.JobEvent) -> None:
+        self.write_line(json.dumps(event_to_json(event)))
+
+    def summary(self, result: Any) -> None:
+        pass
+
+
+class PlainView(View):
+    """Plain lines for logs: every 10 % of frames, each finished multi-frame chunk, each problem."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(out)
+        self._next_tenth = 1
+        self._chunk_left: dict[tuple[int, str], int] = {}
+
+    def handle(self, event: ev.JobEvent) -> None:
+        if isinstance(event, ev.JobStarted):
+            skipped = f", {len(event.skipped_frames)} skipped" if event.skipped_frames else ""
+            self.write_line(
+                f"rendering {event.total_frames} frame(s){skipped} on "
+                f"{len(event.servers)} server(s): {', '.join(event.servers)}"
+            )
+        elif isinstance(event, ev.ChunkAssigned):
+            if len(event.frames) > 1:
+                self._chunk_left[(event.chunk_index, event.server)] = len(event.frames)
+        elif isinstance(event, ev.FrameWritten):
+            self._frame(event)
+        elif isinstance(event, ev.ChunkRetried):
+            self.write_line(
+                f"retry: chunk {event.chunk_index} on {event.server} failed ({event.why}); "
+                f"{len(event.frames)} frame(s) back in the queue"
+            )
+        elif isinstance(event, ev.ServerBlocklisted):
+            self.write_line(f"server {event.server} left the job: {event.why}")
+        elif isinstance(event, ev.JobFailed):
+            node = f" (node {event.node_id})" if event.node_id else ""
+            self.write_line(f"job failed: {event.message}{node}")
+        elif isinstance(event, ev.JobCancelled):
+            self.write_line("job cancelled")
+
+    def _frame(self, event: ev.FrameWritten) -> None:
+        for key in [k for k in self._chunk_left if k[1] == event.server]:
+            self._chunk_left[key] -= 1
+            if self._chunk_left[key] <= 0:
+                del self._chunk_left[key]
+                self.write_line(f"chunk {key[0]} done on {event.server}")
+            break
+        if not self.total:
+            return
+        tenth = self.written * 10 // self.total
+        if tenth >= self._next_tenth:
+            self._next_tenth = tenth + 1
+            eta = f", about {_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            self.write_line(f"{self.written}/{self.total} frames ({tenth * 10}%){eta}")
+
+
+class RichView(View):
+    """Live bars: overall (with ETA) and one per server (frames it wrote, what it does now)."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(out)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = Console(file=out)
+        self.progress = Progress(
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+            refresh_per_second=8,
+        )
+        self._overall: Optional[Any] = None
+        self._tasks: dict[str, Any] = {}
+        self._out: set[str] = set()
+        self._started = False
+
+    def _ensure(self) -> None:
+        if not self._started:
+            self.progress.start()
+            self._started = True
+
+    def _task(self, server: str) -> Any:
+        task = self._tasks.get(server)
+        if task is None:
+            task = self.progress.add_task(server, total=self.total or None, note="waiting")
+            self._tasks[server] = task
+        return task
+
+    def handle(self, event: ev.JobEvent) -> None:
+        self._ensure()
+        p = self.progress
+        if isinstance(event, ev.JobStarted):
+            skipped = f"{len(event.skipped_frames)} skipped" if event.skipped_frames else ""
+            self._overall = p.add_task("all frames", total=event.total_frames or 1, note=skipped)
+            for name in event.servers:
+                self._task(name)
+            return
+        if self._overall is not None:
+            eta = f"~{_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            p.update(
+                self._overall,
+                completed=min(self.total, event.progress * self.total),
+                note=eta,
+            )
+        if isinstance(event, ev.ChunkAssigned):
+            from comfy_cluster.core.job import frames_text
+
+            p.update(self._task(event.server), note=f"frames {frames_text(event.frames)}")
+        elif isinstance(event, ev.FrameWritten):
+            p.update(self._task(event.server), completed=self.per_server.get(event.server, 0))
+        elif isinstance(event, ev.ChunkRetried):
+            p.update(self._task(event.server), note=f"[yellow]retry: {event.why}")
+        elif isinstance(event, ev.ServerBlocklisted):
+            self._out.add(event.server)
+            p.update(self._task(event.server), note=f"[red]out: {event.why}")
+        elif isinstance(event, (ev.JobDone, ev.JobFailed, ev.JobCancelled)):
+            note = "done" if isinstance(event, ev.JobDone) else "stopped"
+            for name, task in self._tasks.items():
+                if name not in self._out:
+                    p.update(task, note=note)
+
+    def close(self) -> None:
+        if self._started:
+            self.progress.stop()
+            self._started = False
+
+    def summary(self, result: Any) -> None:
+        self.close()
+        style = "green" if result.ok else "red"
+        lines = summary_lines(result)
+        self.console.print(lines[0], style=style, markup=False, highlight=False)
+        for line in lines[1:]:
+            self.console.print(line, markup=False, highlight=False)
+
+
+def make_view(out: TextIO, *, json_lines: bool = False, tty: Optional[bool] = None) -> View:
+    """The view for ``out``: JSON lines when asked, rich bars on a terminal, else plain lines."""
+    if json_lines:
+        return JsonView(out)
+    if tty is None:
+        isatty = getattr(out, "isatty", None)
+        tty = bool(isatty and isatty())
+    if tty:
+        try:
+            return RichView(out)
+        except ImportError:
+            pass
+    return PlainView(out)

@@ -1,0 +1,294 @@
+"""``comfy-cluster render``: render a frame range of a workflow across the configured servers.
+
+Everything that can be wrong with the arguments or the configuration is checked *before* a
+server is contacted, and reported in one line naming the field, server, node or frames at fault
+(exit status 2). Then the job runs on :class:`~comfy_cluster.core.scheduler.Scheduler` while a
+view from :mod:`comfy_cluster.commands.progress` shows its events. Exit status:
+
+- 0: every requested frame is on disk;
+- 1: the job failed or ended incomplete (the summary says why and which frames are missing);
+- 2: bad arguments or configuration;
+- 130: Ctrl-C; the job is cancelled first, so no prompt of ours is left on any server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: How long Ctrl-C waits for the cancel sweep (interrupt + delete on every server).
+CANCEL_TIMEOUT = 15.0
+#: Seconds per health poll of one server.
+HEALTH_TIMEOUT = 2.0
+
+__all__ = ["UsageError", "build_job", "execute", "register", "run"]
+
+
+class UsageError(ValueError):
+    """Bad arguments or configuration: the message names what to fix (exit status 2)."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``render`` sub-command to the CLI."""
+    parser = subparsers.add_parser(
+        "render",
+        help="render a frame range of a workflow on the cluster",
+        description=(
+            "Render WORKFLOW (ComfyUI API-format JSON) for every frame of --frames across the "
+            "configured servers, writing --output. Exit status: 0 all frames on disk, 1 job "
+            "failed or incomplete, 2 bad arguments or configuration, 130 interrupted."
+        ),
+    )
+    parser.add_argument("workflow", metavar="WORKFLOW.json", help="workflow in API format")
+    parser.add_argument(
+        "--frames", required=True, metavar="RANGE", help="Nuke frame range: 1-100, 1-99x2, 5 7 9"
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="PATTERN", help="output frames, e.g. out/shot.####.png"
+    )
+    parser.add_argument(
+        "--input", metavar="PATTERN", default=None, help="input frames bound to the image loader"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, metavar="N", help="frames per chunk (0: automatic)"
+    )
+    parser.add_argument(
+        "--strategy",
+        default="fastest",
+        metavar="NAME",
+        help="balancer: fastest (default), least_loaded, round_robin, priority",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only use this server (repeatable)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="frame",
+        metavar="frame|batch",
+        help="frame: one prompt per frame (default); batch: one prompt per chunk",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="NODE.INPUT=VALUE",
+        help="override a node input (repeatable; VALUE may use {frame})",
+    )
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="skip frames already on disk")
+    existing.add_argument("--overwrite", action="store_true", help="replace frames on disk")
+    parser.add_argument("--json", action="store_true", help="print one JSON event per line")
+    parser.set_defaults(func=run)
+
+
+def run(
+    args: argparse.Namespace,
+    environ: Optional[Mapping[str, str]] = None,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
+    """Check everything, render, summarise; returns the exit status. Main thread."""
+    from comfy_cluster.commands.progress import make_view
+    from comfy_cluster.core.config import load_servers
+    from comfy_cluster.core.errors import ConfigError
+
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        try:
+            servers = load_servers(env)
+        except ConfigError as exc:
+            raise UsageError(f"configuration error: {exc}") from None
+        job = build_job(args)
+        servers = select_servers(servers, args.server)
+    except UsageError as exc:
+        print(f"comfy-cluster render: {exc}", file=err)
+        return EXIT_USAGE
+    view = make_view(out, json_lines=bool(args.json))
+    return execute(job, servers, view, err=err)
+
+
+def build_job(args: argparse.Namespace) -> Any:
+    """A checked ``RenderJob`` from the arguments. Raises :class:`UsageError` naming the culprit."""
+    from comfy_cluster.core.balance import STRATEGIES
+    from comfy_cluster.core.errors import ConfigError, FrameRangeError, WorkflowError
+    from comfy_cluster.core.frames import FrameRange
+    from comfy_cluster.core.job import MODES, RenderJob, frames_text
+    from comfy_cluster.core.transfer import existing_frames, frame_path
+    from comfy_cluster.core.workflow import (
+        Override,
+        Workflow,
+        build_frame_prompt,
+        validate_workflow,
+    )
+
+    try:
+        frames = FrameRange.parse(args.frames)
+    except FrameRangeError as exc:
+        raise UsageError(f"--frames: {exc}") from None
+    if args.mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {args.mode!r}")
+    if args.strategy not in STRATEGIES:
+        raise UsageError(
+            f"--strategy: unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
+    if args.chunk_size < 0:
+        raise UsageError(f"--chunk-size must be >= 0, not {args.chunk_size}")
+    for option, pattern in (("--output", args.output), ("--input", args.input)):
+        if pattern is None:
+            continue
+        try:
+            frame_path(pattern, frames.first)
+        except ConfigError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+    path = Path(args.workflow)
+    if not path.is_file():
+        raise UsageError(f"workflow file not found: {path}")
+    try:
+        workflow = Workflow.load(path)
+        overrides = tuple(Override.parse(text) for text in args.overrides)
+        targets = validate_workflow(workflow, needs_image_input=bool(args.input))
+        # Build one prompt now so a bad --set (unknown node or input) fails before any work.
+        build_frame_prompt(
+            workflow,
+            frames.first,
+            image_value="check.png" if targets.image_loader else None,
+            overrides=overrides,
+            output_prefix="check",
+            loader=targets.image_loader,
+            output_node=targets.output_node,
+        )
+    except WorkflowError as exc:
+        node = f" (node {exc.node_id})" if getattr(exc, "node_id", None) else ""
+        raise UsageError(f"{path}: {exc}{node}") from None
+    if args.input:
+        missing = [f for f in frames.frames if not frame_path(args.input, f).is_file()]
+        if missing:
+            raise UsageError(
+                f"--input: {len(missing)} input frame(s) missing ({frames_text(missing)} of "
+                f"{args.input})"
+            )
+    existing_mode = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    if existing_mode == "error":
+        found = existing_frames(args.output, frames.frames)
+        if found:
+            raise UsageError(
+                f"{len(found)} output frame(s) already exist: {frames_text(found)} "
+                f"({args.output}); use --resume to skip them or --overwrite to replace them"
+            )
+    try:
+        return RenderJob(
+            workflow,
+            frames,
+            args.output,
+            input_pattern=args.input,
+            mode=args.mode,
+            chunk_size=args.chunk_size,
+            strategy=args.strategy,
+            servers=tuple(args.server) if args.server else None,
+            overrides=overrides,
+            existing=existing_mode,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def select_servers(servers: Sequence[Any], allow: Optional[Sequence[str]]) -> tuple[Any, ...]:
+    """The configured servers the job may use; unknown or only-disabled names are usage errors."""
+    known = {srv.name: srv for srv in servers}
+    if allow:
+        unknown = [name for name in allow if name not in known]
+        if unknown:
+            names = ", ".join(sorted(known)) or "none"
+            raise UsageError(
+                f"--server: unknown server(s) {', '.join(unknown)} (configured: {names})"
+            )
+        chosen = tuple(srv for srv in servers if srv.name in set(allow))
+    else:
+        chosen = tuple(servers)
+    if not any(srv.enabled for srv in chosen):
+        which = ", ".join(srv.name for srv in chosen) or "none configured"
+        raise UsageError(f"no enabled server to render on ({which} disabled)")
+    return chosen
+
+
+def execute(
+    job: Any,
+    servers: Sequence[Any],
+    view: Any,
+    *,
+    err: Optional[TextIO] = None,
+    scheduler_options: Optional[Mapping[str, Any]] = None,
+    health: bool = True,
+) -> int:
+    """Run ``job`` on ``servers`` with ``view`` showing events; 0, 1 or 130 (see module doc).
+
+    With ``health`` a :class:`HealthMonitor` polls the servers during the job, so a server that
+    is down (or lacks one of the workflow's node classes) gets no work instead of failing it.
+    Ctrl-C (KeyboardInterrupt on this, the main, thread) cancels the job and waits for the
+    scheduler's sweep, so nothing of ours stays queued or running on any server.
+    """
+    from comfy_cluster.core.scheduler import Scheduler
+    from comfy_cluster.core.transfer import frame_path
+
+    err = sys.stderr if err is None else err
+    options = dict(scheduler_options or {})
+    monitor = None
+    if health and "health" not in options:
+        monitor = start_health(servers, job)
+        options["health"] = monitor
+    scheduler = Scheduler(servers, **options)
+    handle = None
+    try:
+        handle = scheduler.start(job, view)
+        result = None
+        while result is None:
+            result = handle.wait(0.2)  # short waits: Ctrl-C is handled promptly everywhere
+    except KeyboardInterrupt:
+        if handle is not None:
+            handle.cancel()
+            if handle.wait(CANCEL_TIMEOUT) is None:
+                print("comfy-cluster: cancel did not finish in time", file=err)
+        view.close()
+        print("interrupted: job cancelled", file=err)
+        return EXIT_INTERRUPTED
+    finally:
+        view.close()
+        scheduler.close(timeout=CANCEL_TIMEOUT)
+        if monitor is not None:
+            monitor.close()
+    view.summary(result)
+    missing = [f for f in job.frame_range.frames if not frame_path(job.output_pattern, f).is_file()]
+    return EXIT_OK if result.ok and not missing else EXIT_FAILED
+
+
+def start_health(servers: Sequence[Any], job: Any) -> Any:
+    """A started health monitor that knows the workflow's node classes; first poll awaited
+    (bounded), so the first chunks already avoid servers that are down."""
+    from comfy_cluster.core.health import HealthMonitor
+    from comfy_cluster.core.workflow import Workflow
+
+    monitor = HealthMonitor([srv for srv in servers if srv.enabled], timeout=HEALTH_TIMEOUT)
+    try:
+        monitor.require_classes(Workflow.load(job.workflow).classes())
+        monitor.start()
+        monitor.wait_for_poll(HEALTH_TIMEOUT * 1.5 + 0.5)
+    except BaseException:
+        monitor.close()
+        raise
+    return monitor
