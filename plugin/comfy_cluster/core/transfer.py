@@ -1,0 +1,237 @@
+"""Moving frames between the artist's disk and a server: HTTP (default) or shared storage.
+
+Two transfers share one small interface (``prepare_input`` / ``fetch_output``); the scheduler
+never branches on which one it holds:
+
+- :class:`HttpTransfer` uploads input frames (``POST /upload/image``, deduplicated per server by
+  content) and downloads outputs (``GET /view``) into the output pattern.
+- :class:`SharedTransfer` sends nothing over HTTP: the server's ComfyUI folder is mounted locally
+  (``ServerConfig.dir_local`` here is ``dir_remote`` there), inputs are staged into its ``input``
+  folder and outputs copied out of its ``output`` folder, paths mapped by ``core/paths.PathMapper``.
+
+Either way a frame file is finished or absent: bytes go to a hidden temporary file in the target
+folder and are renamed into place (:func:`atomic_write`). Names returned by a server are never used
+as paths: :func:`check_image_ref` refuses anything but a plain file name in a relative subfolder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Optional, Protocol
+
+from comfy_cluster.core.errors import ProtocolError
+from comfy_cluster.core.frames import format_frame_path
+from comfy_cluster.core.server import ServerConfig
+
+__all__ = [
+    "HttpTransfer",
+    "SharedTransfer",
+    "Transfer",
+    "atomic_write",
+    "check_image_ref",
+    "existing_frames",
+    "frame_path",
+    "make_transfer",
+]
+
+_IMAGE_TYPES = ("output", "temp", "input")
+
+
+def frame_path(pattern: str, frame: int) -> Path:
+    """The local path of ``frame`` in ``pattern`` (``out/shot.####.png``), made absolute."""
+    return Path(format_frame_path(pattern, frame)).expanduser().absolute()
+
+
+def existing_frames(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
+    """Frames of ``frames`` whose output file already exists (the resume/overwrite check)."""
+    return tuple(f for f in frames if frame_path(pattern, f).is_file())
+
+
+def atomic_write(dest: Path, produce: Callable[[Path], Any]) -> Path:
+    """Write ``dest`` through a hidden temporary file in its folder, then rename it into place.
+
+    ``produce(tmp)`` must write ``tmp`` completely. A reader sees the old file (or none) until
+    the rename, never a half-written one; a failed ``produce`` leaves no temporary file behind.
+    Any thread; safe for different ``dest`` concurrently.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        produce(tmp)
+        if not tmp.is_file():
+            raise ProtocolError(f"nothing was written for {dest.name}")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def _ref_field(ref: Any, name: str) -> str:
+    value = ref.get(name, "") if isinstance(ref, dict) else getattr(ref, name, "")
+    return "" if value is None else str(value)
+
+
+def check_image_ref(ref: Any, *, server: Optional[str] = None) -> tuple[str, str, str]:
+    """Validate a server's image reference; return ``(filename, subfolder, type)``.
+
+    The server names the file; we only accept a plain file name and a relative subfolder without
+    ``..`` so a hostile or confused server cannot point us at another path. Raises
+    :class:`ProtocolError` otherwise.
+    """
+    filename = _ref_field(ref, "filename")
+    subfolder = _ref_field(ref, "subfolder").replace("\\", "/")
+    kind = _ref_field(ref, "type") or "output"
+    bad_name = (
+        not filename
+        or filename in (".", "..")
+        or "/" in filename
+        or "\\" in filename
+        or "\x00" in filename
+    )
+    parts = PurePosixPath(subfolder).parts if subfolder else ()
+    bad_sub = (
+        subfolder.startswith("/")
+        or (len(subfolder) > 1 and subfolder[1] == ":")
+        or ".." in parts
+        or "\x00" in subfolder
+    )
+    if bad_name or bad_sub or kind not in _IMAGE_TYPES:
+        raise ProtocolError(
+            f"refusing unsafe output reference filename={filename!r} subfolder={subfolder!r} "
+            f"type={kind!r}",
+            server=server,
+        )
+    return filename, "/".join(p for p in parts if p not in ("", ".")), kind
+
+
+class Transfer(Protocol):
+    """How inputs reach a server and outputs come back. Called from worker threads."""
+
+    def prepare_input(self, client: Any, server: ServerConfig, path: Path) -> str:
+        """Make ``path`` readable by ``server``; return the value for the image loader."""
+        ...
+
+    def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
+        """Write the server's output ``ref`` to ``dest`` atomically; return ``dest``."""
+        ...
+
+
+class HttpTransfer:
+    """Upload inputs and download outputs over HTTP. One per job; any worker thread.
+
+    Uploads are remembered per (server, file, size, mtime) for the job, so a frame re-rendered on
+    the same server is not uploaded again; the client deduplicates by content hash on top.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._uploaded: dict[tuple[str, str, int, int], str] = {}
+
+    def prepare_input(self, client: Any, server: ServerConfig, path: Path) -> str:
+        st = path.stat()
+        key = (server.name, str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._uploaded.get(key)
+        if cached is not None:
+            return cached
+        value = str(client.upload_image(path))
+        with self._lock:
+            self._uploaded[key] = value
+        return value
+
+    def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
+        check_image_ref(ref, server=server.name)
+        return atomic_write(dest, lambda tmp: client.download(ref, tmp))
+
+
+class SharedTransfer:
+    """Shared storage: the server's ComfyUI folder is mounted here; no bytes over HTTP.
+
+    ``dir_local`` (this machine) and ``dir_remote`` (the server) name the same ComfyUI folder,
+    holding ``input/`` and ``output/``. An input already inside ``<dir_local>/input`` is used in
+    place; any other is staged (atomically, once per content) into
+    ``<dir_local>/input/comfy_cluster/``. Outputs are copied from
+    ``<dir_remote>/<type>/<subfolder>/<filename>`` mapped to the local side. Any worker thread.
+    """
+
+    STAGE = "comfy_cluster"
+
+    def __init__(self, mapper_factory: Optional[Callable[[str, str], Any]] = None) -> None:
+        if mapper_factory is None:
+            from comfy_cluster.core.paths import PathMapper
+
+            mapper_factory = PathMapper
+        self._mapper_factory = mapper_factory
+        self._lock = threading.Lock()
+        self._staged: dict[tuple[str, str, int, int], str] = {}
+
+    @staticmethod
+    def _check(server: ServerConfig) -> None:
+        if not server.dir_local or not server.dir_remote:
+            from comfy_cluster.core.errors import ConfigError
+
+            raise ConfigError(
+                "shared storage needs dir_local and dir_remote",
+                field="dir_local",
+                server=server.name,
+            )
+
+    def prepare_input(self, client: Any, server: ServerConfig, path: Path) -> str:
+        self._check(server)
+        input_dir = Path(server.dir_local).expanduser().absolute() / "input"
+        path = path.absolute()
+        try:
+            return path.relative_to(input_dir).as_posix()
+        except ValueError:
+            pass
+        st = path.stat()
+        key = (server.name, str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._staged.get(key)
+        if cached is not None:
+            return cached
+        digest = _file_digest(path)
+        name = f"{digest[:24]}{path.suffix.lower()}"
+        dest = input_dir / self.STAGE / name
+        if not dest.is_file():
+            atomic_write(dest, lambda tmp: shutil.copyfile(path, tmp))
+        value = f"{self.STAGE}/{name}"
+        with self._lock:
+            self._staged[key] = value
+        return value
+
+    def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
+        self._check(server)
+        filename, subfolder, kind = check_image_ref(ref, server=server.name)
+        mapper = self._mapper_factory(server.dir_local, server.dir_remote)
+        remote = "/".join(
+            p for p in (server.dir_remote.rstrip("/\\"), kind, subfolder, filename) if p
+        )
+        source = Path(mapper.to_local(remote))
+        if not source.is_file():
+            raise ProtocolError(
+                f"output {filename!r} is not at {source} (is {server.dir_local} the shared "
+                f"ComfyUI folder?)",
+                server=server.name,
+            )
+        return atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_transfer(shared_storage: bool) -> Transfer:
+    """The transfer a job asks for: shared storage or HTTP."""
+    return SharedTransfer() if shared_storage else HttpTransfer()
