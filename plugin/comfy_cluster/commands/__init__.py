@@ -1,1 +1,1 @@
-"""Sub-commands of the ``comfy-cluster`` CLI, one module each, each with ``register(subparsers)``."""
+"""Sub-commands of the ``comfy-cluster`` CLI: one module each, with ``register(subparsers)``."""

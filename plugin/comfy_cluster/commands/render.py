@@ -14,7 +14,6 @@ view from :mod:`comfy_cluster.commands.progress` shows its events. Exit status:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -102,18 +101,15 @@ def run(
     err: Optional[TextIO] = None,
 ) -> int:
     """Check everything, render, summarise; returns the exit status. Main thread."""
+    from comfy_cluster.commands.common import io_for, load_servers_or_report
     from comfy_cluster.commands.progress import make_view
-    from comfy_cluster.core.config import load_servers
-    from comfy_cluster.core.errors import ConfigError
 
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
+    io = io_for(environ, out, err)
+    out, err = io.out, io.err
+    servers = load_servers_or_report("render", io)
+    if servers is None:
+        return EXIT_USAGE
     try:
-        try:
-            servers = load_servers(env)
-        except ConfigError as exc:
-            raise UsageError(f"configuration error: {exc}") from None
         job = build_job(args)
         servers = select_servers(servers, args.server)
     except UsageError as exc:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.core.config import load_servers, user_config_path
-from comfy_cluster.core.errors import ConfigError
+from comfy_cluster.commands.common import EXIT_USAGE, io_for, load_servers_or_report
+from comfy_cluster.core.config import user_config_path
 from comfy_cluster.core.server import ServerConfig
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_USAGE
 
 _COLUMNS = ("NAME", "URL", "PRI", "ENABLED", "MAX", "DIRS", "AUTH", "SOURCE")
 
@@ -45,13 +43,10 @@ def run(
     err: Optional[TextIO] = None,
 ) -> int:
     """Print the servers; 0 on success, 2 on a bad configuration."""
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        servers = load_servers(env)
-    except ConfigError as exc:
-        print(f"comfy-cluster servers: configuration error: {exc}", file=err)
+    io = io_for(environ, out, err)
+    out, env = io.out, io.env
+    servers = load_servers_or_report("servers", io)
+    if servers is None:
         return EXIT_CONFIG
     if getattr(args, "json", False):
         json.dump([server.masked() for server in servers], out, indent=2)

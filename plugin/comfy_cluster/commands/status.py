@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.health import HealthMonitor, HealthSnapshot, ServerStatus
 
 EXIT_OK = 0
@@ -54,15 +51,12 @@ def run(
     err: Optional[TextIO] = None,
 ) -> int:
     """Poll and print; see the module docstring for exit codes. Main thread."""
-    from comfy_cluster.core.config import load_servers
+    from comfy_cluster.commands.common import io_for, load_servers_or_report
 
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        servers = load_servers(env)
-    except ConfigError as exc:
-        print(f"comfy-cluster status: configuration error: {exc}", file=err)
+    io = io_for(environ, out, err)
+    out, err = io.out, io.err
+    servers = load_servers_or_report("status", io)
+    if servers is None:
         return EXIT_CONFIG
     timeout = max(0.05, float(getattr(args, "timeout", 2.0)))
     interval = max(0.1, float(getattr(args, "interval", 1.0)))
