@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = ("servers", "status", "render", "sim", "demo")

@@ -1,1 +1,1 @@
-"""Pure-Python core: config, ComfyUI client, health, balancing, frames, scheduler. No nuke, no Qt."""
+"""Pure-Python core: config, client, health, balancing, frames, scheduler. No nuke, no Qt."""

@@ -19,8 +19,8 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     ├── JobCancelled                    the user cancelled
     └── ClosedError(RuntimeError)       use of a closed client or scheduler
 
-Each error carries the fields a user acts on (``server``, ``field``, ``node_id``, ``prompt_id``) so the
-UI can say *which* server, field or node is at fault without parsing the message.
+Each error carries the fields a user acts on (``server``, ``field``, ``node_id``, ``prompt_id``)
+so the UI can say *which* server, field or node is at fault without parsing the message.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ class WorkflowRejected(PermanentError):
         prompt_id: Optional[str] = None,
     ) -> None:
         super().__init__(message, server=server)
-        #: ComfyUI's ``error.type``: invalid_prompt, prompt_no_outputs, prompt_outputs_failed_validation...
+        #: ComfyUI's ``error.type``: invalid_prompt, prompt_no_outputs,
+        #: prompt_outputs_failed_validation...
         self.error_type = error_type
         self.node_errors = node_errors
         self.prompt_id = prompt_id

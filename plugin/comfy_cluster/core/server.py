@@ -6,8 +6,9 @@ holds the value and the few things derived from it (URLs, a masked ``repr``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 DEFAULT_PORT = 8188
 MASK = "***"
