@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -137,7 +138,7 @@ class _Runtime:
             sock = _bind(owner.host, owner.port, listen=True)
             owner._port = sock.getsockname()[1]
             self.server = await asyncio.get_running_loop().create_server(
-                self.runner.server, sock=sock
+                self.runner.server, sock=sock, ssl=owner.ssl_context
             )
 
     async def apply_options(self) -> None:
@@ -222,11 +223,14 @@ class SimServer:
         host: str = "127.0.0.1",
         port: int = 0,
         root: Optional[Path] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the sim only listens on 127.0.0.1")
         self._options = options
         self._lock = threading.Lock()
+        #: Serve https/wss with this context (a certificate the tests make), plain http when None.
+        self.ssl_context = ssl_context
         self.host = "127.0.0.1"
         self._port = port
         if root is None:
@@ -247,12 +251,17 @@ class SimServer:
         return self._port
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+        return f"{self.scheme}://{self.host}:{self._port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self._port}/ws"
+        ws = "wss" if self.ssl_context is not None else "ws"
+        return f"{ws}://{self.host}:{self._port}/ws"
 
     @property
     def options(self) -> SimOptions:
