@@ -1,8 +1,10 @@
 """Nuke start-up for GUI sessions only: the server panel, the Nodes menu entry, node callbacks.
 
 Each install is guarded: a failure is reported with ``nuke.tprint`` and never breaks Nuke's
-start-up. The host install runs on its own too, so the render node still works (menu entry and
-callbacks) when the Qt panel cannot load. Both installs are idempotent.
+start-up. The host install runs first and on its own, so the render node still works (menu entry
+and callbacks) when the Qt panel cannot load. The host session owns the session's one cluster
+service; the panel shows that same service (looked up when the first panel opens) and hooks
+Nuke's quit to close it. Neither install starts a thread. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -25,5 +27,5 @@ def _guarded(what: str, install: str) -> None:
 
 
 if nuke.GUI:
-    _guarded("the server panel install", "comfy_cluster.ui.install:install_gui")
     _guarded("the render node install", "comfy_cluster.host.install:install_host")
+    _guarded("the server panel install", "comfy_cluster.ui.install:install_gui")

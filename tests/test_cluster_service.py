@@ -205,6 +205,51 @@ def test_active_jobs_from_any_thread(service):
     assert service.active_jobs()["s4"] == "job / chunk 4"
 
 
+def test_jobs_report_per_job_and_clear_only_their_own(service):
+    service.report_job("a", "Render1 chunk 1 (1-4)", job="j1")
+    service.report_job("a", "Render2 chunk 3 (9-12)", job="j2")
+    service.report_job("b", "Render1 chunk 2 (5-8)", job="j1")
+    assert service.active_jobs() == {
+        "a": "Render1 chunk 1 (1-4); Render2 chunk 3 (9-12)",
+        "b": "Render1 chunk 2 (5-8)",
+    }
+    service.report_job("a", "", job="j2")
+    assert service.active_jobs()["a"] == "Render1 chunk 1 (1-4)"
+    service.report_job("a", "Render2 chunk 4 (13-16)", job="j2")
+    service.clear_job("j1")  # j1 ended: only its entries go
+    assert service.active_jobs() == {"a": "Render2 chunk 4 (13-16)"}
+    service.clear_job("j2")
+    service.clear_job("never-reported")
+    assert service.active_jobs() == {}
+
+
+def test_reports_from_many_threads_end_consistent(service):
+    def job(n):
+        for i in range(200):
+            service.report_job(f"s{i % 4}", f"job {n} chunk {i}", job=f"j{n}")
+        service.clear_job(f"j{n}")
+
+    workers = [threading.Thread(target=job, args=(n,)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert service.active_jobs() == {}
+
+
+def test_start_can_be_deferred_and_is_idempotent(env, monitors):
+    svc = ClusterService(environ=env, monitor_factory=monitors, start=False)
+    try:
+        assert monitors.built[0].calls == [] and not svc.started
+        svc.start()
+        svc.start()
+        assert monitors.built[0].calls == ["start"] and svc.started
+    finally:
+        svc.close()
+    svc.start()  # after close: nothing starts
+    assert monitors.built[0].calls == ["start", "close"]
+
+
 def test_reload_picks_up_a_hand_edited_file(service, user_file):
     user_file.parent.mkdir(parents=True, exist_ok=True)
     user_file.write_text(json.dumps({"version": 1, "removed": ["b"]}), encoding="utf-8")

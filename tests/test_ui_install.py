@@ -210,3 +210,119 @@ def test_a_panel_before_install_says_why(qapp):
     assert service_host() is None
     with pytest.raises(RuntimeError, match="install_gui"):
         install.make_panel_widget()
+
+
+# -- the panel and the render node share the host session's one service ---------------------------
+
+
+@pytest.fixture
+def host_session(qapp, fake_nuke, env):
+    """install_host() whose service never touches the network, then install_gui() by default."""
+    from comfy_cluster.host.install import install_host, uninstall_host
+
+    built = []
+    monitors = []
+
+    def monitor(servers):
+        monitors.append(quick_monitor(servers))
+        return monitors[-1]
+
+    def factory():
+        built.append(ClusterService(monitor_factory=monitor, start=False))
+        return built[-1]
+
+    uninstall_host(fake_nuke)
+    session = install_host(service_factory=factory, nuke=fake_nuke)
+    session.built = built
+    session.monitors = monitors
+    host = install_gui(interval_ms=20)
+    yield session, host
+    uninstall_gui()
+    uninstall_host(fake_nuke)
+    for service in built:
+        service.close()
+
+
+def test_panel_and_node_share_one_service_and_one_monitor(qtbot, host_session, fake_nuke):
+    session, host = host_session
+    assert session.peek_cluster() is None  # nothing built before a panel or a render needs it
+    widget = widget_of(pytest.importorskip("nukescripts").restorePanel(PANEL_ID))
+    qtbot.addWidget(widget)
+    widget.show()
+
+    service = session.cluster()
+    assert widget.controller.service is service and host.shared and not host.owns_service
+    # The render node's side (what a render reads) uses the same service and monitor.
+    servers, node_service = session.controller.configured(render=True)
+    assert node_service is service and [s.name for s in servers] == ["a", "b"]
+    assert len(session.built) == 1 and session.monitors == [service.monitor]
+    qtbot.waitUntil(lambda: len(health_threads()) == 2, timeout=2000)
+    # One monitor: one poller thread per server, not one per user of the service.
+    assert sorted(t.name for t in health_threads()) == [
+        "comfy-cluster-health-a",
+        "comfy-cluster-health-b",
+    ]
+    # The node's chunk reports show in the panel's Job column.
+    service.report_job("b", "Render1 chunk 2 (3-4)", job="j1")
+    qtbot.waitUntil(
+        lambda: widget.controller.model.row_named("b").job == "Render1 chunk 2 (3-4)", timeout=2000
+    )
+    service.report_job("b", "", job="j1")
+    qtbot.waitUntil(lambda: widget.controller.model.row_named("b").job == "", timeout=2000)
+    # A panel edit is what the node sees next.
+    widget.controller.set_enabled("b", False)
+    assert session.controller.server_names() == ["a"]
+
+    uninstall_gui()  # removing the panel leaves the node's service running
+    assert not service.closed
+    # b is disabled now: its poller is told to stop (never joined) and only a is polled.
+    qtbot.waitUntil(lambda: len(health_threads()) == 1, timeout=3000)
+
+
+def test_quitting_closes_the_host_sessions_service(qtbot, qapp, host_session, fake_nuke):
+    session, _host = host_session
+    widget = widget_of(pytest.importorskip("nukescripts").restorePanel(PANEL_ID))
+    qtbot.addWidget(widget)
+    widget.show()
+    service = session.cluster()
+    qtbot.waitUntil(lambda: len(health_threads()) == 2, timeout=2000)
+
+    qapp.aboutToQuit.emit()
+
+    assert service.closed and not widget.controller.timer.isActive()
+    assert session.cluster() is None  # nothing restarts it while Nuke quits
+    qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)
+
+
+def test_quitting_closes_the_host_service_even_without_a_panel(qtbot, qapp, host_session):
+    session, _host = host_session
+    service = session.cluster()  # a render started it; no panel was ever opened
+    qapp.aboutToQuit.emit()
+    assert service.closed
+    qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)
+
+
+def test_without_a_host_session_the_panel_owns_its_service(
+    qtbot, qapp, fake_nuke, env, monkeypatch
+):
+    from comfy_cluster.host.install import current_session, uninstall_host
+
+    uninstall_host(fake_nuke)
+    assert current_session(fake_nuke) is None
+    built = []
+
+    def own():
+        built.append(ClusterService(monitor_factory=quick_monitor))
+        return built[-1]
+
+    monkeypatch.setattr(install, "_default_service", own)
+    host = install_gui(interval_ms=20)
+    try:
+        widget = install.make_panel_widget()
+        qtbot.addWidget(widget)
+        assert widget.controller.service is built[0]
+        assert host.owns_service and not host.shared
+    finally:
+        uninstall_gui()
+    assert built[0].closed
+    qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)

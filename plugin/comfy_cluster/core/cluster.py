@@ -1,8 +1,10 @@
 """The cluster as one object: configured servers, their health, and the user's edits to them.
 
-:class:`ClusterService` is what the server panel (and later the host layer) holds. It owns one
-:class:`~comfy_cluster.core.health.HealthMonitor` and the user config file; every edit is saved at
-once and the monitor is told about the new server list. Pure core: no Qt, no ``nuke``.
+:class:`ClusterService` is what a Nuke session shares: the host layer owns exactly one (its render
+node takes the server list and the health monitor from it, and reports each job's chunks into it)
+and the server panel shows it. It owns one :class:`~comfy_cluster.core.health.HealthMonitor` and
+the user config file; every edit is saved at once and the monitor is told about the new server
+list. Pure core: no Qt, no ``nuke``.
 
 Threads: any thread may call any method. Reads (:meth:`snapshot`, :meth:`servers`,
 :meth:`active_jobs`) return cached values and never block on the network, so the Qt main thread
@@ -89,12 +91,14 @@ class ClusterService:
         self._monitor_factory = monitor_factory or default_monitor_factory
         self._lock = threading.RLock()
         self._servers = load_servers(self._environ, self._user_path)
-        self._jobs: dict[str, str] = {}
+        #: server -> {job key -> text}; insertion-ordered.
+        self._jobs: dict[str, dict[str, str]] = {}
         self._watchers = 0
         self._closed = False
+        self._started = False
         self._monitor = self._monitor_factory(self._servers)
         if start:
-            self._monitor.start()
+            self.start()
 
     # -- reads (cached, any thread) -------------------------------------------------------
     @property
@@ -118,15 +122,34 @@ class ClusterService:
     def active_jobs(self) -> dict[str, str]:
         """Server name -> "job / chunk" text, as last reported with :meth:`report_job`."""
         with self._lock:
-            return dict(self._jobs)
+            return {server: "; ".join(per_job.values()) for server, per_job in self._jobs.items()}
 
-    def report_job(self, server: str, text: Optional[str]) -> None:
-        """Record (or clear, with None/"") what ``server`` is working on; any thread."""
+    def report_job(self, server: str, text: Optional[str], *, job: str = "") -> None:
+        """Record (or clear, with None/"") what ``server`` is working on for ``job``; any thread.
+
+        Each ``job`` (any key, e.g. a job id) has its own entry per server, so one job clearing
+        its text never wipes another's; :meth:`active_jobs` joins a server's entries with "; "
+        in the order they were first reported.
+        """
         with self._lock:
+            per_job = self._jobs.get(server)
             if text:
-                self._jobs[server] = text
-            else:
-                self._jobs.pop(server, None)
+                if per_job is None:
+                    per_job = self._jobs[server] = {}
+                per_job[job] = text
+            elif per_job is not None:
+                per_job.pop(job, None)
+                if not per_job:
+                    del self._jobs[server]
+
+    def clear_job(self, job: str) -> None:
+        """Clear everything reported under ``job`` (its end), on every server; any thread."""
+        with self._lock:
+            for server in list(self._jobs):
+                per_job = self._jobs[server]
+                per_job.pop(job, None)
+                if not per_job:
+                    del self._jobs[server]
 
     # -- polling -------------------------------------------------------------------------
     def poll_now(self) -> None:
@@ -195,6 +218,21 @@ class ClusterService:
             raise ClosedError("the cluster service is closed")
 
     # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the monitor's poller threads (once; never waits on the network). Idempotent;
+        does nothing after :meth:`close`. ``ClusterService(start=False)`` defers this, so
+        building the service (reading the config) never starts threads by itself."""
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            self._monitor.start()
+
+    @property
+    def started(self) -> bool:
+        """True once the monitor was started."""
+        return self._started
+
     def close(self) -> None:
         """Stop the monitor and its threads; idempotent. Called when Nuke quits."""
         with self._lock:

@@ -14,14 +14,34 @@ Who calls it:
   without any Qt import. The Render/Cancel buttons call :func:`render_pressed` /
   :func:`cancel_pressed`, which also install on first use.
 
-The session's state (dispatcher, job registry, installed callbacks) is one :class:`HostSession`.
-Nuke's buttons and callbacks are strings and plain functions that need to find it, so it is parked
-on the ``nuke`` module itself (attribute ``_comfy_cluster_host``), whose lifetime is exactly
-the Nuke session's; this package keeps no module-level state.
+The session's state (dispatcher, job registry, installed callbacks, the cluster service) is one
+:class:`HostSession`. Nuke's buttons and callbacks are strings and plain functions that need to
+find it, so it is parked on the ``nuke`` module itself (attribute ``_comfy_cluster_host``), whose
+lifetime is exactly the Nuke session's; this package keeps no module-level state.
+
+The cluster service (one per Nuke session)
+------------------------------------------
+
+The session owns the one :class:`~comfy_cluster.core.cluster.ClusterService` of the Nuke session:
+the configured servers (environment + user file), their :class:`HealthMonitor`, and the "job /
+chunk" text per server. The render node takes its server list and health from it, and reports its
+chunks into it; the server panel (``ui/install.py``) shows the same object, so a panel edit
+applies to the next render and there is only one set of health pollers.
+
+* Created lazily by :meth:`HostSession.cluster`, never from ``menu.py`` or an install: reading the
+  config is cheap, so a knob refresh (``onCreate`` at script load) may *build* it; its poller
+  threads *start* only when a render or a panel needs health. Nothing in it waits on the network
+  on the main thread.
+* Closed by :func:`uninstall_host` and by :meth:`HostSession.shutdown`. In a GUI session the
+  panel's ``QApplication.aboutToQuit`` hook calls ``shutdown`` (the host cannot import Qt); in
+  every session an ``atexit`` hook registered when the service is built does the same (terminal
+  sessions have no Qt). The poller threads are daemons, so neither is needed for Nuke to exit;
+  they stop the pollers cleanly. After ``shutdown`` the session builds no new service.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +50,11 @@ from typing import Any, Callable, Optional
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.dispatch import Dispatcher
-from comfy_cluster.host.render_node import RenderController, SchedulerFactory, ServerSource
+from comfy_cluster.host.render_node import (
+    RenderController,
+    SchedulerFactory,
+    ServerSource,
+)
 
 __all__ = [
     "HostSession",
@@ -54,16 +78,28 @@ def _default_servers() -> Sequence[ServerConfig]:
     return load_servers()
 
 
-def _default_scheduler(servers: Sequence[ServerConfig]) -> Any:
+def _default_scheduler(servers: Sequence[ServerConfig], health: Any = None) -> Any:
     from comfy_cluster.core.scheduler import Scheduler
 
-    return Scheduler(tuple(servers))
+    return Scheduler(tuple(servers), health=health)
+
+
+def _default_service() -> Any:
+    """The session's ClusterService from the environment and user file, threads not started."""
+    from comfy_cluster.core.cluster import ClusterService
+
+    return ClusterService(start=False)
+
+
+#: Builds the session's cluster service (a ``ClusterService``); tests inject sims and fast polls.
+ServiceFactory = Callable[[], Any]
 
 
 @dataclass
 class HostSession:
-    """What one install owns: dispatcher, render controller (with its job registry), and the
-    record of every callback and menu item added, so :meth:`uninstall` removes exactly those.
+    """What one install owns: dispatcher, render controller (with its job registry), the Nuke
+    session's shared cluster service (:meth:`cluster`), and the record of every callback and menu
+    item added, so :meth:`uninstall` removes exactly those (and closes the service).
 
     Main thread only.
     """
@@ -71,11 +107,57 @@ class HostSession:
     nuke: Any
     dispatcher: Dispatcher
     controller: RenderController
+    #: Builds the shared cluster service; None: this session has none (servers injected).
+    service_factory: Optional[ServiceFactory] = None
     #: (remove function name, callable, nodeClass) for each callback added.
     callbacks: list[tuple[str, Callable[..., Any], str]] = field(default_factory=list)
     #: Menu entries added: (menu path within "Nodes", item name); the submenu if we created it.
     menu_items: list[tuple[str, str]] = field(default_factory=list)
     created_submenu: bool = False
+    _service: Any = field(default=None, init=False, repr=False)
+    _shut_down: bool = field(default=False, init=False, repr=False)
+    _atexit: bool = field(default=False, init=False, repr=False)
+
+    # -- the shared cluster service --------------------------------------------------------------
+
+    def cluster(self, start: bool = True) -> Any:
+        """The session's cluster service, built on first use; None when there is none (no
+        factory, or after :meth:`shutdown`). ``start``: also start its health pollers.
+
+        Raises what the factory raises (``ConfigError`` for a broken configuration); a failed
+        build is retried on the next call. Main thread (the pollers are threads; this returns
+        at once).
+        """
+        if self._shut_down or self.service_factory is None:
+            return None
+        service = self._service
+        if service is None:
+            service = self._service = self.service_factory()
+            if not self._atexit:
+                atexit.register(self.shutdown)
+                self._atexit = True
+        if start:
+            begin = getattr(service, "start", None)
+            if callable(begin):
+                begin()
+        return service
+
+    def peek_cluster(self) -> Any:
+        """The service if it was built (started or not), else None; never builds one."""
+        return self._service
+
+    def shutdown(self) -> None:
+        """Close the cluster service (its health threads end) and build no new one. Idempotent.
+        Main thread: Qt's ``aboutToQuit`` (through the panel), ``atexit`` at interpreter exit,
+        :meth:`uninstall`. Waits at most about a second for the pollers (a poller stuck on a
+        dead server is a daemon and is left behind)."""
+        self._shut_down = True
+        service, self._service = self._service, None
+        if service is not None:
+            try:
+                service.close()
+            except Exception:  # quitting: report, never raise
+                _log.exception("comfy_cluster: closing the cluster service failed")
 
     # -- callbacks (bound methods, so add/remove compare equal) ----------------------------------
 
@@ -118,6 +200,10 @@ class HostSession:
 
     def uninstall(self) -> None:
         self.controller.cancel_all()
+        self.shutdown()
+        if self._atexit:
+            atexit.unregister(self.shutdown)
+            self._atexit = False
         nuke = self.nuke
         for remove, call, node_class in reversed(self.callbacks):
             getattr(nuke, remove)(call, nodeClass=node_class)
@@ -149,30 +235,39 @@ def install_host(
     *,
     servers: Optional[ServerSource] = None,
     scheduler_factory: Optional[SchedulerFactory] = None,
+    service_factory: Optional[ServiceFactory] = None,
     nuke: Any = None,
     export_batch: int = 4,
     temp_root: Optional[str] = None,
 ) -> HostSession:
     """Install the callbacks (and, with a GUI, the Nodes menu entry); idempotent. Main thread.
 
-    ``servers`` returns the configured servers (default: ``core.config.load_servers``, read at
-    each use so edits apply); ``scheduler_factory(servers)`` builds the render engine. Tests
-    inject both. If already installed, returns the existing session unchanged.
+    ``service_factory()`` builds the session's shared cluster service (default: a
+    ``ClusterService`` from the environment and user file); the render node takes its servers
+    and health from it. ``servers`` overrides the server list (tests); given *without* a
+    ``service_factory`` the session has no service at all (no health, no job reports), as
+    before the service existed. ``scheduler_factory(servers, health=...)`` builds the render
+    engine (a factory without a ``health`` parameter is called with the servers only). If
+    already installed, returns the existing session unchanged.
     """
     nuke = nuke or _nuke()
     session = getattr(nuke, SESSION_ATTR, None)
     if session is not None:
         return session
+    if service_factory is None and servers is None:
+        service_factory = _default_service
     dispatcher = Dispatcher(nuke)
     controller = RenderController(
         nuke,
         dispatcher,
-        servers or _default_servers,
+        servers,
         scheduler_factory or _default_scheduler,
         export_batch=export_batch,
         temp_root=temp_root,
+        fallback_servers=_default_servers,
     )
-    session = HostSession(nuke, dispatcher, controller)
+    session = HostSession(nuke, dispatcher, controller, service_factory=service_factory)
+    controller.cluster = session.cluster
     session.install()
     setattr(nuke, SESSION_ATTR, session)
     return session

@@ -17,6 +17,19 @@ Render, step by step:
    (``cc_progress``, ``cc_status``) through the dispatcher; the end of the job is posted once;
 4. GUI: the button returns at once. Terminal (``nuke -t``): the button blocks, draining the
    dispatcher's queue (export batches, knob updates, progress lines) until the job ends.
+
+The cluster service (``core.cluster.ClusterService``, one per Nuke session, owned by the host
+session and shown by the server panel) is where the servers and their health come from:
+
+* each render re-reads the service's server list (``reload()``: panel edits, hand edits of the
+  user file) and uses only its enabled servers;
+* the scheduler gets the service's ``HealthMonitor`` as ``health=``, so servers the monitor sees
+  offline, disabled or degraded get no new work (a black-holed server costs nothing);
+* while a job runs (export included) the monitor is held active (fast polls) under the job id,
+  and ``require_classes`` holds the node classes of every running job's workflow, so a server
+  missing one is degraded and skipped;
+* the job monitor reports each server's current chunks into the service (``report_job``, from
+  the scheduler's threads) and clears them when the job ends: the panel's Job column.
 """
 
 from __future__ import annotations
@@ -62,8 +75,12 @@ _log = logging.getLogger(__name__)
 
 #: Returns the configured servers (``load_servers`` by default; tests inject sims).
 ServerSource = Callable[[], Sequence[ServerConfig]]
-#: Builds a scheduler for a server list: ``factory(servers) -> Scheduler``.
-SchedulerFactory = Callable[[Sequence[ServerConfig]], Any]
+#: Builds a scheduler: ``factory(servers, health=monitor) -> Scheduler``; a factory without a
+#: ``health`` parameter is called as ``factory(servers)``.
+SchedulerFactory = Callable[..., Any]
+#: The session's cluster service: ``cluster(start) -> ClusterService | None`` (``start``: with its
+#: health pollers running). None: no service (servers injected by a test, or shut down).
+ClusterSource = Callable[[bool], Any]
 
 
 class RenderSettingsError(ValueError):
@@ -139,6 +156,10 @@ class RunningJob:
     temp_dir: Optional[str]
     scheduler: Any = None
     handle: Any = None
+    #: The health monitor held active for this job (None without a cluster service).
+    health: Any = None
+    #: Node classes this job's workflow needs (``require_classes`` while it runs).
+    classes: frozenset = frozenset()
     #: Set once the node is deleted: the end of the job must not touch it.
     node_gone: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
@@ -225,6 +246,11 @@ class JobMonitor:
     terminal mode a progress line is posted every 10 % or per finished chunk. The final event is
     posted once to ``on_end`` (main thread); events after it are ignored so a late progress
     update can never overwrite the final status.
+
+    ``cluster`` (optional, a ``ClusterService``): each server's chunks of this job are reported
+    with ``report_job(server, text, job=job_id)`` as they are assigned and delivered, and all of
+    them are cleared at the final event. Reports are made under this monitor's lock, so they
+    reach the service in event order; the service's own lock is a leaf (it calls nothing back).
     """
 
     def __init__(
@@ -236,9 +262,13 @@ class JobMonitor:
         *,
         print_line: Optional[Callable[[str], None]] = None,
         job_id: str = "",
+        cluster: Any = None,
     ) -> None:
         self.node_name = node_name
         self.job_id = job_id
+        self._cluster = cluster
+        #: server -> chunk index -> (assigned frames, frames not delivered yet).
+        self._chunks: dict[str, dict[int, tuple[tuple[int, ...], set[int]]]] = {}
         self._dispatcher = dispatcher
         self._on_end = on_end
         self._print_line = print_line
@@ -263,9 +293,11 @@ class JobMonitor:
             if isinstance(event, (JobDone, JobFailed, JobCancelled)):
                 self._ended = True
                 final = True
+                self._clear_reports_locked()
             else:
                 final = False
                 self._track(event)
+                self._report(self._track_chunks(event))
                 status = format_status(self.done, self.total, list(self._busy), event.eta_seconds)
                 self.last_status = status
                 line = self._progress_line(event, status)
@@ -302,6 +334,71 @@ class JobMonitor:
         elif isinstance(event, ServerBlocklisted):
             busy.pop(event.server, None)
 
+    # -- the cluster service's Job column (called with the lock held) --------------------------
+
+    def _track_chunks(self, event: JobEvent) -> tuple[str, ...]:
+        """Update which chunks each server holds; returns the servers whose text changed."""
+        chunks = self._chunks
+        if isinstance(event, ChunkAssigned):
+            frames = tuple(event.frames)
+            chunks.setdefault(event.server, {})[event.chunk_index] = (frames, set(frames))
+            return (event.server,)
+        if isinstance(event, FrameWritten):
+            held = chunks.get(event.server, {})
+            for index, (_, left) in list(held.items()):
+                if event.frame in left:
+                    left.discard(event.frame)
+                    if not left:
+                        del held[index]
+                        return (event.server,)
+            return ()
+        if isinstance(event, ChunkRetried):
+            if chunks.get(event.server, {}).pop(event.chunk_index, None) is not None:
+                return (event.server,)
+            return ()
+        if isinstance(event, ServerBlocklisted):
+            return (event.server,) if chunks.pop(event.server, None) else ()
+        return ()
+
+    def job_text(self, server: str) -> str:
+        """What this job has on ``server``: ``"Render1 chunk 2 (5-8)"`` ("" for nothing)."""
+        held = self._chunks.get(server)
+        if not held:
+            return ""
+        parts = [
+            f"chunk {index + 1} ({_frames_text(frames)})"
+            for index, (frames, _) in sorted(held.items())
+        ]
+        return f"{self.node_name} " + ", ".join(parts)
+
+    def _report(self, servers: Sequence[str]) -> None:
+        if self._cluster is None:
+            return
+        for server in servers:
+            try:
+                self._cluster.report_job(server, self.job_text(server), job=self.job_id)
+            except Exception:  # the panel's column is cosmetic: never break the job
+                _log.debug("comfy_cluster: report_job failed", exc_info=True)
+
+    def clear_reports(self) -> None:
+        """Clear this job's Job-column text on every server. Any thread."""
+        with self._lock:
+            self._clear_reports_locked()
+
+    def _clear_reports_locked(self) -> None:
+        held = [server for server, chunks in self._chunks.items() if chunks]
+        self._chunks.clear()
+        if self._cluster is None:
+            return
+        clear_job = getattr(self._cluster, "clear_job", None)
+        if callable(clear_job):
+            try:
+                clear_job(self.job_id)
+            except Exception:
+                _log.debug("comfy_cluster: clear_job failed", exc_info=True)
+        else:  # a service with report_job only: clear what this job still shows
+            self._report(held)
+
     def _release(self, server: str, frames: int) -> None:
         left = self._busy.get(server, 0) - frames
         if left > 0:
@@ -323,6 +420,13 @@ class JobMonitor:
         return None
 
 
+def _frames_text(frames: Sequence[int]) -> str:
+    try:
+        return str(FrameRange.from_frames(frames))
+    except ValueError:
+        return ", ".join(map(str, frames))
+
+
 def _percent(progress: float) -> float:
     return round(max(0.0, min(1.0, float(progress))) * 100.0, 1)
 
@@ -333,19 +437,23 @@ def _percent(progress: float) -> float:
 class RenderController:
     """Render/cancel/refresh for every ComfyClusterRender node of one Nuke session.
 
-    Every public method: main thread only. ``servers`` returns the configured servers;
-    ``scheduler_factory(servers)`` builds a scheduler (tests inject short timeouts).
+    Every public method: main thread only. Servers come from ``servers()`` when given (tests),
+    else from the session's cluster service (``cluster(start)``), else from
+    ``fallback_servers()`` (no service: shut down). ``scheduler_factory(servers, health=...)``
+    builds a scheduler (tests inject short timeouts).
     """
 
     def __init__(
         self,
         nuke: Any,
         dispatcher: Dispatcher,
-        servers: ServerSource,
+        servers: Optional[ServerSource],
         scheduler_factory: SchedulerFactory,
         *,
         export_batch: int = 4,
         temp_root: Optional[str] = None,
+        cluster: Optional[ClusterSource] = None,
+        fallback_servers: Optional[ServerSource] = None,
     ) -> None:
         self._nuke = nuke
         self._dispatcher = dispatcher
@@ -353,15 +461,40 @@ class RenderController:
         self._scheduler_factory = scheduler_factory
         self._export_batch = export_batch
         self._temp_root = temp_root
+        #: The session's cluster service source (set by the host install).
+        self.cluster: Optional[ClusterSource] = cluster
+        self._fallback_servers = fallback_servers
         self.jobs = JobRegistry()
-        self._scheduler: Optional[tuple[tuple[ServerConfig, ...], Any]] = None
+        self._scheduler: Optional[tuple[tuple[ServerConfig, ...], Any, Any]] = None
+
+    # -- servers and health ---------------------------------------------------------------------
+
+    def configured(self, *, render: bool = False) -> tuple[tuple[ServerConfig, ...], Any]:
+        """(configured servers, cluster service or None). Main thread; never waits on the network.
+
+        ``render``: the service's pollers are started and its list is re-read from the user
+        file first (``reload``), so any edit, the panel's or by hand, applies to this render.
+        Without it (knob refreshes at script load) the service is built but starts no thread.
+        """
+        service = self.cluster(render) if self.cluster is not None else None
+        if self._servers is not None:
+            return tuple(self._servers()), service
+        if service is not None:
+            if render:
+                reload = getattr(service, "reload", None)
+                if callable(reload):
+                    reload()
+            return tuple(service.servers()), service
+        if self._fallback_servers is not None:
+            return tuple(self._fallback_servers()), None
+        return (), None
 
     # -- server knob ----------------------------------------------------------------------------
 
     def server_names(self) -> list[str]:
         """Names of the configured, enabled servers; [] when the configuration is broken."""
         try:
-            return [s.name for s in self._servers() if s.enabled]
+            return [s.name for s in self.configured()[0] if s.enabled]
         except Exception as exc:  # ConfigError: the status line of a render reports it
             _log.warning("comfy_cluster: cannot read the server list: %s", exc)
             return []
@@ -472,24 +605,30 @@ class RenderController:
             "strategy": node.knob(K.STRATEGY).value() or "fastest",
         }
 
-    def _choose_servers(self, node: Any) -> tuple[list[ServerConfig], Optional[tuple[str, ...]]]:
-        configured = [s for s in self._servers() if s.enabled]
+    def _choose_servers(
+        self, node: Any
+    ) -> tuple[list[ServerConfig], Optional[tuple[str, ...]], Any]:
+        servers, service = self.configured(render=True)
+        configured = [s for s in servers if s.enabled]
         self.refresh_server_knob(node, [s.name for s in configured])
         choice = node.knob(K.SERVER_CHOICE).value() or K.AUTO
         if not configured:
-            raise RenderSettingsError("No ComfyUI server is configured (NUKE_COMFYUI_SERVERS)")
+            raise RenderSettingsError(
+                "No ComfyUI server is configured and enabled (NUKE_COMFYUI_SERVERS, server panel)"
+            )
         if choice == K.AUTO:
-            return configured, None
+            return configured, None, service
         if all(s.name != choice for s in configured):
             raise RenderSettingsError(f"Server {choice} is not configured any more (missing)")
-        return configured, (choice,)
+        return configured, (choice,), service
 
     def _start(self, node: Any) -> RunningJob:
         from comfy_cluster.core.job import RenderJob
 
         name = node.fullName()
         settings = self._settings(node)
-        servers, allow = self._choose_servers(node)
+        servers, allow, service = self._choose_servers(node)
+        health = getattr(service, "monitor", None) if service is not None else None
         frames: FrameRange = settings["frames"]
         temp_dir = tempfile.mkdtemp(prefix="comfy_cluster_in_", dir=self._temp_root)
         input_pattern = os.path.join(temp_dir, name.replace(".", "_") + ".####.png")
@@ -515,9 +654,10 @@ class RenderController:
             self._finish,
             print_line=None if self._dispatcher.gui else self._print,
             job_id=job.job_id,
+            cluster=service,
         )
         try:
-            scheduler = self._scheduler_for(servers)
+            scheduler = self._scheduler_for(servers, health)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
@@ -531,21 +671,60 @@ class RenderController:
             batch_size=self._export_batch,
             on_end=lambda error, stopped: record.inputs_finished(error, stopped, hook is None),
         )
-        record = RunningJob(name, job, monitor, exporter, temp_dir, scheduler=scheduler)
+        record = RunningJob(
+            name,
+            job,
+            monitor,
+            exporter,
+            temp_dir,
+            scheduler=scheduler,
+            health=health,
+            classes=_workflow_classes(settings["workflow"]) if health is not None else frozenset(),
+        )
         self.jobs.add(record)
+        self._hold_health(record)
         if hook is not None:
             # The scheduler waits for each input frame itself: render while exporting.
             record.start_scheduler(**{hook: exporter.wait_for})
         exporter.start()
         return record
 
-    def _scheduler_for(self, servers: Sequence[ServerConfig]) -> Any:
-        """One scheduler per server list, reused across renders so its measured server speeds
-        carry over; a new list (servers edited) gets a new scheduler."""
+    def _scheduler_for(self, servers: Sequence[ServerConfig], health: Any = None) -> Any:
+        """One scheduler per server list (and health monitor), reused across renders so its
+        measured server speeds carry over; a new list (servers edited) gets a new scheduler."""
         key = tuple(servers)
-        if self._scheduler is None or self._scheduler[0] != key:
-            self._scheduler = (key, self._scheduler_factory(key))
-        return self._scheduler[1]
+        cached = self._scheduler
+        if cached is None or cached[0] != key or cached[1] is not health:
+            if health is not None and _accepts(self._scheduler_factory, "health"):
+                scheduler = self._scheduler_factory(key, health=health)
+            else:
+                scheduler = self._scheduler_factory(key)
+            cached = self._scheduler = (key, health, scheduler)
+        return cached[2]
+
+    def _hold_health(self, record: RunningJob) -> None:
+        """A job starts: poll fast under its id, require its workflow's classes. Main thread."""
+        health = record.health
+        if health is None:
+            return
+        _call(health, "set_active", True, who=record.job.job_id)
+        self._require_classes(health)
+
+    def _release_health(self, record: RunningJob) -> None:
+        """A job ended (already out of the registry). Main thread."""
+        health = record.health
+        if health is None:
+            return
+        _call(health, "set_active", False, who=record.job.job_id)
+        self._require_classes(health)
+
+    def _require_classes(self, health: Any) -> None:
+        """``require_classes`` = what every running job on ``health`` needs (none: nothing)."""
+        needed: set[str] = set()
+        for other in self.jobs.all():
+            if other.health is health:
+                needed |= other.classes
+        _call(health, "require_classes", frozenset(needed))
 
     def _set_read_range(self, node: Any, frames: FrameRange) -> None:
         node.knob(K.FIRST).setValue(frames.first)
@@ -555,6 +734,9 @@ class RenderController:
         """The job ended (posted once by its monitor). Main thread."""
         record = self.jobs.pop(node_name)
         self._dispatcher.discard(node_name)
+        if record is not None:
+            self._release_health(record)
+            record.monitor.clear_reports()  # done at the final event already; idempotent
         try:
             if record is not None and record.node_gone:
                 return
@@ -610,6 +792,39 @@ class RenderController:
 
 #: Keyword names a scheduler's ``start`` may accept for "block until this input frame exists".
 _INPUT_HOOKS = ("wait_for_input", "input_ready")
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes keyword ``name`` (or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _call(obj: Any, method: str, *args: Any, **kwargs: Any) -> None:
+    """``obj.method(*args, **kwargs)`` if it exists; errors are logged, never raised (health
+    hints and the Job column must not fail a render)."""
+    fn = getattr(obj, method, None)
+    if not callable(fn):
+        return
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        _log.warning("comfy_cluster: %s.%s failed", type(obj).__name__, method, exc_info=True)
+
+
+def _workflow_classes(path: str) -> frozenset:
+    """The node classes of the workflow file (empty if it cannot be read: the scheduler then
+    reports the real problem)."""
+    try:
+        from comfy_cluster.core.workflow import Workflow
+
+        return frozenset(Workflow.load(path).classes())
+    except Exception:
+        _log.debug("comfy_cluster: cannot list the classes of %s", path, exc_info=True)
+        return frozenset()
 
 
 def _input_hook(scheduler: Any) -> Optional[str]:

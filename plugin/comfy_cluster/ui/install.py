@@ -13,10 +13,23 @@ How a panel is built (Foundry's own ``webBrowser`` example, made robust):
    namespace, imports this module with ``__import__`` (a bare dotted name would only resolve if
    ``comfy_cluster`` happened to be imported in ``__main__``) and builds a :class:`PanelWidgetKnob`.
 3. ``makeUI`` takes no arguments, so the widget finds the cluster service through a
-   :class:`ServiceHost` parked on the QApplication under a fixed object name. The service is
-   process-wide and lives outside any widget: every pane shows the same cluster, and closing a
-   pane only stops that pane's timer. The service is created when the first panel opens (never
-   from ``menu.py``: nothing starts threads during Nuke's start-up) and closed on ``aboutToQuit``.
+   :class:`ServiceHost` parked on the QApplication under a fixed object name. The service lives
+   outside any widget: every pane shows the same cluster, and closing a pane only stops that
+   pane's timer.
+
+Whose service: by default the panel shows the **host session's** service
+(:meth:`comfy_cluster.host.install.HostSession.cluster`), the one the render node renders with,
+so panel edits apply to the next render, the Job column shows the node's chunks, and one health
+monitor polls the servers. It is looked up when the first panel opens (never from ``menu.py``:
+nothing starts threads during Nuke's start-up), and the panel never closes it: the host session
+owns it. Only when there is no host session (the widget on its own, e.g. in tests, or the host
+install failed) does the panel build and own a service of its own. A ``service`` or
+``service_factory`` given to :func:`install_gui` replaces the lookup.
+
+Quitting: the ui owns Nuke's ``QApplication.aboutToQuit`` (the host cannot import Qt).
+:meth:`ServiceHost.quit` stops the panels' timers, closes the panel's own service if it has one,
+and calls the host session's ``shutdown()`` so the shared service's threads end too.
+:func:`uninstall_gui` only removes the panel: the host's service keeps serving the render node.
 """
 
 from __future__ import annotations
@@ -48,9 +61,29 @@ ServiceFactory = Callable[[], ClusterServiceProtocol]
 
 
 def _default_service() -> ClusterServiceProtocol:
+    """A service of the panel's own (only when there is no host session)."""
     from comfy_cluster.core.cluster import ClusterService
 
     return ClusterService()
+
+
+def _host_session() -> Any:
+    """The host layer's session (``comfy_cluster.host.install``), or None. Main thread."""
+    try:
+        from comfy_cluster.host.install import current_session
+
+        return current_session()
+    except ImportError:  # no nuke module: the widget on its own
+        return None
+
+
+def _shared_service() -> Optional[ClusterServiceProtocol]:
+    """The host session's cluster service, started; None without a host session (or one that
+    has no service). Raises what building it raises (e.g. ConfigError)."""
+    session = _host_session()
+    if session is None:
+        return None
+    return session.cluster(start=True)
 
 
 class ServiceHost(QtCore.QObject):
@@ -62,25 +95,40 @@ class ServiceHost(QtCore.QObject):
 
     def __init__(
         self,
-        factory: ServiceFactory,
+        factory: Optional[ServiceFactory] = None,
         *,
         owns_service: bool = True,
         interval_ms: int = DEFAULT_INTERVAL_MS,
         parent: Optional[QtCore.QObject] = None,
     ) -> None:
+        """``factory`` None: the host session's service (not owned), else one of our own."""
         super().__init__(parent)
         self.setObjectName(SERVICE_OBJECT_NAME)
         self.interval_ms = interval_ms
         self.owns_service = owns_service
         self._factory = factory
         self._service: Optional[ClusterServiceProtocol] = None
+        self._shared = False
 
     @property
     def service(self) -> ClusterServiceProtocol:
-        """The service, created on first use (raises what the factory raises, e.g. ConfigError)."""
+        """The service, found or created on first use (raises what building it raises, e.g.
+        ConfigError)."""
         if self._service is None:
-            self._service = self._factory()
+            if self._factory is None:
+                shared = _shared_service()
+                if shared is not None:
+                    self._service, self.owns_service, self._shared = shared, False, True
+                else:
+                    self._service, self.owns_service = _default_service(), True
+            else:
+                self._service = self._factory()
         return self._service
+
+    @property
+    def shared(self) -> bool:
+        """True when the service is the host session's (then the host closes it)."""
+        return self._shared
 
     @property
     def started(self) -> bool:
@@ -99,6 +147,17 @@ class ServiceHost(QtCore.QObject):
                 close()
         # Later panels would otherwise start a fresh service during shutdown.
         self._factory = _closed_factory
+
+    @Slot()
+    def quit(self) -> None:
+        """``QApplication.aboutToQuit``: :meth:`shutdown`, then the host session's shutdown,
+        which closes the shared service (the host layer has no Qt to hear the quit itself)."""
+        try:
+            self.shutdown()
+        finally:
+            session = _host_session()
+            if session is not None:
+                session.shutdown()
 
 
 def _closed_factory() -> ClusterServiceProtocol:
@@ -186,9 +245,10 @@ def install_gui(
     """Add the Pane-menu entry and register :data:`PANEL_ID` for layout restore.
 
     ``service`` is used as is (the caller keeps ownership and closes it); otherwise
-    ``service_factory`` (default: a :class:`~comfy_cluster.core.cluster.ClusterService` from the
-    environment and user file) builds one when the first panel opens, and it is closed when Nuke
-    quits. Returns the :class:`ServiceHost`, or None outside a GUI session. Idempotent. Main thread.
+    ``service_factory`` builds one when the first panel opens, closed when Nuke quits. Default:
+    the host session's shared service when the first panel opens (the host closes it), or,
+    without a host session, a :class:`~comfy_cluster.core.cluster.ClusterService` of the panel's
+    own. Returns the :class:`ServiceHost`, or None outside a GUI session. Idempotent. Main thread.
     """
     import nuke
     import nukescripts
@@ -204,10 +264,8 @@ def install_gui(
                 lambda: given, owns_service=False, interval_ms=interval_ms, parent=app
             )
         else:
-            host = ServiceHost(
-                service_factory or _default_service, interval_ms=interval_ms, parent=app
-            )
-        app.aboutToQuit.connect(host.shutdown)
+            host = ServiceHost(service_factory, interval_ms=interval_ms, parent=app)
+        app.aboutToQuit.connect(host.quit)
     pane_menu = nuke.menu("Pane")
     if pane_menu.findItem(PANEL_LABEL) is None:
         pane_menu.addCommand(PANEL_LABEL, open_panel)
@@ -216,7 +274,8 @@ def install_gui(
 
 
 def uninstall_gui() -> None:
-    """Undo :func:`install_gui`: menu entry, panel registration, open panels' timers, service."""
+    """Undo :func:`install_gui`: menu entry, panel registration, open panels' timers, and the
+    panel's own service (never the host session's: the render node still uses it)."""
     import nuke
     import nukescripts
 
@@ -235,7 +294,7 @@ def uninstall_gui() -> None:
     app = QtCore.QCoreApplication.instance()
     if app is not None:
         try:
-            app.aboutToQuit.disconnect(host.shutdown)
+            app.aboutToQuit.disconnect(host.quit)
         except (RuntimeError, TypeError):  # not connected
             pass
     host.shutdown()
