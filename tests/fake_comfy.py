@@ -21,6 +21,10 @@ plan is used up). Actions::
     slow        runs 20 times longer
     bad_download the result's download fails once with ServerUnreachable
 
+Not in ``ACTIONS`` (the property test's pool), because nothing can clean up after it::
+
+    wedge       the worker takes it and never ends, ignoring interrupts, until the server closes
+
 ``FakeClient(server)`` is what ``client_factory`` returns. Time: ``seconds`` per prompt of real
 time (tiny), with ``clock``/``sleep`` injectable.
 """
@@ -322,6 +326,11 @@ class FakeServer:
         if item.action == "hang":
             while not self._wait_interrupt(item, 3600.0):
                 pass
+        if item.action == "wedge":
+            with self._cond:
+                while not self.closed:
+                    self._cond.wait(0.05)
+            return
         seconds = self.seconds * (20 if item.action == "slow" else 1)
         nodes = list(item.prompt)
         for index, node in enumerate(nodes):
@@ -476,6 +485,9 @@ class FakeListener:
 class FakeClient:
     """ComfyClient's interface over a FakeServer (one per worker thread, like the real one)."""
 
+    #: Like ComfyClient, download() writes a temporary file and renames it onto ``dest``.
+    downloads_atomically = True
+
     def __init__(self, server: FakeServer, *, client_id: Optional[str] = None) -> None:
         self.fake = server
         self.server = server.config
@@ -521,6 +533,7 @@ class FakeClient:
             )
         data = self.fake.read_file(image_ref)
         dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:6]}.dl")
         tmp.write_bytes(data)
         os.replace(tmp, dest)

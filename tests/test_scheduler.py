@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from comfy_cluster.core.errors import ClosedError, JobFailed
 from comfy_cluster.core.job import JobStatus, RenderJob
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.core.scheduler import Scheduler
+from comfy_cluster.host.render_node import _input_hook
 
 WORKFLOW = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
@@ -54,6 +56,7 @@ def make_scheduler(cluster: FakeCluster, **kw: Any) -> Scheduler:
         history_interval=0.2,
         retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
         join_timeout=5.0,
+        probe_interval=0.02,
     )
     options.update(kw)
     return Scheduler(cluster.configs, **options)
@@ -456,3 +459,158 @@ def test_render_job_validates_its_fields() -> None:
         RenderJob(WORKFLOW, "1-3", "o.####.png", mode="batch")  # batch needs inputs
     job = RenderJob(WORKFLOW, [3, 1, 2], "o.####.png")
     assert job.frame_range.frames == (1, 2, 3)
+
+
+# --- failover: dead servers, prompts that never end --------------------------------------------
+
+
+def test_dead_server_is_suspended_and_its_chunk_moves_at_once(shot: dict[str, Any]) -> None:
+    """Connection refused after the websocket dropped: no retries (no backoff sleeps), the chunk
+    goes back at once, and the server gets no further chunk (probes fail: blocklisted)."""
+    a, b = FakeServer("a", seconds=0.05), FakeServer("b", seconds=0.02)
+    sleeps: list[float] = []
+    with FakeCluster([a, b]) as cluster:
+        retry = retry_transient(attempts=3, max_seconds=5.0, sleep=sleeps.append)
+        with make_scheduler(cluster, retry=retry) as scheduler:
+            rec = Recorder()
+            started = threading.Event()
+
+            def on_event(event: ev.JobEvent) -> None:
+                rec(event)
+                if isinstance(event, ev.FrameWritten) and not started.is_set():
+                    started.set()
+                    a.kill()  # a's prompt in flight (or about to be) dies with it
+
+            result = scheduler.run(
+                RenderJob(WORKFLOW, "1-12", shot["output"], input_pattern=shot["input"]),
+                on_event,
+            )
+    assert result.ok, result.message
+    check_frames(shot, range(1, 13))
+    assert sleeps == []  # nothing waited for retry_transient to give up
+    retried = [e for e in rec.of(ev.ChunkRetried) if e.server == "a"]
+    assert len(retried) <= 1 and all("server down" in e.why for e in retried)
+    assigned_after = [e for e in rec.of(ev.ChunkAssigned) if e.server == "a"]
+    assert len(assigned_after) <= 2  # before the kill, plus at most the one in flight
+
+
+def test_prompt_queued_behind_one_that_never_ends_does_not_hang_the_job(
+    shot: dict[str, Any],
+) -> None:
+    """A prompt that ignores interrupts wedges its server; ours queued behind it must move."""
+    wedged = FakeServer("a", plan=["wedge"], max_in_flight=2)
+    cluster = FakeCluster([wedged, FakeServer("b", seconds=0.01)])
+    with cluster, make_scheduler(cluster, first_prompt_timeout=0.3) as scheduler:
+        handle = scheduler.start(
+            RenderJob(WORKFLOW, "1-6", shot["output"], input_pattern=shot["input"])
+        )
+        result = handle.wait(20)
+        if result is None:
+            handle.cancel()
+            pytest.fail("the job hung behind a wedged prompt")
+    assert result.ok, result.message
+    assert "a" in result.blocklisted and "interrupt" in result.blocklisted["a"]
+    check_frames(shot, range(1, 7))
+
+
+# --- inputs written while the job runs (wait_for_input) -----------------------------------------
+
+
+class GradualInputs:
+    """Stands in for the Nuke host's exporter: frames become ready when the test says so."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ready: set[int] = set()
+        self.asked: list[int] = []
+        self._cond = threading.Condition()
+
+    def release(self, frames: Any) -> None:
+        with self._cond:
+            for f in frames:
+                (self.folder / f"in.{f:04d}.png").write_bytes(frame_bytes(f))
+                self.ready.add(f)
+            self._cond.notify_all()
+
+    def wait_for_input(self, frame: int, timeout: float) -> bool:
+        with self._cond:
+            self.asked.append(frame)
+            return self._cond.wait_for(lambda: frame in self.ready, timeout)
+
+
+def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_the_host_sees_the_wait_for_input_keyword() -> None:
+    assert "wait_for_input" in inspect.signature(Scheduler.start).parameters
+    assert "wait_for_input" in inspect.signature(Scheduler.run).parameters
+    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+        assert _input_hook(scheduler) == "wait_for_input"
+
+
+@pytest.mark.parametrize("mode", ["frame", "batch"])
+def test_wait_for_input_renders_first_chunks_while_later_frames_are_exported(
+    tmp_path: Path, mode: str
+) -> None:
+    inputs = GradualInputs(tmp_path)
+    out = str(tmp_path / "out" / "shot.####.png")
+    batch = dict(mode="batch", chunk_size=2, handles=1) if mode == "batch" else {}
+    job = RenderJob(WORKFLOW, "1-8", out, input_pattern=str(tmp_path / "in.####.png"), **batch)
+    cluster = FakeCluster([FakeServer("a"), FakeServer("b")])
+    with cluster, make_scheduler(cluster, input_poll=0.01) as scheduler:
+        rec = Recorder()
+        inputs.release([1, 2, 3])  # frames 4-8 do not exist yet: the start check is skipped
+        handle = scheduler.start(job, rec, wait_for_input=inputs.wait_for_input)
+        until(lambda: {1, 2} <= {e.frame for e in rec.of(ev.FrameWritten)})
+        assert {e.frame for e in rec.of(ev.FrameWritten)} <= {1, 2, 3}
+        assert any(f > 3 for f in inputs.asked)  # a worker is waiting for a later frame
+        for frames in ([4, 5], [6, 7, 8]):
+            inputs.release(frames)
+        result = handle.wait(10)
+    assert result is not None and result.ok, result and result.message
+    for f in range(1, 9):
+        assert (tmp_path / "out" / f"shot.{f:04d}.png").read_bytes() == invert(frame_bytes(f))
+
+
+def test_an_input_frame_that_never_comes_fails_the_job_naming_it(tmp_path: Path) -> None:
+    inputs = GradualInputs(tmp_path)
+    inputs.release([1])
+    job = RenderJob(
+        WORKFLOW, "1-2", str(tmp_path / "o.####.png"), input_pattern=str(tmp_path / "in.####.png")
+    )
+    cluster = FakeCluster([FakeServer("a")])
+    with cluster, make_scheduler(cluster, input_timeout=0.2, input_poll=0.02) as scheduler:
+        result = scheduler.run(job, wait_for_input=inputs.wait_for_input)
+    assert result.status is JobStatus.FAILED
+    assert "input frame 2" in result.message and "not ready" in result.message
+    assert (tmp_path / "o.0001.png").exists()
+
+
+def test_a_failing_input_hook_fails_the_job_and_cancel_stays_responsive(tmp_path: Path) -> None:
+    def broken(frame: int, timeout: float) -> bool:
+        raise RuntimeError("export crashed")
+
+    def never(frame: int, timeout: float) -> bool:
+        return False  # at once, as an exporter that stopped does: must not spin
+
+    pattern = str(tmp_path / "in.####.png")
+    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+        result = scheduler.run(
+            RenderJob(WORKFLOW, "3", str(tmp_path / "o.####.png"), input_pattern=pattern),
+            wait_for_input=broken,
+        )
+        assert result.status is JobStatus.FAILED
+        assert "input frame 3" in result.message and "export crashed" in result.message
+        handle = scheduler.start(
+            RenderJob(WORKFLOW, "1-4", str(tmp_path / "p.####.png"), input_pattern=pattern),
+            wait_for_input=never,
+        )
+        assert handle.wait(0.2) is None
+        handle.cancel()
+        result = handle.wait(5)
+        assert result is not None and result.status is JobStatus.CANCELLED
+        assert cluster.servers["a"].submits == 0

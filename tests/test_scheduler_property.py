@@ -2,7 +2,9 @@
 is written exactly once, with the right content, and nothing is left queued.
 
 Runs on the in-process fake cluster (tests/fake_comfy.py), so each example takes milliseconds
-(plus a fraction of a second per simulated hang).
+(plus a fraction of a second per simulated hang). Every wait is bounded: a job that does not end
+in ``JOB_LIMIT`` seconds is cancelled and the example fails with its plans, instead of hanging
+the suite.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fake_comfy import ACTIONS, FakeCluster, FakeServer, invert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -44,6 +47,9 @@ class CountingTransfer(HttpTransfer):
             self.counts[str(dest)] = self.counts.get(str(dest), 0) + 1
         return path
 
+
+#: Seconds one example's job may take (a few simulated hangs take well under one).
+JOB_LIMIT = 30.0
 
 plans = st.lists(st.sampled_from(ACTIONS), max_size=4)
 
@@ -92,6 +98,8 @@ def test_every_frame_exactly_once_under_random_faults(
             transfer_factory=lambda shared: CountingTransfer(counts, lock),
             # Failures spread over many chunks must not take the working server out.
             blocklist_after=3,
+            probe_interval=0.02,
+            join_timeout=5.0,
         )
         with scheduler:
             job = RenderJob(
@@ -102,7 +110,15 @@ def test_every_frame_exactly_once_under_random_faults(
                 mode="batch" if batch else "frame",
                 chunk_size=chunk_size,
             )
-            result = scheduler.run(job, on_event)
+            handle = scheduler.start(job, on_event)
+            result = handle.wait(JOB_LIMIT)
+            if result is None:
+                handle.cancel()
+                handle.wait(10.0)
+                pytest.fail(
+                    f"job did not end in {JOB_LIMIT:.0f} s: plans a={plan_a} b={plan_b}, "
+                    f"{n_frames} frames, batch={batch}, chunk_size={chunk_size}, slots={slots}"
+                )
         assert result.ok, (result.message, plan_a, plan_b)
         frames = list(range(1, n_frames + 1))
         assert result.frames_written == tuple(frames)

@@ -259,6 +259,9 @@ class ComfyClient:
     WorkflowRejected, AuthenticationFailed, UnexpectedStatus / ProtocolError, ClosedError.
     """
 
+    #: :meth:`download` writes a temporary file and renames it onto ``dest`` (callers need not).
+    downloads_atomically = True
+
     def __init__(
         self,
         server: ServerConfig,
@@ -277,6 +280,8 @@ class ComfyClient:
         self._listeners: list[EventListener] = []
         session = requests.Session()
         session.headers.update(server.request_headers())
+        # Passed again on every call: a session-level False loses to REQUESTS_CA_BUNDLE, which
+        # many studios set (requests merges the environment over the session's own setting).
         session.verify = bool(server.verify_tls)
         self._session = session
 
@@ -331,7 +336,11 @@ class ComfyClient:
         t = timeouts or self.timeouts
         with map_errors(self.server.name, what):
             response = self._session.request(
-                method, self.server.url + path, timeout=t.as_requests(), **kwargs
+                method,
+                self.server.url + path,
+                timeout=t.as_requests(),
+                verify=self._session.verify,
+                **kwargs,
             )
         self._check(response, what)
         return response
@@ -450,7 +459,10 @@ class ComfyClient:
         what = "POST /prompt"
         with map_errors(self.name, what):
             response = self._session.post(
-                self.server.url + "/prompt", json=payload, timeout=self.timeouts.as_requests()
+                self.server.url + "/prompt",
+                json=payload,
+                timeout=self.timeouts.as_requests(),
+                verify=self._session.verify,
             )
         if response.status_code == 400:
             with map_errors(self.name, what):
@@ -638,7 +650,13 @@ def _snippet(response: requests.Response) -> str:
 
 def _ws_options(server: ServerConfig) -> dict[str, Any]:
     headers = [f"{k}: {v}" for k, v in server.request_headers().items()]
-    options: dict[str, Any] = {"header": headers, "enable_multithread": True}
+    # UTF-8 is checked by json.loads in protocol.parse_message (a bad frame is skipped there);
+    # websocket-client's own check is a pure-Python loop over every byte of every message.
+    options: dict[str, Any] = {
+        "header": headers,
+        "enable_multithread": True,
+        "skip_utf8_validation": True,
+    }
     if server.scheme == "https" and not server.verify_tls:
         options["sslopt"] = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
     return options

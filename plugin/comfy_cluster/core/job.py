@@ -194,12 +194,15 @@ class Outcome:
     ``kind``: ``ok``; ``server`` (this server failed: retry the frames elsewhere, count it);
     ``degraded`` (this server cannot run this workflow: out of the job with ``why``); ``job``
     (the workflow itself is at fault: fail the job); ``aborted`` (cancel or job over: nothing).
+    ``down``: with ``server``, the server looks dead (connection refused and its websocket
+    dropped): it is suspended until a probe answers, instead of being handed more chunks.
     """
 
     kind: str
     why: str = ""
     node_id: Optional[str] = None
     error: Optional[BaseException] = None
+    down: bool = False
 
     @classmethod
     def ok(cls) -> Outcome:
@@ -216,6 +219,18 @@ class _Work:
         #: server name -> failures of this chunk there.
         self.failed_on: dict[str, int] = {}
         self.failures = 0
+
+
+class _Suspension:
+    """A server that looked dead: no work until a probe answers. Owned by JobState."""
+
+    __slots__ = ("delay", "probing", "until", "why")
+
+    def __init__(self, until: float, delay: float, why: str) -> None:
+        self.until = until  # clock time of the next probe
+        self.delay = delay  # backoff before the probe after that
+        self.probing = False  # one slot of the server is probing now
+        self.why = why
 
 
 class _Slot:
@@ -273,9 +288,13 @@ class JobState:
         blocklist_after: int = 3,
         max_chunk_servers: int = 3,
         max_chunk_attempts: int = 6,
+        probe_interval: float = 0.5,
+        probe_interval_max: float = 10.0,
     ) -> None:
         self.job = job
         self._cond = threading.Condition(threading.RLock())
+        #: Wakes the supervisor (wait_ended): set at the end and by wake().
+        self._supervisor = threading.Event()
         self._emit_lock = threading.Lock()
         self._sink = sink
         self._outbox: list[JobEvent] = []
@@ -286,6 +305,8 @@ class JobState:
         self.blocklist_after = blocklist_after
         self.max_chunk_servers = max_chunk_servers
         self.max_chunk_attempts = max_chunk_attempts
+        self.probe_interval = probe_interval
+        self.probe_interval_max = probe_interval_max
         #: Server names in configuration order, with their slot counts.
         self.servers: tuple[str, ...] = tuple(name for name, _ in servers)
         self._capacity = dict(servers)
@@ -297,11 +318,14 @@ class JobState:
         self.skipped: tuple[int, ...] = tuple(sorted(skipped))
         # The ledger: frame -> (path, server) once written; frame -> attempt id while writing.
         self._delivered: dict[int, tuple[str, str]] = {}
+        self._done = 0  # delivered frames that are in to_render (progress without a scan)
         self._claimed: dict[int, int] = {}
         self._fractions: dict[int, float] = {}  # attempt id -> running prompt fraction
         self._frames_done_in: dict[int, int] = {}  # attempt id -> frames delivered
         self._server_failures: dict[str, int] = {}
         self.blocklist: dict[str, str] = {}
+        #: Servers that looked dead, until a probe answers (see :meth:`probe_due`).
+        self._suspended: dict[str, _Suspension] = {}
         self._rejections: dict[str, WorkflowRejected] = {}
         self._validated_on: set[str] = set()
         self._exec_errors: dict[tuple[Optional[str], str], dict[str, ExecutionFailed]] = {}
@@ -319,7 +343,7 @@ class JobState:
         total = len(self.to_render)
         if total == 0:
             return 1.0, 0.0
-        done = sum(1 for f in self._delivered if f in self.to_render)
+        done = self._done
         running = sum(min(1.0, max(0.0, x)) for x in self._fractions.values())
         progress = min(1.0, (done + running) / total)
         remaining = max(0.0, total - done - running)
@@ -366,7 +390,7 @@ class JobState:
             return self._end is not None or self._complete_locked()
 
     def _complete_locked(self) -> bool:
-        return self.to_render.issubset(self._delivered)
+        return self._done >= len(self.to_render)
 
     def end_state(self) -> Optional[tuple[Any, ...]]:
         with self._cond:
@@ -381,6 +405,7 @@ class JobState:
         if self._end is None and not self._complete_locked():
             self._end = ("failed", message, node_id, error)
         self._cond.notify_all()
+        self._supervisor.set()
 
     def cancel(self) -> None:
         """End the job as cancelled unless it already ended. Any thread."""
@@ -388,17 +413,25 @@ class JobState:
             if self._end is None and not self._complete_locked():
                 self._end = ("cancelled",)
             self._cond.notify_all()
+        self._supervisor.set()
 
     def wake(self) -> None:
+        """Wake every waiting worker and the supervisor (e.g. after cancel_token was set)."""
         with self._cond:
             self._cond.notify_all()
+        self._supervisor.set()
 
     def wait_ended(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds until the job ended; re-dispatch on the way."""
+        """Block up to ``timeout`` seconds until the job ended or :meth:`wake`; re-dispatch on
+        the way. The supervisor waits on its own event, so the per-frame ``notify_all`` of the
+        workers' condition does not wake it."""
         with self._cond:
-            if not (self._end is not None or self._complete_locked()):
-                self._dispatch_locked()
-                self._cond.wait(timeout)
+            if self._end is not None or self._complete_locked():
+                return True
+            self._dispatch_locked()
+        self._supervisor.wait(timeout)
+        self._supervisor.clear()
+        with self._cond:
             return self._end is not None or self._complete_locked()
 
     # -- slots and dispatch ---------------------------------------------------------------------
@@ -425,22 +458,95 @@ class JobState:
 
     def next_attempt(self, slot: str, timeout: float) -> Union[Attempt, bool, None]:
         """The attempt assigned to ``slot``; ``None`` when the job is over or the server is out;
-        ``False`` if nothing came within ``timeout`` (the worker checks cancel and asks again)."""
+        ``False`` if nothing came within ``timeout`` (the worker checks cancel, probes a suspended
+        server when :meth:`probe_due` says so, and asks again). Events the dispatch queued (the
+        ``ChunkAssigned`` of this and other slots) are delivered before it returns."""
+        result: Union[Attempt, bool, None]
         with self._cond:
             s = self._slots[slot]
             if self._end is not None or self._complete_locked() or s.server in self.blocklist:
                 self._unassign_locked(s)
                 self._dispatch_locked()
-                return None
-            if s.attempt is None:
-                self._dispatch_locked()
-            if s.attempt is None:
-                self._cond.wait(timeout)
-            if s.attempt is None:
+                result = None
+            else:
+                if s.attempt is None:
+                    self._dispatch_locked()
+                if s.attempt is None and not self._outbox:
+                    wait = timeout
+                    suspension = self._suspended.get(s.server)
+                    if suspension is not None and not suspension.probing:
+                        wait = min(wait, max(0.0, suspension.until - self._clock()))
+                    if wait > 0:
+                        self._cond.wait(wait)
+                if s.attempt is None:
+                    result = False
+                else:
+                    s.busy = True
+                    s.started = self._clock()
+                    result = s.attempt
+        if self._outbox:  # a racy read is fine: a later flush delivers anything missed
+            self.flush()
+        return result
+
+    # -- suspended servers ----------------------------------------------------------------------
+
+    def suspended(self, server: str) -> bool:
+        with self._cond:
+            return server in self._suspended
+
+    def probe_due(self, slot: str) -> bool:
+        """Whether ``slot`` should probe its suspended server now; claims the probe (one slot per
+        server probes at a time). Report with :meth:`probe_result`."""
+        with self._cond:
+            s = self._slots[slot]
+            suspension = self._suspended.get(s.server)
+            if (
+                suspension is None
+                or suspension.probing
+                or self._end is not None
+                or s.server in self.blocklist
+                or self._clock() < suspension.until
+            ):
                 return False
-            s.busy = True
-            s.started = self._clock()
-            return s.attempt
+            suspension.probing = True
+            return True
+
+    def probe_result(self, server: str, ok: bool, why: str = "") -> None:
+        """The probe of a suspended ``server`` answered (``ok``) or failed: resume it, or back off
+        (doubling) and count a failure; ``blocklist_after`` failures take it out of the job."""
+        with self._cond:
+            suspension = self._suspended.get(server)
+            if suspension is None:
+                return
+            if ok:
+                del self._suspended[server]
+            else:
+                suspension.probing = False
+                suspension.until = self._clock() + suspension.delay
+                suspension.delay = min(suspension.delay * 2, self.probe_interval_max)
+                failures = self._server_failures.get(server, 0) + 1
+                self._server_failures[server] = failures
+                if failures >= self.blocklist_after:
+                    del self._suspended[server]
+                    self._blocklist_locked(
+                        server, f"unreachable ({failures} failures); last: {why or suspension.why}"
+                    )
+                    self._check_servers_left_locked(None)
+            self._dispatch_locked()
+            self._cond.notify_all()
+        self.flush()
+
+    def _suspend_locked(self, server: str, why: str) -> None:
+        if server in self.blocklist or server in self._suspended:
+            return
+        self._suspended[server] = _Suspension(
+            self._clock() + self.probe_interval,
+            min(self.probe_interval * 2, self.probe_interval_max),
+            why,
+        )
+        for s in self._slots.values():
+            if s.server == server:
+                self._unassign_locked(s)  # assigned but not started: back to the queue
 
     def _in_flight_locked(self) -> dict[str, int]:
         counts = {name: 0 for name in self.servers}
@@ -462,7 +568,7 @@ class JobState:
         return tuple(s for s in self.servers if s not in self.blocklist)
 
     def _remaining_locked(self) -> int:
-        return len(self.to_render) - sum(1 for f in self._delivered if f in self.to_render)
+        return len(self.to_render) - self._done
 
     def dispatch(self) -> None:
         with self._cond:
@@ -474,8 +580,14 @@ class JobState:
             return
         eligible = self._eligible_locked()
         free: dict[str, list[_Slot]] = {}
+        suspended = self._suspended
         for s in self._slots.values():
-            if s.attempt is None and not s.closed and s.server not in self.blocklist:
+            if (
+                s.attempt is None
+                and not s.closed
+                and s.server not in self.blocklist
+                and s.server not in suspended
+            ):
                 free.setdefault(s.server, []).append(s)
         in_flight = self._in_flight_locked()
         if not self._pending or not free:
@@ -494,6 +606,7 @@ class JobState:
                 else:
                     continue
             able = [name for name in eligible if name not in work.failed_on] or list(eligible)
+            able = [name for name in able if name not in suspended]
             choice = self._chooser(work.chunk, allowed, in_flight, remaining, able)
             if choice is None:
                 break
@@ -579,6 +692,8 @@ class JobState:
         with self._cond:
             if self._claimed.get(frame) == attempt.attempt_id:
                 del self._claimed[frame]
+            if frame not in self._delivered and frame in self.to_render:
+                self._done += 1
             self._delivered[frame] = (path, attempt.server)
             done = self._frames_done_in.get(attempt.attempt_id, 0) + 1
             self._frames_done_in[attempt.attempt_id] = done
@@ -593,6 +708,7 @@ class JobState:
             )
             if self._complete_locked():
                 self._cond.notify_all()
+                self._supervisor.set()
 
     def set_fraction(self, attempt: Attempt, fraction: float, *, frames: int = 1) -> None:
         """The running prompt of ``attempt`` (rendering ``frames`` frames) is ``fraction`` done."""
@@ -710,6 +826,8 @@ class JobState:
             self._server_failures[server] = failures
             if failures >= self.blocklist_after:
                 self._blocklist_locked(server, f"failed {failures} chunks; last: {why}")
+            elif outcome.down:
+                self._suspend_locked(server, why)
         if self.job.mode == "frame":
             # Only the frames not yet on disk go back; batch chunks keep their shape for context.
             work.chunk = Chunk(

@@ -78,6 +78,8 @@ __all__ = ["JobHandle", "Scheduler", "SchedulerState"]
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[ServerConfig], Any]
+#: ``wait_for_input(frame, timeout) -> ready``: see :meth:`Scheduler.start`.
+InputHook = Callable[[int, float], bool]
 
 
 class SchedulerState(enum.Enum):
@@ -95,6 +97,11 @@ class _Stuck(TransientError):
 
 class _Wedged(TransientError):
     """A stuck prompt kept running after we interrupted it: the server is hung."""
+
+
+class _ServerDown(ComfyClusterError):
+    """Connection refused while our websocket is down: the server is gone. Not retried: the
+    chunk moves at once and the server is suspended until a probe answers."""
 
 
 def _default_client_factory(server: ServerConfig) -> Any:
@@ -181,7 +188,10 @@ class Scheduler:
     Timing knobs: ``stall_timeout`` (no websocket event for this long triggers a queue check),
     ``stuck_factor`` (a running prompt is stuck past this many times its expected time),
     ``first_prompt_timeout`` (the limit while no server has a measured speed; ``None``: none),
-    ``no_server_timeout`` (fail when work waits this long with nothing running anywhere).
+    ``no_server_timeout`` (fail when work waits this long with nothing running anywhere),
+    ``probe_interval`` (first wait before probing a server that looked dead; doubles up to
+    ``probe_interval_max``), ``input_timeout`` (how long a worker waits in all for one input
+    frame when the job is started with ``wait_for_input``).
     """
 
     def __init__(
@@ -205,9 +215,15 @@ class Scheduler:
         speed: Any = None,
         transfer_factory: Callable[[bool], Transfer] = make_transfer,
         join_timeout: float = 10.0,
+        probe_interval: float = 0.5,
+        probe_interval_max: float = 10.0,
+        input_timeout: float = 600.0,
+        input_poll: float = 0.25,
     ) -> None:
         if stall_timeout <= 0 or poll_interval <= 0 or history_interval <= 0:
             raise ValueError("stall_timeout, poll_interval and history_interval must be > 0")
+        if probe_interval <= 0 or input_timeout <= 0 or input_poll <= 0:
+            raise ValueError("probe_interval, input_timeout and input_poll must be > 0")
         if blocklist_after < 1 or max_chunk_servers < 1:
             raise ValueError("blocklist_after and max_chunk_servers must be >= 1")
         names = [s.name for s in servers]
@@ -238,6 +254,10 @@ class Scheduler:
         self.speed = speed
         self.transfer_factory = transfer_factory
         self.join_timeout = join_timeout
+        self.probe_interval = probe_interval
+        self.probe_interval_max = max(probe_interval, probe_interval_max)
+        self.input_timeout = input_timeout
+        self.input_poll = input_poll
         self._lock = threading.Lock()
         self._state = SchedulerState.OPEN
         self._handles: list[JobHandle] = []
@@ -271,23 +291,45 @@ class Scheduler:
 
     # -- running jobs ---------------------------------------------------------------------------
 
-    def run(self, job: RenderJob, on_event: Optional[OnEvent] = None) -> JobResult:
+    def run(
+        self,
+        job: RenderJob,
+        on_event: Optional[OnEvent] = None,
+        *,
+        wait_for_input: Optional[InputHook] = None,
+    ) -> JobResult:
         """Render ``job`` and block until it ends; returns its result (never raises for job
-        failures: see ``JobResult.raise_for_status``). Raises ClosedError after close()."""
-        handle = self.start(job, on_event)
+        failures: see ``JobResult.raise_for_status``). Raises ClosedError after close().
+        ``wait_for_input``: as for :meth:`start`."""
+        handle = self.start(job, on_event, wait_for_input=wait_for_input)
         result = handle.wait()
         assert result is not None
         return result
 
-    def start(self, job: RenderJob, on_event: Optional[OnEvent] = None) -> JobHandle:
-        """Start ``job`` on a controller thread; returns its handle at once."""
+    def start(
+        self,
+        job: RenderJob,
+        on_event: Optional[OnEvent] = None,
+        *,
+        wait_for_input: Optional[InputHook] = None,
+    ) -> JobHandle:
+        """Start ``job`` on a controller thread; returns its handle at once.
+
+        ``wait_for_input(frame, timeout) -> bool`` (optional) says whether input ``frame`` is
+        ready, blocking up to ``timeout`` seconds. With it the input frames need not exist yet:
+        the check at job start is skipped and a worker waits for each input frame of its chunk
+        (handles included) before rendering it, so rendering starts while later frames are still
+        being written (the Nuke host exports them chunk by chunk). A frame not ready after
+        ``input_timeout`` seconds, or a hook that raises, fails the job naming the frame. The hook
+        is called on worker threads, with short timeouts so cancel stays responsive.
+        """
         handle = JobHandle(job)
         with self._lock:
             if self._state is SchedulerState.CLOSED:
                 raise ClosedError("the scheduler is closed")
             self._handles = [h for h in self._handles if not h.done]
             self._handles.append(handle)
-        run = _JobRun(self, job, handle, EventSink(on_event))
+        run = _JobRun(self, job, handle, EventSink(on_event), wait_for_input)
         thread = threading.Thread(
             target=run.main, name=f"comfy-cluster-job-{job.job_id[:8]}", daemon=True
         )
@@ -322,8 +364,16 @@ class Scheduler:
 class _JobRun:
     """The controller of one job: checks, chunking, worker slots, the end. Its own thread."""
 
-    def __init__(self, scheduler: Scheduler, job: RenderJob, handle: JobHandle, sink: EventSink):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        job: RenderJob,
+        handle: JobHandle,
+        sink: EventSink,
+        wait_for_input: Optional[InputHook] = None,
+    ):
         self.s = scheduler
+        self.wait_for_input = wait_for_input
         self.job = job
         self.handle = handle
         self.sink = sink
@@ -405,6 +455,8 @@ class _JobRun:
             eta=self._eta,
             blocklist_after=self.s.blocklist_after,
             max_chunk_servers=self.s.max_chunk_servers,
+            probe_interval=self.s.probe_interval,
+            probe_interval_max=self.s.probe_interval_max,
         )
         self.state = state
         self.handle._state = state
@@ -481,7 +533,8 @@ class _JobRun:
         chunks: tuple[Chunk, ...] = ()
         if to_render:
             chunks = tuple(self._chunker(len(servers), servers).split(to_render))
-        if job.input_pattern:
+        if job.input_pattern and self.wait_for_input is None:
+            # With wait_for_input the host is still writing them; workers wait per chunk.
             needed = sorted({f for c in chunks for f in c.all_frames})
             missing = [f for f in needed if not frame_path(job.input_pattern, f).is_file()]
             if missing:
@@ -579,10 +632,13 @@ class _JobRun:
         remaining: int,
         able: Sequence[str],
     ) -> bool:
-        """Tail rule: leave ``name`` idle when the other servers that may take this chunk would
-        finish everything left (this chunk included) before ``name`` finished this chunk alone.
+        """Tail rule: leave ``name`` idle when giving it this chunk would end the job later than
+        letting the other servers that may take it do the rest.
 
-        Only while one of them is busy (it will come back for the work); never for an
+        ``name`` would finish its queued work plus this chunk at ``(queued + chunk) * spf``; the
+        others finish everything not on ``name`` (``remaining`` minus ``name``'s queue) at their
+        combined rate. Hold when the makespan without this chunk on ``name`` is shorter. Only
+        while one of the others is busy (it will come back for the work); never for an
         unmeasured server (it must seed its speed)."""
         spf = speeds.get(name)
         if spf is None:
@@ -591,8 +647,14 @@ class _JobRun:
         if not others or not any(in_flight.get(n, 0) for n in others):
             return False
         rate = sum(1.0 / speeds[n] for n in others)
-        # ``remaining`` counts every undelivered frame, in flight or queued, this chunk included.
-        return len(chunk.frames) * spf > max(remaining, len(chunk.frames)) / rate
+        size = len(chunk.frames)
+        # ``remaining`` counts every undelivered frame, in flight or queued, this chunk included;
+        # ``in_flight`` counts chunks, taken as this chunk's size.
+        mine = min(in_flight.get(name, 0) * size, max(0, remaining - size))
+        rest = max(remaining, mine + size) - mine  # frames not on ``name`` now
+        with_chunk = max((mine + size) * spf, (rest - size) / rate)
+        without = max(mine * spf, rest / rate)
+        return without < with_chunk
 
     def _eta(self, remaining: float, active: Sequence[str]) -> Optional[float]:
         rates = [1.0 / spf for n in active if (spf := self.s.speed.seconds_per_frame(n))]
@@ -765,13 +827,18 @@ def _safe(fn: Callable[[], Any]) -> None:
 class _Worker:
     """One slot on one server: runs attempts one after another on its own client and websocket.
 
-    Owns its client (one ``requests.Session`` per thread) and listener; events arrive on the
-    listener thread and are handed over through a queue, routed by prompt id.
+    Owns its client (one ``requests.Session`` per thread) and listener. Events arrive on the
+    listener thread; :meth:`_on_ws_event` notes the time (for stall detection), when the watched
+    prompt started and its output node's images, and hands over only what the worker must act
+    on (progress, the end, an error, connection changes) through a queue: the worker thread
+    wakes once per prompt plus once per progress step, not for every message.
     """
 
     def __init__(self, run: _JobRun, server: ServerConfig, slot: str) -> None:
+        assert run.prepared is not None
         self.run = run
         self.s = run.s
+        self.clock = run.s.clock
         self.server = server
         self.name = server.name
         self.slot = slot
@@ -781,6 +848,18 @@ class _Worker:
         self.listener: Any = None
         self.stop = threading.Event()
         self.inbox: queue.Queue[Any] = queue.Queue()
+        self.output_node = run.prepared.targets.output_node
+        # Shared with the listener thread (single assignments only):
+        #: The prompt whose events go to the inbox; set before POST (events may beat its reply).
+        self._watch: Optional[str] = None
+        #: Clock time the watched prompt started running (its first start/executing event).
+        self._started_at: Optional[float] = None
+        #: Images of the watched prompt's output node, from its ``executed`` event.
+        self._images: Optional[tuple[Any, ...]] = None
+        #: Clock time of the last websocket message (any prompt): the stall detector's input.
+        self._last_event = self.clock()
+        #: The websocket dropped and has not reconnected.
+        self._ws_down = False
 
     def main(self) -> None:
         state = self.state
@@ -791,6 +870,8 @@ class _Worker:
                 if attempt is None:
                     break
                 if attempt is False:
+                    if state.probe_due(self.slot):
+                        self._probe()
                     continue
                 outcome = self._attempt(attempt)
                 state.finish_attempt(attempt, outcome)
@@ -809,11 +890,60 @@ class _Worker:
         if self.client is not None:
             return
         self.client = self.s.client_factory(self.server)
-        self.listener = self.client.listen(self.inbox.put, self.stop)
+        self.listener = self.client.listen(self._on_ws_event, self.stop)
         wait = getattr(self.listener, "wait_connected", None)
         if wait is not None:
             # Events of a fast prompt can come before POST returns: listen first.
             wait(min(2.0, self.s.stall_timeout))
+
+    def _on_ws_event(self, event: Any) -> None:
+        """Listener thread: note liveness, start and images; hand over what :meth:`_await`
+        acts on; drop the rest (broadcasts, other prompts, per-node chatter)."""
+        cls = type(event)
+        if cls is protocol.Disconnected:
+            self._ws_down = True
+            self.inbox.put(event)
+            return
+        if cls is protocol.Connected:
+            self._ws_down = False
+            self.inbox.put(event)
+            return
+        now = self._last_event = self.clock()
+        pid = event.prompt_id
+        if pid is None or pid != self._watch:
+            return
+        if cls is protocol.Executing:
+            if event.node is None:
+                self.inbox.put(event)
+            elif self._started_at is None:
+                self._started_at = now
+        elif cls is protocol.ExecutionStart:
+            if self._started_at is None:
+                self._started_at = now
+        elif cls is protocol.Executed:
+            if event.node == self.output_node:
+                self._images = protocol.output_images(event)
+        elif cls in _HANDED_OVER:
+            self.inbox.put(event)
+
+    def _ws_lost(self) -> bool:
+        """Whether our websocket is down (dropped, or never connected)."""
+        return self._ws_down or not getattr(self.listener, "connected", True)
+
+    def _probe(self) -> None:
+        """Probe this (suspended) server once: does it answer ``/queue`` again?"""
+        assert self.state is not None
+        try:
+            self._connect()
+            self.client.queue()
+        except ComfyClusterError as exc:
+            self.state.probe_result(self.name, False, _why(exc))
+        except Exception as exc:  # a bug in a client: count it as a failed probe
+            log.exception("%s: probe failed", self.slot)
+            self.state.probe_result(self.name, False, repr(exc))
+        else:
+            log.info("%s: answers again; resuming", self.name)
+            self.state.probe_result(self.name, True)
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -829,6 +959,8 @@ class _Worker:
             return Outcome.ok()
         except _Aborted:
             return Outcome("aborted")
+        except _ServerDown as exc:
+            return Outcome("server", str(exc), None, exc, down=True)
         except WorkflowRejected as exc:
             return state.judge_rejection(self.name, exc)
         except ExecutionFailed as exc:
@@ -856,12 +988,64 @@ class _Worker:
             raise _Aborted()
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        return self.s.call(fn, cancel=self.job.cancel_token)
+        """``fn`` under the retry policy, except that a refused connection while our websocket is
+        down means the server is gone: no retries, the chunk moves at once (_ServerDown)."""
 
-    def _input_value(self, frame: int) -> str:
+        def guarded() -> Any:
+            try:
+                return fn()
+            except ServerUnreachable as exc:
+                if self._ws_lost():
+                    raise _ServerDown(
+                        f"server down (websocket dropped; {exc.message})", server=self.name
+                    ) from exc
+                raise
+
+        return self.s.call(guarded, cancel=self.job.cancel_token)
+
+    def _input_value(self, attempt: Attempt, frame: int) -> str:
         assert self.job.input_pattern
         path = frame_path(self.job.input_pattern, frame)
-        return self._call(lambda: self.run.transfer.prepare_input(self.client, self.server, path))
+        if self.run.wait_for_input is not None:
+            self._wait_input(attempt, frame, path)
+        try:
+            return self._call(
+                lambda: self.run.transfer.prepare_input(self.client, self.server, path)
+            )
+        except OSError as exc:  # our disk: the input frame is not readable here
+            raise ConfigError(f"cannot read input frame {frame}: {exc}", field="input") from exc
+
+    def _wait_input(self, attempt: Attempt, frame: int, path: Any) -> None:
+        """Block until the host says input ``frame`` is ready (``wait_for_input``), in short
+        steps that check cancel; raise ConfigError (the job's fault) naming the frame when it
+        is not ready within ``input_timeout`` or the hook raises."""
+        hook = self.run.wait_for_input
+        assert hook is not None
+        clock = self.clock
+        limit = self.s.input_timeout
+        deadline = clock() + limit
+        while True:
+            self._check(attempt)
+            began = clock()
+            step = max(0.0, min(self.s.input_poll, deadline - began))
+            try:
+                ready = hook(frame, step)
+            except Exception as exc:
+                raise ConfigError(
+                    f"waiting for input frame {frame} ({path}) failed: {exc!r}", field="input"
+                ) from exc
+            if ready:
+                return
+            now = clock()
+            if now >= deadline:
+                raise ConfigError(
+                    f"input frame {frame} ({path}) was not ready after {limit:.0f} s",
+                    field="input",
+                )
+            # A hook that says no at once (its export stopped) must not make us spin.
+            rest = step - (now - began)
+            if rest > 0 and self.job.cancel_token.wait(rest):
+                raise _Aborted()
 
     def _prefix(self, prompt_id: str, frame: int) -> str:
         # Unique per prompt: SaveImage then always writes a new file (no stale cached names).
@@ -875,7 +1059,7 @@ class _Worker:
             self._check(attempt)
             if state.delivered(frame):
                 continue
-            image_value = self._input_value(frame) if self.job.input_pattern else None
+            image_value = self._input_value(attempt, frame) if self.job.input_pattern else None
             prompt_id = uuid.uuid4().hex
             prompt = build_frame_prompt(
                 prepared.workflow,
@@ -902,7 +1086,7 @@ class _Worker:
         if not state.undelivered(chunk.frames):
             return
         rendered = chunk.all_frames
-        values = [self._input_value(f) for f in rendered]
+        values = [self._input_value(attempt, f) for f in rendered]
         self._check(attempt)
         prompt_id = uuid.uuid4().hex
         prompt = build_batch_prompt(
@@ -946,6 +1130,10 @@ class _Worker:
 
         def once() -> str:
             pid = ids[-1]
+            self._watch = None
+            self._started_at = None
+            self._images = None
+            self._watch = pid
             state.prompt_submitted(self.name, pid)
             try:
                 return self.client.submit(prompt, prompt_id=pid)
@@ -990,6 +1178,8 @@ class _Worker:
         except BaseException:
             self._abandon(pid)
             raise
+        finally:
+            self._watch = None
         state.prompt_finished(self.name, pid)
         return result
 
@@ -1021,71 +1211,116 @@ class _Worker:
             except queue.Empty:
                 return
 
+    def _alive_after_drop(self) -> None:
+        """The websocket dropped: a refused connection now means the server is gone."""
+        try:
+            self.client.queue()
+        except ServerUnreachable as exc:
+            raise _ServerDown(
+                f"server down (websocket dropped; {exc.message})", server=self.name
+            ) from exc
+        except ComfyClusterError:
+            pass  # it answers somehow (timeout, odd status): the normal checks decide
+
     def _await(self, attempt: Attempt, pid: str, frames: int) -> tuple[Any, ...]:
+        """Wait for ``pid`` to finish; return the output node's images.
+
+        The images come from the ``executed`` event of the output node, confirmed by
+        ``executing`` node=None; ``/history`` is read only when events may have been missed
+        (a reconnect, or the end without ``executed``) and, as a safety net, every
+        ``history_interval``. Silence for ``stall_timeout`` triggers a ``/queue`` check (stuck,
+        vanished, or pending for too long behind others).
+        """
         state = self.state
-        prepared = self.run.prepared
-        assert state is not None and prepared is not None
-        clock = self.clock = self.s.clock
-        output_node = prepared.targets.output_node
+        assert state is not None
+        clock = self.clock
+        output_node = self.output_node
+        inbox_get = self.inbox.get
+        poll = self.s.poll_interval
         submitted = clock()
-        last_event = submitted
+        checked = submitted  # last /queue check (stall detection counts from here too)
         next_history = submitted + self.s.history_interval
-        running_since: Optional[float] = None
-        pending_seen: Optional[float] = None
+        pending_since: Optional[float] = None
+        missed = self._ws_lost()
         while True:
             self._check(attempt)
             try:
-                event = self.inbox.get(timeout=self.s.poll_interval)
+                event = inbox_get(timeout=poll)
             except queue.Empty:
                 event = None
             now = clock()
             if event is not None:
-                if isinstance(event, protocol.Connected):
+                cls = type(event)
+                if cls is protocol.Disconnected:
+                    missed = True
+                    self._alive_after_drop()
+                elif cls is protocol.Connected:
+                    missed = True
                     next_history = now  # events were missed while disconnected: re-sync
-                elif not isinstance(event, protocol.Disconnected):
-                    last_event = now
-                if event.prompt_id == pid:
-                    if isinstance(event, (protocol.ExecutionStart, protocol.Executing)):
-                        running_since = running_since or now
-                    if isinstance(event, protocol.ProgressEvent) and event.max > 0:
-                        state.set_fraction(attempt, event.value / event.max, frames=frames)
-                        state.flush()
-                    elif isinstance(
-                        event, (protocol.ExecutionErrorEvent, protocol.ExecutionInterrupted)
-                    ):
-                        raise event.to_error(self.name)
-                    elif isinstance(event, protocol.Executing) and event.finished:
+                elif event.prompt_id == pid:
+                    if cls is protocol.ProgressEvent:
+                        if event.max > 0:
+                            state.set_fraction(attempt, event.value / event.max, frames=frames)
+                            state.flush()
+                    elif cls is protocol.Executing:  # node None: finished, history written
+                        images = self._images
+                        started = self._started_at or submitted
+                        if images and not missed:
+                            return self._done(images, started, frames)
                         next_history = now
+                    elif cls in (protocol.ExecutionErrorEvent, protocol.ExecutionInterrupted):
+                        raise event.to_error(self.name)
             if now >= next_history:
                 entry = self._call(lambda: self.client.history(pid))
                 if entry is not None:
-                    return self._result(pid, entry, output_node, running_since or submitted, frames)
+                    started = self._started_at or submitted
+                    return self._result(pid, entry, output_node, started, frames)
                 next_history = now + self.s.history_interval
-            if now - last_event > self.s.stall_timeout:
+            if now - max(self._last_event, checked) > self.s.stall_timeout:
                 q = self._call(lambda: self.client.queue())
                 now = clock()
+                checked = now
                 if pid in q.running:
-                    running_since = running_since or pending_seen or submitted
+                    if self._started_at is None:
+                        self._started_at = pending_since or submitted
+                    running_since = self._started_at
                     limit = self._run_limit(frames)
                     if limit is not None and now - running_since > limit:
                         raise _Stuck(
-                            f"stuck: no event for {now - last_event:.1f} s, running "
+                            f"stuck: no event for {now - self._last_event:.1f} s, running "
                             f"{now - running_since:.1f} s (limit {limit:.1f} s)",
                             server=self.name,
                         )
                 elif pid in q.pending:
-                    pending_seen = now
+                    pending_since = pending_since or now
+                    self._check_pending(q, pid, now - pending_since, frames)
                 else:
                     entry = self._call(lambda: self.client.history(pid))
                     if entry is not None:
-                        return self._result(
-                            pid, entry, output_node, running_since or submitted, frames
-                        )
+                        started = self._started_at or submitted
+                        return self._result(pid, entry, output_node, started, frames)
                     raise _Stuck(
                         "prompt vanished from the server's queue without a result (restarted?)",
                         server=self.name,
                     )
-                last_event = now
+
+    def _check_pending(self, q: Any, pid: str, waited: float, frames: int) -> None:
+        """Our prompt waits in the server's queue. Raise _Stuck when it waited longer than the
+        prompts ahead of it should take (``_run_limit`` each), or when the server is out of the
+        job: a prompt ahead that never ends must not hold the chunk (and the job) forever."""
+        assert self.state is not None
+        if self.name in self.state.blocklist:
+            raise _Stuck("queued on a server that is out of the job", server=self.name)
+        limit = self._run_limit(frames)
+        if limit is None:
+            return
+        ahead = len(q.running) + q.pending.index(pid) + 1
+        if waited > limit * ahead:
+            raise _Stuck(
+                f"stuck: queued {waited:.1f} s behind {ahead - 1} prompt(s) "
+                f"(limit {limit * ahead:.1f} s)",
+                server=self.name,
+            )
 
     def _run_limit(self, frames: int) -> Optional[float]:
         """How long a silent running prompt may run before it counts as stuck."""
@@ -1102,15 +1337,24 @@ class _Worker:
             return self.s.first_prompt_timeout
         return max(self.s.stall_timeout, self.s.stuck_factor * spf * max(1, frames))
 
+    def _done(self, images: tuple[Any, ...], started: float, frames: int) -> tuple[Any, ...]:
+        seconds = max(0.0, self.s.clock() - started)
+        _safe(lambda: self.s.speed.record(self.name, seconds, max(1, frames)))
+        return images
+
     def _result(
         self, pid: str, entry: Any, output_node: str, started: float, frames: int
     ) -> tuple[Any, ...]:
         result = protocol.parse_history_entry(pid, entry)
         result.raise_for_outcome(self.name)
         images = tuple(protocol.output_images(entry, node_id=output_node))
-        seconds = max(0.0, self.s.clock() - started)
-        _safe(lambda: self.s.speed.record(self.name, seconds, max(1, frames)))
-        return images
+        return self._done(images, started, frames)
+
+
+#: Events of the watched prompt handed to :meth:`_Worker._await` besides ``executing`` None.
+_HANDED_OVER = frozenset(
+    {protocol.ProgressEvent, protocol.ExecutionErrorEvent, protocol.ExecutionInterrupted}
+)
 
 
 def _why(exc: BaseException) -> str:

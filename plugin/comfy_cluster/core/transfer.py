@@ -148,6 +148,9 @@ class HttpTransfer:
 
     def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
         check_image_ref(ref, server=server.name)
+        if getattr(client, "downloads_atomically", False):
+            # The client streams to a hidden temporary file and renames it onto ``dest``.
+            return Path(client.download(ref, dest))
         return atomic_write(dest, lambda tmp: client.download(ref, tmp))
 
 
