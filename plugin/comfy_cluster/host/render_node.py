@@ -10,9 +10,9 @@ Render, step by step:
 1. main thread: read and check the knobs, resolve the frame range and the servers;
 2. an :class:`~comfy_cluster.host.export.InputExporter` thread asks the main thread to write the
    input frames batch by batch (temporary Write + ``nuke.execute``);
-3. the scheduler starts once every input frame is written (``core.scheduler`` checks that all
-   inputs exist before it starts; a scheduler whose ``start`` takes ``wait_for_input`` is
-   started at once and renders chunks while later ones are still exported). It renders on its
+3. the scheduler starts at once with a ``wait_for_input`` hook, so the first chunks render while
+   later input frames are still being exported (an injected scheduler without that keyword is
+   started only once every input frame is written). It renders on its
    worker threads; every event becomes coalesced knob updates
    (``cc_progress``, ``cc_status``) through the dispatcher; the end of the job is posted once;
 4. GUI: the button returns at once. Terminal (``nuke -t``): the button blocks, draining the
@@ -791,7 +791,7 @@ class RenderController:
 
 
 #: Keyword names a scheduler's ``start`` may accept for "block until this input frame exists".
-_INPUT_HOOKS = ("wait_for_input", "input_ready")
+_INPUT_HOOKS = ("wait_for_input",)
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
