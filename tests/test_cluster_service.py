@@ -31,7 +31,7 @@ class FakeMonitor:
     def start(self):
         self.calls.append("start")
 
-    def close(self):
+    def close(self, timeout=1.0):
         self.closed = True
         self.calls.append("close")
 

@@ -41,7 +41,7 @@ class MonitorLike(Protocol):
 
     def start(self) -> Any: ...
 
-    def close(self) -> Any: ...
+    def close(self, timeout: float = 1.0) -> Any: ...
 
     def snapshot(self) -> Any: ...
 
@@ -233,14 +233,18 @@ class ClusterService:
         """True once the monitor was started."""
         return self._started
 
-    def close(self) -> None:
-        """Stop the monitor and its threads; idempotent. Called when Nuke quits."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the monitor's threads, waiting at most ``timeout`` for them; idempotent.
+
+        The pollers are daemons, so a caller that must not wait (Nuke's main thread at quit)
+        passes ``timeout=0``: they end on their own within one poll timeout.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             monitor = self._monitor
-        monitor.close()
+        monitor.close(timeout=timeout)
 
     @property
     def closed(self) -> bool:

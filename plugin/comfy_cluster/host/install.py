@@ -149,13 +149,13 @@ class HostSession:
     def shutdown(self) -> None:
         """Close the cluster service (its health threads end) and build no new one. Idempotent.
         Main thread: Qt's ``aboutToQuit`` (through the panel), ``atexit`` at interpreter exit,
-        :meth:`uninstall`. Waits at most about a second for the pollers (a poller stuck on a
-        dead server is a daemon and is left behind)."""
+        :meth:`uninstall`. Never waits for the pollers: they are daemons and end on their own
+        within one poll timeout, so quitting Nuke is not held up by a dead server."""
         self._shut_down = True
         service, self._service = self._service, None
         if service is not None:
             try:
-                service.close()
+                service.close(timeout=0.0)
             except Exception:  # quitting: report, never raise
                 _log.exception("comfy_cluster: closing the cluster service failed")
 
