@@ -1,0 +1,237 @@
+"""The JSON form of one server: :func:`parse_server_dict` validates an object (as found in
+``NUKE_COMFYUI_SERVERS`` or the user file) into a :class:`ServerConfig`, and :func:`server_to_dict`
+writes one back so that the round trip is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+from comfy_cluster.core.config_values import check_port, default_name, parse_address, type_name
+from comfy_cluster.core.errors import ConfigError
+from comfy_cluster.core.server import DEFAULT_PORT, ServerConfig
+
+__all__ = ["SERVER_KEYS", "parse_server_dict", "server_to_dict"]
+
+#: Keys a server object may carry (``ip`` and ``host`` are aliases; ``url`` replaces both + port).
+SERVER_KEYS = (
+    "name",
+    "ip",
+    "host",
+    "url",
+    "port",
+    "scheme",
+    "dir_local",
+    "dir_remote",
+    "priority",
+    "enabled",
+    "headers",
+    "token",
+    "verify_tls",
+    "max_in_flight",
+    "tags",
+)
+
+
+def _check_host(value: object, source: str, key: str, who: str) -> str:
+    """A bare host name or IP address, as given in a JSON ``ip``/``host`` key."""
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{who}{key} must be a string, got {type_name(value)}", source=source, field=key
+        )
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ConfigError(f"{who}missing host", source=source, field=key)
+    if "/" in host or any(ch.isspace() for ch in host) or "@" in host:
+        raise ConfigError(
+            f"{who}{key} must be a host name or IP address, got {value!r} (use 'url' for a URL)",
+            source=source,
+            field=key,
+        )
+    if host.count(":") == 1:
+        raise ConfigError(
+            f"{who}{key} {value!r} contains a port; put the port in 'port'",
+            source=source,
+            field=key,
+        )
+    return host
+
+
+def _unknown_key_message(key: str, who: str) -> str:
+    import difflib  # only on the error path
+
+    close = difflib.get_close_matches(key, SERVER_KEYS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{who}unknown key {key!r}{hint}; known keys: {', '.join(SERVER_KEYS)}"
+
+
+def parse_server_dict(
+    d: Mapping[str, Any],
+    source: str,
+    *,
+    position: Optional[int] = None,
+    default_priority: int = 1,
+) -> ServerConfig:
+    """Validate one JSON server object into a :class:`ServerConfig` whose ``source`` is ``source``.
+
+    ``position`` (1-based) only makes messages say which entry is at fault. Raises
+    :class:`ConfigError` naming ``source`` and the key on a missing host, bad port, wrong type or
+    unknown key.
+    """
+    who = f"server #{position}: " if position is not None else ""
+    if not isinstance(d, Mapping):
+        raise ConfigError(
+            f"{who}expected a server object, got {type_name(d)}", source=source, field=None
+        )
+    name_hint = d.get("name")
+    if isinstance(name_hint, str) and name_hint.strip():
+        who = f"server #{position} ({name_hint.strip()!r}): " if position else f"{name_hint!r}: "
+    for key in d:
+        if key not in SERVER_KEYS:
+            raise ConfigError(_unknown_key_message(str(key), who), source=source, field=str(key))
+
+    def typed(key: str, kind: Union[type, tuple[type, ...]], label: str) -> Any:
+        value = d[key]
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+        if not ok:
+            raise ConfigError(
+                f"{who}{key} must be {label}, got {type_name(value)} {value!r}",
+                source=source,
+                field=key,
+            )
+        return value
+
+    scheme: Optional[str] = None
+    port: Optional[int] = None
+    if "url" in d:
+        for other in ("ip", "host"):
+            if other in d:
+                raise ConfigError(
+                    f"{who}give either 'url' or '{other}', not both", source=source, field=other
+                )
+        url = typed("url", str, "a string")
+        scheme, host, port = parse_address(url, source, "url")
+    else:
+        if "ip" in d and "host" in d and d["ip"] != d["host"]:
+            raise ConfigError(
+                f"{who}'ip' and 'host' are aliases and disagree ({d['ip']!r} vs {d['host']!r})",
+                source=source,
+                field="host",
+            )
+        key = "ip" if "ip" in d else "host"
+        if key not in d or d[key] is None:
+            raise ConfigError(f"{who}missing host ('ip' or 'host')", source=source, field="ip")
+        host = _check_host(d[key], source, key, who)
+    if "port" in d:
+        given = check_port(d["port"], source, "port", who)
+        if port is not None and given != port:
+            raise ConfigError(
+                f"{who}port {given} disagrees with the port in url ({port})",
+                source=source,
+                field="port",
+            )
+        port = given
+    port = DEFAULT_PORT if port is None else port
+    if "scheme" in d:
+        given_scheme = typed("scheme", str, "a string").lower()
+        if given_scheme not in ("http", "https"):
+            raise ConfigError(
+                f"{who}scheme must be 'http' or 'https', got {d['scheme']!r}",
+                source=source,
+                field="scheme",
+            )
+        if scheme is not None and given_scheme != scheme:
+            raise ConfigError(
+                f"{who}scheme {given_scheme!r} disagrees with url", source=source, field="scheme"
+            )
+        scheme = given_scheme
+    scheme = scheme or "http"
+
+    name = default_name(host, port)
+    if d.get("name") is not None:
+        name = typed("name", str, "a string").strip()
+        if not name:
+            raise ConfigError(f"{who}name must not be empty", source=source, field="name")
+
+    def text(key: str) -> str:
+        if d.get(key) is None:
+            return ""
+        return typed(key, str, "a string").strip()
+
+    def positive(key: str, default: int) -> int:
+        if d.get(key) is None:
+            return default
+        value = typed(key, int, "an integer")
+        if value < 1:
+            raise ConfigError(
+                f"{who}{key} must be 1 or more, got {value}", source=source, field=key
+            )
+        return value
+
+    def flag(key: str, default: bool) -> bool:
+        if d.get(key) is None:
+            return default
+        return typed(key, bool, "true or false")
+
+    headers: dict[str, str] = {}
+    if d.get("headers") is not None:
+        for hkey, hvalue in typed("headers", dict, "an object").items():
+            if not isinstance(hvalue, str):
+                raise ConfigError(
+                    f"{who}header {hkey!r} must be a string, got {type_name(hvalue)}",
+                    source=source,
+                    field="headers",
+                )
+            headers[hkey] = hvalue
+    token: Optional[str] = None
+    if d.get("token") is not None:
+        token = typed("token", str, "a string").strip() or None
+    tags: tuple[str, ...] = ()
+    if d.get("tags") is not None:
+        raw_tags = typed("tags", list, "an array of strings")
+        if not all(isinstance(tag, str) for tag in raw_tags):
+            raise ConfigError(f"{who}tags must be an array of strings", source=source, field="tags")
+        tags = tuple(raw_tags)
+
+    return ServerConfig(
+        name=name,
+        host=host,
+        port=port,
+        scheme=scheme,
+        dir_local=text("dir_local"),
+        dir_remote=text("dir_remote"),
+        priority=positive("priority", default_priority),
+        enabled=flag("enabled", True),
+        headers=headers,
+        token=token,
+        verify_tls=flag("verify_tls", True),
+        max_in_flight=positive("max_in_flight", 1),
+        tags=tags,
+        source=source,
+    )
+
+
+def server_to_dict(server: ServerConfig) -> dict[str, Any]:
+    """The JSON object :func:`parse_server_dict` reads back (secrets in clear: user file only)."""
+    out: dict[str, Any] = {
+        "name": server.name,
+        "host": server.host,
+        "port": server.port,
+        "scheme": server.scheme,
+        "dir_local": server.dir_local,
+        "dir_remote": server.dir_remote,
+        "priority": server.priority,
+        "enabled": server.enabled,
+        "verify_tls": server.verify_tls,
+        "max_in_flight": server.max_in_flight,
+    }
+    if server.headers:
+        out["headers"] = dict(server.headers)
+    if server.token:
+        out["token"] = server.token
+    if server.tags:
+        out["tags"] = list(server.tags)
+    return out
