@@ -331,7 +331,10 @@ def test_same_execution_error_on_two_servers_is_the_jobs_fault(shot: dict[str, A
     assert result.status is JobStatus.FAILED
     assert result.node_id == "3"
     assert "ValueError" in result.message
-    assert sum(s.submits for s in servers) <= 4
+    # The job stops at the second server's matching error instead of trying all 9 frames. Servers
+    # run in parallel, so under load one may start its next frame before that second report lands:
+    # at most two prompts per server.
+    assert sum(s.submits for s in servers) <= 6
 
 
 def test_no_eligible_server_left_fails_with_reasons(shot: dict[str, Any]) -> None:
@@ -566,8 +569,8 @@ def test_wait_for_input_renders_first_chunks_while_later_frames_are_exported(
         inputs.release([1, 2, 3])  # frames 4-8 do not exist yet: the start check is skipped
         handle = scheduler.start(job, rec, wait_for_input=inputs.wait_for_input)
         until(lambda: {1, 2} <= {e.frame for e in rec.of(ev.FrameWritten)})
-        assert {e.frame for e in rec.of(ev.FrameWritten)} <= {1, 2, 3}
-        assert any(f > 3 for f in inputs.asked)  # a worker is waiting for a later frame
+        until(lambda: any(f > 3 for f in inputs.asked))  # a worker waits for a later frame...
+        assert {e.frame for e in rec.of(ev.FrameWritten)} <= {1, 2, 3}  # ...that is not there
         for frames in ([4, 5], [6, 7, 8]):
             inputs.release(frames)
         result = handle.wait(10)
