@@ -101,6 +101,7 @@ def test_script_load_keeps_choice_and_does_not_duplicate_knobs(nk: Any, tmp_path
     node = nk.createNode(K.GIZMO_CLASS)
     nk._fake.user_sets(node[K.SERVER], "render3")
     assert node[K.SERVER_CHOICE].value() == "render3"
+    nk._fake.user_sets(node[K.EXISTING], K.EXISTING_RESUME)
     name = node.name()
     names = [k.name() for k in node.allKnobs()]
     script = tmp_path / "shot.nk"
@@ -110,6 +111,7 @@ def test_script_load_keeps_choice_and_does_not_duplicate_knobs(nk: Any, tmp_path
     loaded = nk.toNode(name)
     assert [k.name() for k in loaded.allKnobs()] == names
     assert loaded[K.SERVER].value() == "render3"
+    assert loaded[K.EXISTING].value() == K.EXISTING_RESUME  # an item with spaces round-trips
     assert loaded[K.SERVER].values() == ["Auto", "render1", "render2", "render3"]
 
     # The server list changes: refresh keeps the choice.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_cluster.core.balance import STRATEGIES
-from comfy_cluster.core.job import MODES
+from comfy_cluster.core.job import EXISTING_MODES, MODES
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.render_node import choice_from_item, format_eta, format_status, server_menu
 
@@ -46,6 +46,7 @@ def test_knob_types_are_what_the_host_expects() -> None:
         K.MODE: 4,
         K.CHUNK_SIZE: 3,
         K.STRATEGY: 4,
+        K.EXISTING: 4,
         K.SERVER: 4,
         K.SERVER_CHOICE: 1,
         K.RENDER: 22,
@@ -68,6 +69,11 @@ def test_menus_match_the_core() -> None:
     assert tuple(_items(declared[K.STRATEGY][1])) == K.STRATEGIES
     assert set(K.STRATEGIES) == set(STRATEGIES)
     assert _items(declared[K.SERVER][1]) == [K.AUTO]
+    # cc_existing: overwrite first (the default), items quoted as TCL words; both are modes
+    # RenderJob accepts.
+    assert 'M {overwrite "skip existing (resume)"}' in declared[K.EXISTING][1]
+    assert list(K.EXISTING_MODES) == [K.EXISTING_OVERWRITE, K.EXISTING_RESUME]
+    assert set(K.EXISTING_MODES.values()) == {"overwrite", "resume"} <= set(EXISTING_MODES)
 
 
 def test_gizmo_buttons_and_oncreate_are_one_liners_into_the_host() -> None:

@@ -320,6 +320,37 @@ def test_pinned_server_renders_only_there(rig_factory: Callable[..., Rig]) -> No
     assert os.path.isfile(rig.out / "inv.0001.png")
 
 
+def test_existing_frames_default_to_overwrite_and_resume_renders_only_missing(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory({})
+    nuke = rig.nuke
+    sim = rig.sims[0]  # type: ignore[attr-defined]
+    node = rig.create_node()
+    assert node[K.EXISTING].values() == list(K.EXISTING_MODES)
+    assert node[K.EXISTING].value() == K.EXISTING_OVERWRITE  # the default
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Done")
+    assert len(sim.prompts_seen) == len(FRAMES)
+
+    # Overwrite (the default): rendering again renders every frame again.
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Done")
+    assert len(sim.prompts_seen) == 2 * len(FRAMES)
+
+    # Resume: only the deleted frame is rendered; the others are kept as they are.
+    (rig.out / "inv.0003.png").unlink()
+    kept = (rig.out / "inv.0002.png").stat().st_mtime_ns
+    nuke._fake.user_sets(node[K.EXISTING], K.EXISTING_RESUME)
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Done")
+    assert len(sim.prompts_seen) == 2 * len(FRAMES) + 1
+    assert rig.status(node).startswith("Done: 1 frames"), rig.status(node)
+    assert (rig.out / "inv.0002.png").stat().st_mtime_ns == kept
+    rig.assert_inverted()
+    assert nuke._fake.messages() == []
+
+
 class _StreamingScheduler:
     """A stand-in scheduler that takes the ``wait_for_input`` hook: it 'renders' (copies) each
     frame as soon as its input is exported, to show the host starts the job before the export

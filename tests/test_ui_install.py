@@ -326,3 +326,52 @@ def test_without_a_host_session_the_panel_owns_its_service(
         uninstall_gui()
     assert built[0].closed
     qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)
+
+
+class StuckClient(DownClient):
+    """A server whose health check hangs (black-holed) until the test lets it go."""
+
+    release = threading.Event()
+
+    def system_stats(self):
+        self.release.wait(10.0)
+        return super().system_stats()
+
+
+def test_quitting_never_joins_a_poller_stuck_in_a_health_check(
+    qtbot, qapp, fake_nuke, env, monkeypatch
+):
+    import time
+
+    from comfy_cluster.host.install import uninstall_host
+
+    uninstall_host(fake_nuke)  # the panel owns (and closes) its service
+    built = []
+
+    def own():
+        monitor = lambda servers: HealthMonitor(  # noqa: E731
+            servers, client_factory=StuckClient, interval_busy=0.05, timeout=5.0
+        )
+        built.append(ClusterService(monitor_factory=monitor))
+        return built[-1]
+
+    monkeypatch.setattr(install, "_default_service", own)
+    StuckClient.release.clear()
+    install_gui(interval_ms=20)
+    try:
+        widget = install.make_panel_widget()
+        qtbot.addWidget(widget)
+        widget.show()
+        qtbot.waitUntil(lambda: len(health_threads()) == 2, timeout=2000)
+        time.sleep(0.1)  # both pollers are inside system_stats now
+
+        started = time.monotonic()
+        qapp.aboutToQuit.emit()
+        took = time.monotonic() - started
+
+        assert built[0].closed
+        assert took < 0.5, f"Nuke's main thread waited {took:.2f}s for the health pollers"
+    finally:
+        StuckClient.release.set()
+        uninstall_gui()
+    qtbot.waitUntil(lambda: health_threads() == [], timeout=3000)

@@ -22,6 +22,8 @@ OUTPUT = "cc_output"
 MODE = "cc_mode"
 CHUNK_SIZE = "cc_chunk_size"
 STRATEGY = "cc_strategy"
+#: Enumeration: what a render does with output frames already on disk (see EXISTING_MODES).
+EXISTING = "cc_existing"
 SERVER = "cc_server"
 #: Invisible String knob holding the user's server choice: the enumeration's items come back from
 #: the .gizmo file on load, so the choice itself must live in a knob whose value always persists.
@@ -43,6 +45,7 @@ ALL_KNOBS = (
     MODE,
     CHUNK_SIZE,
     STRATEGY,
+    EXISTING,
     SERVER,
     SERVER_CHOICE,
     RENDER,
@@ -66,5 +69,10 @@ COLOR_RUNNING = 0x3A7BBFFF
 AUTO = "Auto"
 MISSING_SUFFIX = " (missing)"
 MODES = ("frame", "batch")
+#: ``cc_existing`` items (as in the .gizmo's ``M {...}``) -> ``RenderJob(existing=...)``. The first
+#: is the default: rendering the node again overwrites its frames.
+EXISTING_OVERWRITE = "overwrite"
+EXISTING_RESUME = "skip existing (resume)"
+EXISTING_MODES = {EXISTING_OVERWRITE: "overwrite", EXISTING_RESUME: "resume"}
 #: Must match ``comfy_cluster.core.balance.STRATEGIES`` (checked by a test).
 STRATEGIES = ("fastest", "least_loaded", "round_robin", "priority")

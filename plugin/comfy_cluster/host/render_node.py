@@ -301,13 +301,19 @@ class JobMonitor:
                 status = format_status(self.done, self.total, list(self._busy), event.eta_seconds)
                 self.last_status = status
                 line = self._progress_line(event, status)
+                # Handed over under the lock: an update computed before the final event must
+                # reach the dispatcher before the end is posted, or it would land after the
+                # end's discard() and overwrite the final status. (The dispatcher never calls
+                # back into this monitor: on the main thread it only sets knobs or prints.)
+                self._dispatcher.set_knob_later(
+                    self.node_name, K.PROGRESS, _percent(event.progress)
+                )
+                self._dispatcher.set_knob_later(self.node_name, K.STATUS, status)
+                if line is not None and self._print_line is not None:
+                    self._dispatcher.post(self._print_line, line)
         if final:
+            # Outside the lock: on the main thread the end runs at once and reads this monitor.
             self._dispatcher.post(self._on_end, self.node_name, event)
-            return
-        self._dispatcher.set_knob_later(self.node_name, K.PROGRESS, _percent(event.progress))
-        self._dispatcher.set_knob_later(self.node_name, K.STATUS, status)
-        if line is not None and self._print_line is not None:
-            self._dispatcher.post(self._print_line, line)
 
     def fail(self, message: str) -> None:
         """Report a failure found outside the scheduler (export, start). Any thread."""
@@ -596,6 +602,11 @@ class RenderController:
         chunk_size = int(node.knob(K.CHUNK_SIZE).value())
         if chunk_size < 0:
             raise RenderSettingsError("Chunk size must be 0 (automatic) or more")
+        existing_knob = node.knob(K.EXISTING)
+        existing_item = existing_knob.value() if existing_knob is not None else ""
+        existing = K.EXISTING_MODES.get(existing_item or K.EXISTING_OVERWRITE)
+        if existing is None:
+            raise RenderSettingsError(f"Existing frames (cc_existing) is unknown: {existing_item}")
         return {
             "workflow": workflow,
             "output": output,
@@ -603,6 +614,7 @@ class RenderController:
             "mode": node.knob(K.MODE).value() or "frame",
             "chunk_size": chunk_size,
             "strategy": node.knob(K.STRATEGY).value() or "fastest",
+            "existing": existing,
         }
 
     def _choose_servers(
@@ -641,7 +653,7 @@ class RenderController:
             chunk_size=settings["chunk_size"],
             strategy=settings["strategy"],
             servers=allow,
-            existing="overwrite",
+            existing=settings["existing"],
         )
         self._set_read_range(node, frames)
         node.knob(K.PROGRESS).setValue(0.0)

@@ -34,6 +34,7 @@ and calls the host session's ``shutdown()`` so the shared service's threads end 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Callable, Optional
 
@@ -142,9 +143,7 @@ class ServiceHost(QtCore.QObject):
             widget.controller.shutdown()
         service, self._service = self._service, None
         if service is not None and self.owns_service:
-            close = getattr(service, "close", None)
-            if callable(close):
-                close()
+            _close_without_waiting(service)
         # Later panels would otherwise start a fresh service during shutdown.
         self._factory = _closed_factory
 
@@ -158,6 +157,23 @@ class ServiceHost(QtCore.QObject):
             session = _host_session()
             if session is not None:
                 session.shutdown()
+
+
+def _close_without_waiting(service: Any) -> None:
+    """``service.close(timeout=0)``: the main thread (Nuke quitting, a pane's uninstall) never
+    joins a poller that may be inside a health check; the pollers are daemons and end on their
+    own within one poll timeout. A service whose ``close`` takes no timeout is closed plainly."""
+    close = getattr(service, "close", None)
+    if not callable(close):
+        return
+    try:
+        takes_timeout = "timeout" in inspect.signature(close).parameters
+    except (TypeError, ValueError):
+        takes_timeout = False
+    if takes_timeout:
+        close(timeout=0.0)
+    else:
+        close()
 
 
 def _closed_factory() -> ClusterServiceProtocol:
