@@ -79,7 +79,11 @@ def test_every_library_exception_is_explicitly_mapped(klass: type) -> None:
     original = _instance(klass)
     with pytest.raises(ComfyClusterError) as info, map_errors("r1", "GET /x"):
         raise original
-    assert info.value.__cause__ is original
+    if klass is requests.exceptions.InvalidHeader:
+        # Its message quotes the header value (maybe a token): deliberately not chained.
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+    else:
+        assert info.value.__cause__ is original
     assert info.value.server == "r1" and "GET /x" in str(info.value)
 
 
@@ -317,3 +321,41 @@ def test_interrupt_only_when_our_prompt_is_running_and_never_bodiless() -> None:
         assert "clear" not in body
     client.delete_queued([])  # nothing to do: no request
     assert len([r for r in adapter.requests if r.method == "POST"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"headers": {"X-Api-Key": " s3cret"}}, "headers"),
+        ({"headers": {"X-Api-Key": "s3cret\n"}}, "headers"),
+        ({"token": "s3cret\n"}, "token"),
+        ({"token": "s3cret\r\nX-Evil: 1"}, "token"),
+    ],
+    ids=["header-leading-space", "header-newline", "token-newline", "token-injection"],
+)
+@pytest.mark.parametrize("call", ["queue_remaining", "submit", "probe_websocket"])
+def test_an_invalid_header_value_is_a_config_error_that_never_shows_it(
+    fields: dict[str, Any], field: str, call: str
+) -> None:
+    """Regression: requests' InvalidHeader (or, on requests 2.32, http.client's raw ValueError
+    for a trailing newline) quoted the value, a token, in our error; the websocket sent it as is."""
+    import traceback
+
+    config = ServerConfig(name="r1", host="127.0.0.1", port=9, **fields)
+    args = ({"1": {"class_type": "X", "inputs": {}}},) if call == "submit" else ()
+    client = ComfyClient(config, timeouts=Timeouts(0.2, 0.2))
+    with client, pytest.raises(ConfigError) as info:
+        getattr(client, call)(*args)
+    error = info.value
+    assert (error.server, error.field) == ("r1", field)
+    assert "r1" in str(error)
+    shown = str(error) + repr(error) + "".join(traceback.format_exception(*info._excinfo))
+    assert "s3cret" not in shown
+
+
+def test_invalid_header_from_requests_is_not_chained_or_quoted() -> None:
+    original = requests.exceptions.InvalidHeader("bad header value: ' s3cret'")
+    with pytest.raises(ConfigError) as info, map_errors("r1", "GET /x"):
+        raise original
+    assert info.value.field == "headers" and "s3cret" not in str(info.value)
+    assert info.value.__cause__ is None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import websocket
 from fixtures_sim import INVERT_PROMPT, wait_until
 
 from comfy_cluster.core import protocol as p
@@ -383,3 +384,39 @@ def test_retries_exhausted_against_a_dead_server() -> None:
         retry_transient(attempts=3, sleep=sleeps.append).call(client.system_stats)
     assert info.value.attempts == 3 and len(sleeps) == 2
     assert isinstance(info.value.last_error, ServerUnreachable)
+
+
+def test_server_close_frame_releases_the_old_socket_before_any_reconnect(
+    sim_factory: Any,
+) -> None:
+    """Regression: after the server's close frame, websocket-client's close() was a no-op.
+
+    ``recv_data`` answers a close frame and marks the socket disconnected, so ``close()`` returned
+    at once and the old TCP socket stayed open while the listener reconnected with the same
+    clientId (ComfyUI unregisters a clientId when its old socket finally goes).
+    """
+    server = sim_factory()
+    sockets: list[Any] = []
+    open_at_connect: list[bool] = []
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        open_at_connect.append(any(ws.sock is not None for ws in sockets))
+        ws = websocket.create_connection(*args, **kwargs)
+        sockets.append(ws)
+        return ws
+
+    events = Events()
+    listener = EventListener(
+        cfg(server), "cid-close", events, timeouts=FAST, reconnect_initial=0.05, connect=connect
+    )
+    listener.start()
+    try:
+        assert listener.wait_connected(5.0)
+        server.stop()  # graceful: ComfyUI-like close frame (1001) to every websocket
+        events.wait_for(lambda e: isinstance(e, p.Disconnected))
+        assert sockets[0].sock is None, "old socket still open after Disconnected"
+        server.start()
+        events.wait_for(lambda e: isinstance(e, p.Connected) and e.attempt == 2)
+    finally:
+        listener.close()
+    assert open_at_connect and not any(open_at_connect)

@@ -178,6 +178,10 @@ BAD_ITEMS = [
     ([{"name": "a", "ip": "h", "tags": [1]}], "tags", "array of strings"),
     ([{"name": "a", "ip": "h", "token": 12}], "token", "must be a string"),
     ([{"name": "a", "ip": "h", "dir_local": 1}], "dir_local", "must be a string"),
+    ([{"name": "a", "ip": "h", "ca_bundle": True}], "ca_bundle", "must be a string"),
+    ([{"name": "a", "ip": "h", "ca_bundle": ["/ca.pem"]}], "ca_bundle", "must be a string"),
+    ([{"name": "a", "ip": "h", "ca_bundle": "ca.pem"}], "ca_bundle", "absolute path"),
+    ([{"name": "a", "ip": "h", "ca_bundle": "/nonexistent/ca.pem"}], "ca_bundle", "no such file"),
 ]
 
 
@@ -207,6 +211,46 @@ def test_broken_servers_variable_never_falls_back(env):
     }
     with pytest.raises(ConfigError, match="NUKE_COMFYUI_SERVERS"):
         load_base_servers(broken)
+
+
+def test_ca_bundle_key_expands_home_and_shows_as_a_path(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", str(tmp_path))  # expanduser's source on Windows
+    pem = tmp_path / "certs" / "studio-ca.pem"
+    pem.parent.mkdir()
+    pem.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    item = {**FULL, "scheme": "https", "ca_bundle": "~/certs/studio-ca.pem"}
+    (server,) = load_base_servers(servers_env(env, [item]))
+    assert server.ca_bundle == str(pem)
+    assert server.verify_tls is True
+    assert server.masked()["ca_bundle"] == str(pem)  # a path, not a secret
+    assert parse_server_dict(server_to_dict(server), server.source) == server
+
+
+def test_ca_bundle_absent_or_empty_is_none(env):
+    servers = load_base_servers(
+        servers_env(
+            env, [{"ip": "h1"}, {"ip": "h2", "ca_bundle": " "}, {"ip": "h3", "ca_bundle": None}]
+        )
+    )
+    assert [s.ca_bundle for s in servers] == [None, None, None]
+    assert all(
+        "ca_bundle" not in s.masked() and "ca_bundle" not in server_to_dict(s) for s in servers
+    )
+
+
+def test_missing_ca_bundle_names_the_server_and_field(env, tmp_path):
+    missing = tmp_path / "nope.pem"
+    items = [{"ip": "h"}, {"name": "gpu2", "ip": "g", "ca_bundle": str(missing)}]
+    with pytest.raises(ConfigError) as info:
+        load_base_servers(servers_env(env, items))
+    assert (info.value.source, info.value.field, info.value.server) == (
+        "NUKE_COMFYUI_SERVERS",
+        "ca_bundle",
+        "gpu2",
+    )
+    assert "server #2 ('gpu2')" in str(info.value)
+    assert str(missing) in str(info.value)
 
 
 def test_parse_server_dict_round_trips_server_to_dict():

@@ -220,3 +220,13 @@ def test_system_stats() -> None:
     assert info.vram_total and info.vram_free is not None
     with pytest.raises(ProtocolError):
         p.parse_system_stats({"hello": "world"})
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_system_stats_with_non_finite_vram_parses_instead_of_raising(text: str) -> None:
+    """Regression: json.loads accepts NaN/Infinity and int() raised ValueError/OverflowError,
+    which escaped the client untranslated and made a health poll crash without a status."""
+    device = f'{{"name": "cuda:0", "vram_total": {text}, "vram_free": 1024}}'
+    body = json.loads(f'{{"system": {{"os": "posix"}}, "devices": [{device}]}}')
+    info = p.parse_system_stats(body)
+    assert (info.vram_total, info.vram_free, info.device) == (None, 1024, "cuda:0")

@@ -62,7 +62,10 @@ __all__ = [
     "EventListener",
     "Timeouts",
     "UploadCache",
+    "check_ca_bundle",
+    "check_headers",
     "map_errors",
+    "tls_verify",
     "translate_error",
 ]
 
@@ -167,6 +170,14 @@ def translate_error(exc: BaseException, server: str, what: str) -> ComfyClusterE
             )
         if status in (502, 503, 504):
             return ServerUnreachable(f"{what}: websocket got HTTP {status}", server=server)
+    if isinstance(exc, rex.InvalidHeader):
+        # requests quotes the offending header value, and that value may be the token.
+        return ConfigError(
+            f"{what}: a header name or value is invalid (leading whitespace, a newline or another "
+            "reserved character; value not shown)",
+            server=server,
+            field="headers",
+        )
     klass = _mapped_class(exc) or ServerUnreachable
     detail = _short(exc)
     if klass is ServerTimeout:
@@ -200,11 +211,17 @@ def _short(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def map_errors(server: str, what: str) -> Iterator[None]:
-    """Translate any library exception raised inside into our error tree (chained as __cause__)."""
+    """Translate any library exception raised inside into our error tree (chained as __cause__).
+
+    Except ``InvalidHeader``: its message quotes the header value, which may be a secret.
+    """
     try:
         yield
     except ComfyClusterError:
         raise
+    except rex.InvalidHeader as exc:
+        # Not chained: the original's message holds the (possibly secret) header value.
+        raise translate_error(exc, server, what) from None
     except (requests.RequestException, websocket.WebSocketException, OSError) as exc:
         raise translate_error(exc, server, what) from exc
     except rex.BaseHTTPError as exc:  # pragma: no cover - requests normally wraps these
@@ -280,9 +297,10 @@ class ComfyClient:
         self._listeners: list[EventListener] = []
         session = requests.Session()
         session.headers.update(server.request_headers())
-        # Passed again on every call: a session-level False loses to REQUESTS_CA_BUNDLE, which
-        # many studios set (requests merges the environment over the session's own setting).
-        session.verify = bool(server.verify_tls)
+        # Passed again on every call: a session-level False (or CA path) loses to
+        # REQUESTS_CA_BUNDLE, which many studios set (requests merges the environment over the
+        # session's own setting).
+        session.verify = tls_verify(server)
         self._session = session
 
     # lifecycle ------------------------------------------------------------------------------------
@@ -322,6 +340,15 @@ class ComfyClient:
 
     # HTTP plumbing --------------------------------------------------------------------------------
 
+    def _verify(self) -> Union[bool, str]:
+        """requests' ``verify=`` for this server, after the local checks of its configuration.
+
+        ConfigError if its ``ca_bundle`` has gone or a header (or the token) cannot be sent.
+        """
+        check_headers(self.server)
+        check_ca_bundle(self.server)
+        return self._session.verify
+
     def _request(
         self,
         method: str,
@@ -339,7 +366,7 @@ class ComfyClient:
                 method,
                 self.server.url + path,
                 timeout=t.as_requests(),
-                verify=self._session.verify,
+                verify=self._verify(),
                 **kwargs,
             )
         self._check(response, what)
@@ -462,7 +489,7 @@ class ComfyClient:
                 self.server.url + "/prompt",
                 json=payload,
                 timeout=self.timeouts.as_requests(),
-                verify=self._session.verify,
+                verify=self._verify(),
             )
         if response.status_code == 400:
             with map_errors(self.name, what):
@@ -631,7 +658,7 @@ class ComfyClient:
                     opcode, data = ws.recv_data()
             finally:
                 if ws is not None:
-                    ws.close(timeout=min(timeout, 1.0))
+                    _close_websocket(ws, min(timeout, 1.0))
         event = protocol.parse_message(data)
         if not isinstance(event, protocol.StatusEvent):
             raise ProtocolError(
@@ -648,7 +675,58 @@ def _snippet(response: requests.Response) -> str:
     return f": {text[:160]}" if text else ""
 
 
+def tls_verify(server: ServerConfig) -> Union[bool, str]:
+    """requests' ``verify=`` for ``server``: its ``ca_bundle`` path, or ``verify_tls`` as a bool."""
+    if server.verify_tls and server.ca_bundle:
+        return server.ca_bundle
+    return bool(server.verify_tls)
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"(?:[^\s][^\r\n\x00]*)?")
+
+
+def check_headers(server: ServerConfig) -> None:
+    """Raise ConfigError (naming the header, never its value) for a header that cannot be sent.
+
+    A value with leading whitespace or a line break would otherwise fail inside requests or
+    http.client with the value (perhaps the token) quoted in the message, or be injected
+    as-is into the websocket handshake.
+    """
+    for key, value in server.request_headers().items():
+        if not _HEADER_NAME.fullmatch(key) or not _HEADER_VALUE.fullmatch(value):
+            shown = "the token" if key == "Authorization" and server.token else f"header {key!r}"
+            raise ConfigError(
+                f"server {server.name!r}: {shown} has leading whitespace, a line break or "
+                "another character that cannot be sent (value not shown)",
+                source=server.source,
+                server=server.name,
+                field="token" if shown == "the token" else "headers",
+            )
+
+
+def check_ca_bundle(server: ServerConfig) -> None:
+    """Raise ConfigError (permanent, never retried) if ``server`` uses a CA file that is missing.
+
+    Loading the configuration checks this too; a record built in code, or a file deleted since,
+    would otherwise surface as a transient "unreachable" and be retried forever.
+    """
+    if (
+        server.scheme == "https"
+        and server.verify_tls
+        and server.ca_bundle
+        and not os.path.isfile(server.ca_bundle)
+    ):
+        raise ConfigError(
+            f"server {server.name!r}: {server.ca_bundle!r}: no such file",
+            source=server.source,
+            server=server.name,
+            field="ca_bundle",
+        )
+
+
 def _ws_options(server: ServerConfig) -> dict[str, Any]:
+    check_headers(server)
     headers = [f"{k}: {v}" for k, v in server.request_headers().items()]
     # UTF-8 is checked by json.loads in protocol.parse_message (a bad frame is skipped there);
     # websocket-client's own check is a pure-Python loop over every byte of every message.
@@ -659,7 +737,23 @@ def _ws_options(server: ServerConfig) -> dict[str, Any]:
     }
     if server.scheme == "https" and not server.verify_tls:
         options["sslopt"] = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+    elif server.scheme == "https" and server.ca_bundle:
+        check_ca_bundle(server)
+        options["sslopt"] = {"ca_certs": server.ca_bundle}
     return options
+
+
+def _close_websocket(ws: Any, timeout: float) -> None:
+    """Close ``ws`` and its socket for certain; never raises.
+
+    websocket-client's ``close()`` returns at once, leaving the socket open, once the peer's close
+    frame has been answered (``recv_data`` replies and marks it disconnected); ``shutdown()``
+    releases the socket whatever state it is in.
+    """
+    with contextlib.suppress(Exception):
+        ws.close(timeout=timeout)
+    with contextlib.suppress(Exception):
+        ws.shutdown()
 
 
 # --- websocket listener -------------------------------------------------------------------------
@@ -764,8 +858,7 @@ class EventListener(threading.Thread):
             reason = self._pump(ws)
             self._connected.clear()
             # Close fully before any reconnect with the same clientId.
-            with contextlib.suppress(Exception):
-                ws.close(timeout=min(1.0, self.timeouts.connect))
+            _close_websocket(ws, min(1.0, self.timeouts.connect))
             self._ws = None
             self._emit(protocol.Disconnected(reason=reason))
             if not self._stopping():

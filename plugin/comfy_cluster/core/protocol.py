@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import struct
 from collections.abc import Mapping
@@ -640,9 +641,10 @@ def parse_system_stats(body: Any) -> SystemInfo:
         device = devices[0]
 
     def as_int(value: Any) -> Optional[int]:
-        return (
-            int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        )
+        # json.loads accepts NaN and Infinity, which int() refuses with ValueError/OverflowError.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return int(value) if math.isfinite(value) else None
 
     return SystemInfo(
         os=_str_or_none(system.get("os")),

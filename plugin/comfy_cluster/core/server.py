@@ -20,7 +20,9 @@ class ServerConfig:
 
     ``priority`` 1 is the most preferred. ``max_in_flight`` is how many of our prompts may sit in
     that server's ComfyUI queue at once (running + pending). ``source`` names where the record came
-    from (an environment variable, a file, the user file, or ``default``).
+    from (an environment variable, a file, the user file, or ``default``). ``ca_bundle`` is the path
+    of a PEM file of CA certificates trusted *instead of* the default ones (a studio's internal CA);
+    it is used only for https with ``verify_tls`` true, and it is not a secret.
     """
 
     name: str
@@ -34,6 +36,7 @@ class ServerConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     token: Optional[str] = None
     verify_tls: bool = True
+    ca_bundle: Optional[str] = None
     max_in_flight: int = 1
     tags: tuple[str, ...] = ()
     source: str = "default"
@@ -57,8 +60,11 @@ class ServerConfig:
         return headers
 
     def masked(self) -> dict[str, object]:
-        """A JSON-able view for display: token and header values replaced by ``***``."""
-        return {
+        """A JSON-able view for display: token and header values replaced by ``***``.
+
+        ``ca_bundle`` (a path, not a secret) appears only when set.
+        """
+        view: dict[str, object] = {
             "name": self.name,
             "host": self.host,
             "port": self.port,
@@ -75,6 +81,9 @@ class ServerConfig:
             "tags": list(self.tags),
             "source": self.source,
         }
+        if self.ca_bundle:
+            view["ca_bundle"] = self.ca_bundle
+        return view
 
     def __repr__(self) -> str:
         token = MASK if self.token else None

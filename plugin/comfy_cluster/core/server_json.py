@@ -5,6 +5,7 @@ writes one back so that the round trip is exact.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -29,6 +30,7 @@ SERVER_KEYS = (
     "headers",
     "token",
     "verify_tls",
+    "ca_bundle",
     "max_in_flight",
     "tags",
 )
@@ -58,6 +60,40 @@ def _check_host(value: object, source: str, key: str, who: str) -> str:
             field=key,
         )
     return host
+
+
+def _check_ca_bundle(value: object, source: str, who: str, server: str) -> Optional[str]:
+    """The ``ca_bundle`` key: a path to a PEM file, ``~`` expanded; must be absolute and exist.
+
+    Only the local file system is looked at (never the network). A relative path is refused: it
+    would depend on the current folder, which differs between Nuke, the farm and a shell.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{who}ca_bundle must be a string (the path of a PEM file), got {type_name(value)}",
+            source=source,
+            field="ca_bundle",
+            server=server,
+        )
+    given = value.strip()
+    if not given:
+        return None
+    path = os.path.expanduser(given)
+    if not os.path.isabs(path):
+        raise ConfigError(
+            f"{who}ca_bundle must be an absolute path (or start with ~), got {given!r}",
+            source=source,
+            field="ca_bundle",
+            server=server,
+        )
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"{who}ca_bundle {path!r}: no such file",
+            source=source,
+            field="ca_bundle",
+            server=server,
+        )
+    return path
 
 
 def _unknown_key_message(key: str, who: str) -> str:
@@ -195,6 +231,9 @@ def parse_server_dict(
         if not all(isinstance(tag, str) for tag in raw_tags):
             raise ConfigError(f"{who}tags must be an array of strings", source=source, field="tags")
         tags = tuple(raw_tags)
+    ca_bundle: Optional[str] = None
+    if d.get("ca_bundle") is not None:
+        ca_bundle = _check_ca_bundle(d["ca_bundle"], source, who, name)
 
     return ServerConfig(
         name=name,
@@ -208,6 +247,7 @@ def parse_server_dict(
         headers=headers,
         token=token,
         verify_tls=flag("verify_tls", True),
+        ca_bundle=ca_bundle,
         max_in_flight=positive("max_in_flight", 1),
         tags=tags,
         source=source,
@@ -234,4 +274,6 @@ def server_to_dict(server: ServerConfig) -> dict[str, Any]:
         out["token"] = server.token
     if server.tags:
         out["tags"] = list(server.tags)
+    if server.ca_bundle:
+        out["ca_bundle"] = server.ca_bundle
     return out
