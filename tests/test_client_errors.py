@@ -359,3 +359,45 @@ def test_invalid_header_from_requests_is_not_chained_or_quoted() -> None:
         raise original
     assert info.value.field == "headers" and "s3cret" not in str(info.value)
     assert info.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "plain"),
+    [
+        (
+            requests.exceptions.ConnectionError(
+                "HTTPConnectionPool(host='h', port=1): Max retries exceeded (Caused by "
+                "NewConnectionError('<urllib3.connection.HTTPConnection object>: Failed to "
+                "establish a new connection: [Errno 111] Connection refused'))"
+            ),
+            "connection refused: is ComfyUI running on that port?",
+        ),
+        (
+            requests.exceptions.ConnectionError("[Errno -2] Name or service not known"),
+            "host name not found",
+        ),
+        (
+            requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"),
+            "TLS certificate not trusted (set ca_bundle, or verify_tls false)",
+        ),
+        (requests.exceptions.ReadTimeout("Read timed out. (read timeout=3)"), "no answer in time"),
+        (ConnectionResetError(104, "Connection reset by peer"), "connection reset by the server"),
+    ],
+)
+def test_low_level_causes_read_as_what_to_check(exc: BaseException, plain: str) -> None:
+    error = translate_error(exc, "gpu1", "GET /prompt")
+    assert str(error).startswith("gpu1: GET /prompt: ")
+    assert plain in str(error)
+    assert "urllib3" not in str(error) and "Errno" not in str(error)
+
+
+def test_a_refused_port_says_so_in_plain_words() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = ServerConfig(name="gpu1", host="127.0.0.1", port=port)
+    with ComfyClient(config) as client, pytest.raises(ServerUnreachable) as info:
+        client.queue_remaining()
+    assert str(info.value) == (
+        "gpu1: GET /prompt: unreachable (connection refused: is ComfyUI running on that port?)"
+    )

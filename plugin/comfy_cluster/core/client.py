@@ -197,8 +197,32 @@ def translate_error(exc: BaseException, server: str, what: str) -> ComfyClusterE
     return klass(message, server=server)
 
 
+#: Low-level failure texts (sockets, urllib3, ssl) and the phrase a user can act on.
+_PLAIN_CAUSES: tuple[tuple[str, str], ...] = (
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "TLS certificate not trusted (set ca_bundle, or verify_tls false)",
+    ),
+    ("Connection refused", "connection refused: is ComfyUI running on that port?"),
+    ("Name or service not known", "host name not found"),
+    ("nodename nor servname", "host name not found"),
+    ("getaddrinfo failed", "host name not found"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+    ("Connection reset", "connection reset by the server"),
+    ("RemoteDisconnected", "the server closed the connection"),
+    ("Connection aborted", "the server closed the connection"),
+    ("timed out", "no answer in time"),
+)
+
+
 def _short(exc: BaseException) -> str:
-    """A one-line description: urllib3's nested reprs are long and repeat the URL."""
+    """A one-line description a user can act on, e.g. ``connection refused: is ComfyUI running on
+    that port?``; otherwise the exception's own text, without urllib3's nested reprs."""
+    raw = f"{type(exc).__name__}: {exc}"
+    for marker, plain in _PLAIN_CAUSES:
+        if marker in raw:
+            return plain
     text = str(exc) or type(exc).__name__
     if "(Caused by " in text:
         inner = text.split("(Caused by ", 1)[1].rstrip(")")
