@@ -233,3 +233,26 @@ def test_terminal_mode_queues_to_own_queue_drained_by_caller(fake: _Nuke) -> Non
 def test_run_until_times_out(fake: _Nuke) -> None:
     fake.GUI = False
     assert _dispatcher(fake).run_until(lambda: False, timeout=0.1) is False
+
+
+def test_rename_rekeys_pending_updates_and_newer_values_win(fake: _Nuke) -> None:
+    """A node renamed while updates are pending: the flush lands them on the new name."""
+    dispatcher = _dispatcher(fake)
+    renamed = fake.nodes.pop("N1")
+    fake.nodes["N2"] = renamed
+
+    def before() -> None:
+        dispatcher.set_knob_later("N1", "cc_progress", 10.0)
+        dispatcher.set_knob_later("N1", "cc_status", "old")
+        dispatcher.set_knob_later("N2", "cc_status", "newer")  # already under the new name
+
+    _in_worker(before)
+    dispatcher.rename("N1", "N2")
+    _in_worker(lambda: dispatcher.set_knob_later("N2", "cc_progress", 20.0))
+    fake.pump()
+    assert renamed.knob("cc_progress").values == [20.0]  # type: ignore[union-attr]
+    assert renamed.knob("cc_status").values == ["newer"]  # type: ignore[union-attr]
+    dispatcher.rename("N2", "N2")  # a no-op
+    dispatcher.discard("N2")
+    fake.pump()
+    assert renamed.knob("cc_status").values == ["newer"]  # type: ignore[union-attr]

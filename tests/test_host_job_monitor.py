@@ -54,3 +54,50 @@ def test_a_progress_update_in_flight_never_lands_after_the_final_event() -> None
     kinds = [kind for kind, _ in dispatcher.calls]
     assert kinds[-1] == "post", dispatcher.calls  # the end is the last thing the main thread sees
     assert kinds.count("post") == 1
+
+
+class _QueueDispatcher:
+    """Queues posts (as the GUI does) and records knob updates by node name."""
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[Any, tuple[Any, ...]]] = []
+        self.knobs: list[tuple[str, str, Any]] = []
+
+    def post(self, fn: Any, *args: Any) -> None:
+        self.posted.append((fn, args))
+
+    def set_knob_later(self, node: str, knob: str, value: Any) -> None:
+        self.knobs.append((node, knob, value))
+
+    def run(self) -> None:
+        posted, self.posted = self.posted, []
+        for fn, args in posted:
+            fn(*args)
+
+
+def test_a_rename_redirects_later_updates_and_an_end_already_queued() -> None:
+    dispatcher = _QueueDispatcher()
+    ends: list[tuple[str, Any]] = []
+    monitor = JobMonitor(
+        "Render1",
+        dispatcher,  # type: ignore[arg-type]
+        2,
+        lambda name, event: ends.append((name, event)),
+        job_id="J",
+    )
+    first = FrameWritten(
+        job_id="J", progress=0.5, eta_seconds=1.0, frame=1, path="/o.0001.png", server="s"
+    )
+    monitor.on_event(first)
+    monitor.rename("Shot")
+    second = FrameWritten(
+        job_id="J", progress=1.0, eta_seconds=0.0, frame=2, path="/o.0002.png", server="s"
+    )
+    monitor.on_event(second)
+    done = JobDone(job_id="J", progress=1.0, eta_seconds=0.0, frames_written=2)
+    monitor.on_event(done)  # the end is queued under no name ...
+    monitor.rename("Shot2")  # ... and the node is renamed again before it runs
+    dispatcher.run()
+    assert {node for node, _, _ in dispatcher.knobs[:2]} == {"Render1"}
+    assert {node for node, _, _ in dispatcher.knobs[2:]} == {"Shot"}
+    assert ends == [("Shot2", done)]

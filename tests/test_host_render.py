@@ -416,3 +416,97 @@ def test_scheduler_with_input_hook_starts_before_export_ends(
     finally:
         uninstall_host(fake_nuke)
     assert violations == []
+
+
+def _prompt_count(rig: Rig) -> int:
+    return sum(len(s.prompts_seen) for s in rig.sims)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("when", ["exporting", "rendering"])
+def test_renaming_the_node_mid_render_follows_the_job(
+    rig_factory: Callable[..., Rig], when: str
+) -> None:
+    """A rename (knobChanged on "name") moves the job to the new name: updates, the end, the
+    input export and the Render/Cancel buttons all find it; Render never starts a second job."""
+    rig = rig_factory({"node_seconds": 0.1})
+    nuke = rig.nuke
+    node = rig.create_node()
+    old = node.fullName()
+    session = nuke._comfy_cluster_host
+    nuke._fake.press(node[K.RENDER])
+    record = session.controller.jobs.get(old)
+    assert record is not None
+    if when == "rendering":
+        nuke._fake.pump_until(lambda: _prompt_count(rig) >= 2, TIMEOUT)
+        assert not rig.status(node).startswith("Done")
+    # else: no main-thread call ran yet, so no input frame was written under the old name.
+    nuke._fake.user_sets(node["name"], "Hero")
+    assert node.fullName() == "Hero" and nuke.toNode(old) is None
+    assert session.controller.jobs.get("Hero") is record
+    assert session.controller.jobs.get(old) is None
+    assert record.monitor.node_name == "Hero"
+
+    nuke._fake.press(node[K.RENDER])  # still rendering: refused, once, with a message
+    assert session.controller.jobs.names() == ("Hero",)
+    assert session.controller.jobs.get("Hero") is record
+    (message,) = nuke._fake.messages()
+    assert "already rendering" in message
+
+    rig.wait_status(node, "Done")
+    assert rig.status(node).startswith(f"Done: {len(FRAMES)} frames"), rig.status(node)
+    assert node[K.PROGRESS].value() == 100
+    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert session.controller.jobs.names() == ()
+    rig.assert_inverted()
+    assert _prompt_count(rig) == len(FRAMES)  # one job: one prompt per frame, no second job
+    assert len(nuke._fake.messages()) == 1
+
+
+def test_renaming_onto_a_deleted_rendering_nodes_name(rig_factory: Callable[..., Rig]) -> None:
+    """Node B is deleted mid-render (its cancel still running) and A is renamed to B: A's job
+    takes the name, B's stale job still ends quietly and never touches the renamed node."""
+    rig = rig_factory({"node_seconds": 0.1}, {"node_seconds": 0.1})
+    nuke = rig.nuke
+    first = rig.create_node()
+    second = rig.create_node()
+    second[K.OUTPUT].setValue(str(rig.tmp / "other" / "b.####.png"))
+    session = nuke._comfy_cluster_host
+    jobs = session.controller.jobs
+    nuke._fake.press(first[K.RENDER])
+    nuke._fake.press(second[K.RENDER])
+    taken = second.fullName()
+    kept, gone = jobs.get(first.fullName()), jobs.get(taken)
+    nuke._fake.pump_until(lambda: _prompt_count(rig) >= 2, TIMEOUT)
+    nuke.delete(second)
+    nuke._fake.user_sets(first["name"], taken)  # before the deleted node's end could run
+    assert first.fullName() == taken
+    assert jobs.get(taken) is kept and gone is not None and gone.node_gone
+    rig.wait_status(first, "Done")
+    nuke._fake.pump_until(lambda: jobs.names() == (), TIMEOUT)
+    assert rig.status(first).startswith(f"Done: {len(FRAMES)} frames"), rig.status(first)
+    assert first[K.PROGRESS].value() == 100
+    assert first[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    rig.assert_inverted()
+    assert nuke._fake.messages() == []
+
+
+def test_a_rename_without_knob_changed_is_adopted_by_render(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    """``node.setName`` fires no knobChanged (the fake, like a rename of an enclosing Group in
+    Nuke): pressing Render on the renamed node still finds its job, refuses, and re-keys it."""
+    rig = rig_factory({"node_seconds": 0.1})
+    nuke = rig.nuke
+    node = rig.create_node()
+    session = nuke._comfy_cluster_host
+    nuke._fake.press(node[K.RENDER])
+    nuke._fake.pump_until(lambda: _prompt_count(rig) >= 1, TIMEOUT)
+    node.setName("Quiet")
+    nuke._fake.press(node[K.RENDER])
+    assert session.controller.jobs.names() == ("Quiet",)
+    (message,) = nuke._fake.messages()
+    assert "already rendering" in message
+    rig.wait_status(node, "Done")
+    assert node[K.PROGRESS].value() == 100
+    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert _prompt_count(rig) == len(FRAMES)

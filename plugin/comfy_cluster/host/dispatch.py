@@ -12,7 +12,8 @@ work to a :class:`Dispatcher`, which runs it on the main thread:
 Knob updates are coalesced (:meth:`Dispatcher.set_knob_later`): the latest value per
 ``(node name, knob name)`` wins and at most one flush is queued at a time, so thousands of progress
 messages cost a handful of main-thread calls. Workers pass node *names*; the flush re-resolves them
-and skips nodes deleted in the meantime.
+and skips nodes deleted in the meantime. A node renamed while updates are pending has them re-keyed
+by :meth:`Dispatcher.rename` (main thread, from the host's rename handling).
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ class Dispatcher:
         with self._lock:
             for key in [key for key in self._pending if key[0] == node_name]:
                 del self._pending[key]
+
+    def rename(self, old_name: str, new_name: str) -> None:
+        """Re-key pending knob updates of node ``old_name`` to ``new_name``: the node was renamed
+        while its job runs, so a flush must resolve the new name. An update already pending for
+        ``new_name`` is newer and wins. Any thread (the host calls it on the main thread, after
+        the job's monitor stopped using the old name, so nothing is queued under it afterwards).
+        """
+        if old_name == new_name:
+            return
+        with self._lock:
+            for key in [key for key in self._pending if key[0] == old_name]:
+                value = self._pending.pop(key)
+                self._pending.setdefault((new_name, key[1]), value)
 
     def call_sync(
         self,

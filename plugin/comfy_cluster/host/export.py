@@ -124,6 +124,11 @@ class InputExporter:
     def path(self, frame: int) -> str:
         return format_frame_path(self._pattern, frame)
 
+    def rename(self, node_name: str) -> None:
+        """The render node was renamed: later batches resolve ``node_name``. Main thread only
+        (the batches that read the name run there too)."""
+        self._node_name = node_name
+
     def start(self) -> InputExporter:
         self._thread.start()
         return self

@@ -18,6 +18,11 @@ Render, step by step:
 4. GUI: the button returns at once. Terminal (``nuke -t``): the button blocks, draining the
    dispatcher's queue (export batches, knob updates, progress lines) until the job ends.
 
+Jobs are keyed by node name. A node renamed while it renders (knobChanged on its ``name`` knob)
+takes its job along (:meth:`RenderController.job_for`, :meth:`RenderController.rename_job`): the
+registry entry, the monitor, the dispatcher's pending knob updates and the exporter move to the
+new name on the main thread, and the job keeps running.
+
 The cluster service (``core.cluster.ClusterService``, one per Nuke session, owned by the host
 session and shown by the server panel) is where the servers and their health come from:
 
@@ -230,6 +235,21 @@ class JobRegistry:
                 return None
             return self._jobs.pop(node_name)
 
+    def rename(self, old_name: str, new_name: str) -> Optional[RunningJob]:
+        """Move ``old_name``'s job to ``new_name`` (its node was renamed); sets the record's
+        ``node_name``. Returns the record, None if there was none. Main thread; ``new_name``
+        must be free (the controller retires a stale occupant first)."""
+        with self._lock:
+            record = self._jobs.pop(old_name, None)
+            if record is None:
+                return None
+            if new_name in self._jobs:
+                self._jobs[old_name] = record
+                raise KeyError(f"{new_name} already has a job")
+            record.node_name = new_name
+            self._jobs[new_name] = record
+            return record
+
     def names(self) -> tuple[str, ...]:
         with self._lock:
             return tuple(self._jobs)
@@ -313,7 +333,27 @@ class JobMonitor:
                     self._dispatcher.post(self._print_line, line)
         if final:
             # Outside the lock: on the main thread the end runs at once and reads this monitor.
-            self._dispatcher.post(self._on_end, self.node_name, event)
+            # The node name is read when the end runs (main thread), not now: a rename between
+            # the post and the run must not send the end to the old name.
+            self._dispatcher.post(self._end, event)
+
+    def _end(self, event: JobEvent) -> None:
+        """Main thread: hand the final event to ``on_end`` under the node's current name."""
+        with self._lock:
+            name = self.node_name
+        self._on_end(name, event)
+
+    def rename(self, node_name: str, *, report: bool = True) -> None:
+        """The node was renamed: every later update goes to ``node_name``. Main thread.
+
+        Taken under the lock, so an update being handed to the dispatcher under the old name
+        finishes first (the caller then re-keys the dispatcher's pending updates). ``report``:
+        the Job column's text, which shows the node name, is reported again.
+        """
+        with self._lock:
+            self.node_name = node_name
+            if report and not self._ended:
+                self._report([server for server, chunks in self._chunks.items() if chunks])
 
     def fail(self, message: str) -> None:
         """Report a failure found outside the scheduler (export, start). Any thread."""
@@ -525,14 +565,20 @@ class RenderController:
         self.refresh_server_knob(node)
 
     def on_knob_changed(self, node: Any, knob: Any) -> None:
-        """knobChanged: remember the server choice; refresh the menu when the panel opens."""
+        """knobChanged: follow a rename; remember the server choice; refresh the menu when the
+        panel opens."""
         name = knob.name()
-        if name == K.SERVER:
+        if name == "name":
+            # Nuke fires knobChanged with the "name" knob after a rename: move the node's running
+            # job (registry, monitor, pending knob updates, exporter) to the new name.
+            self.job_for(node, renamed=True)
+        elif name == K.SERVER:
             choice = choice_from_item(knob.value())
             choice_knob = node.knob(K.SERVER_CHOICE)
             if choice_knob is not None and choice_knob.value() != choice:
                 choice_knob.setValue(choice)
         elif name == "showPanel":
+            self.job_for(node)
             self.refresh_server_knob(node)
         elif name == K.FRAMES:
             text = node.knob(K.FRAMES).value().strip()
@@ -544,7 +590,7 @@ class RenderController:
 
     def on_destroy(self, node: Any) -> None:
         """onDestroy: a deleted node cancels its job; the job's end then touches nothing."""
-        record = self.jobs.get(node.fullName())
+        record = self.job_for(node)
         if record is not None:
             record.node_gone = True
             record.cancel()
@@ -554,7 +600,7 @@ class RenderController:
     def render(self, node: Any) -> None:
         """The Render button. GUI: starts the job and returns. Terminal: blocks until it ends."""
         name = node.fullName()
-        if self.jobs.get(name) is not None:
+        if self.job_for(node) is not None:
             self._report(name, f"{name} is already rendering; cancel it first", error=False)
             return
         try:
@@ -567,7 +613,7 @@ class RenderController:
 
     def cancel(self, node: Any) -> None:
         """The Cancel button: stop the node's job (prompts are removed from the servers)."""
-        record = self.jobs.get(node.fullName())
+        record = self.job_for(node)
         if record is None:
             return
         node.knob(K.STATUS).setValue(f"Cancelling... {record.monitor.last_status}".strip())
@@ -577,6 +623,96 @@ class RenderController:
         """Cancel every running job (uninstall, quit). Main thread."""
         for record in self.jobs.all():
             record.cancel()
+
+    # -- renames --------------------------------------------------------------------------------
+
+    def job_for(self, node: Any, *, renamed: bool = False) -> Optional[RunningJob]:
+        """``node``'s running job, following a rename the registry has not seen yet. Main thread.
+
+        Jobs are keyed by node name and Nuke does not say what a renamed node was called, so a
+        job whose name no longer resolves to a node (and whose node was not deleted) is an
+        orphan, and the renamed node adopts it: its registry entry, monitor, pending knob
+        updates and exporter move to the new name (:meth:`rename_job`), and the job keeps
+        running. ``renamed`` (the node's "name" knob changed): an orphan in the same group is
+        this node's; if several are, the one writing this node's Output. Otherwise (Render,
+        Cancel, delete, panel open: a rename we did not see, e.g. of an enclosing Group) the
+        orphan must also write this node's Output. Ambiguous: nothing is adopted. A job still
+        registered under this node's name whose node was deleted (its cancel has not ended) is
+        moved out of the way first: this node only took the name.
+        """
+        name = node.fullName()
+        record = self.jobs.get(name)
+        if record is not None and record.node_gone:
+            # A deleted node's job, still cancelling: this node only took its name.
+            self._retire(record)
+            record = None
+        if record is not None or not self.jobs.names():
+            return record
+        orphans = [
+            r for r in self.jobs.all() if not r.node_gone and self._nuke.toNode(r.node_name) is None
+        ]
+        if not orphans:
+            return None
+        parent, _, leaf = name.rpartition(".")
+        output = _knob_text(node, K.OUTPUT)
+        if renamed:
+            candidates = [r for r in orphans if r.node_name.rpartition(".")[0] == parent]
+            if len(candidates) > 1:
+                candidates = [r for r in candidates if r.job.output_pattern == output]
+        else:
+            candidates = [
+                r
+                for r in orphans
+                if r.job.output_pattern == output
+                and (
+                    r.node_name.rpartition(".")[0] == parent
+                    or r.node_name.rpartition(".")[2] == leaf
+                )
+            ]
+        if len(candidates) != 1:
+            if candidates:
+                _log.warning(
+                    "comfy_cluster: cannot tell which running job %s is (%s)",
+                    name,
+                    ", ".join(r.node_name for r in candidates),
+                )
+            return None
+        record = candidates[0]
+        self.rename_job(record.node_name, name)
+        return record
+
+    def rename_job(self, old_name: str, new_name: str) -> Optional[RunningJob]:
+        """Move the job of node ``old_name`` to ``new_name``; it keeps running. Main thread.
+
+        Order matters: the monitor switches names under its lock first (so no worker hands the
+        dispatcher another update under the old name), then the dispatcher's pending updates
+        are re-keyed, then the exporter's later batches resolve the new name. The job's end,
+        posted by the monitor, reads the name when it runs, so it lands on the renamed node even
+        if it was queued before the rename. A stale job still registered under ``new_name`` (its
+        node was deleted and its cancel has not ended yet) is first moved to a name no node can
+        have, so its end still finds it and touches nothing.
+        """
+        if old_name == new_name:
+            return self.jobs.get(new_name)
+        record = self.jobs.get(old_name)
+        if record is None:
+            return None
+        occupant = self.jobs.get(new_name)
+        if occupant is not None:
+            self._retire(occupant)
+        self._move_job(record, new_name)
+        return record
+
+    def _retire(self, record: RunningJob) -> None:
+        """Move a job whose node is gone (or unknown) out of the way of a live node's name."""
+        self._move_job(record, f"{_RETIRED_PREFIX}{record.job.job_id}", report=False)
+
+    def _move_job(self, record: RunningJob, new_name: str, *, report: bool = True) -> None:
+        old_name = record.node_name
+        self.jobs.rename(old_name, new_name)
+        record.monitor.rename(new_name, report=report)
+        self._dispatcher.rename(old_name, new_name)
+        record.exporter.rename(new_name)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -800,6 +936,16 @@ class RenderController:
 
     def _print(self, line: str) -> None:
         self._nuke.tprint(f"comfy_cluster: {line}")
+
+
+#: Registry name of a job whose name a renamed node took over (never a valid node name: ``toNode``
+#: finds nothing, so the job's end touches no node).
+_RETIRED_PREFIX = "-comfy_cluster-retired-"
+
+
+def _knob_text(node: Any, knob_name: str) -> str:
+    knob = node.knob(knob_name)
+    return str(knob.value()).strip() if knob is not None else ""
 
 
 #: Keyword names a scheduler's ``start`` may accept for "block until this input frame exists".
