@@ -6,27 +6,13 @@ Runs offscreen with pytest-qt: PySide6 on Python 3.11+, PySide2 on 3.9/3.10 (Nuk
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
 import time
 
 import pytest
+from qt_support import require_nuke_binding
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-EXPECTED_BINDING = "PySide6" if sys.version_info >= (3, 11) else "PySide2"
-# The fake nuke claims Nuke 15 whatever the Python; pin the binding this Python's Nuke ships.
-os.environ.setdefault("QT_API", EXPECTED_BINDING.lower())
-try:
-    __import__(f"{EXPECTED_BINDING}.QtWidgets")
-except ImportError as exc:  # only this binding's absence skips; anything else must fail loudly
-    pytest.skip(
-        f"{EXPECTED_BINDING} (Nuke's Qt for Python {sys.version_info[0]}.{sys.version_info[1]}) "
-        f"is not importable: {exc}",
-        allow_module_level=True,
-    )
-pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install -e '.[test]')")
+EXPECTED_BINDING = require_nuke_binding(needs_pytest_qt=True)
 
 from comfy_cluster.core.cluster import ClusterService  # noqa: E402
 from comfy_cluster.core.errors import ServerUnreachable  # noqa: E402

@@ -8,20 +8,9 @@ import sys
 import textwrap
 
 import pytest
+from qt_support import require_nuke_binding
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-EXPECTED_BINDING = "PySide6" if sys.version_info >= (3, 11) else "PySide2"
-# The fake nuke claims Nuke 15 whatever the Python; pin the binding this Python's Nuke ships.
-os.environ.setdefault("QT_API", EXPECTED_BINDING.lower())
-try:
-    __import__(f"{EXPECTED_BINDING}.QtWidgets")
-except ImportError as exc:
-    pytest.skip(
-        f"{EXPECTED_BINDING} (Nuke's Qt for Python {sys.version_info[0]}.{sys.version_info[1]}) "
-        f"is not importable: {exc}",
-        allow_module_level=True,
-    )
+EXPECTED_BINDING = require_nuke_binding()
 
 from comfy_cluster.ui import qt  # noqa: E402
 
