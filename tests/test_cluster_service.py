@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
+from health_fakes import DownClient, health_threads
 
 from comfy_cluster.core.cluster import ClusterService
-from comfy_cluster.core.errors import ClosedError, ConfigError, ServerUnreachable
+from comfy_cluster.core.errors import ClosedError, ConfigError
 from comfy_cluster.core.health import HealthMonitor, ServerState
 from comfy_cluster.core.server import ServerConfig
 
@@ -276,23 +277,6 @@ def test_broken_config_raises_config_error(user_file, monitors):
 
 
 # --------------------------------------------------------------------------- with the real monitor
-
-
-class DownClient:
-    """A ComfyClient stand-in for a server that refuses connections (no network used)."""
-
-    def __init__(self, server, timeouts):
-        self.server = server
-
-    def system_stats(self):
-        raise ServerUnreachable("connection refused", server=self.server.name)
-
-    def close(self):
-        pass
-
-
-def health_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-health-")]
 
 
 def wait_until(predicate, timeout=5.0):

@@ -10,8 +10,9 @@ from qt_support import require_nuke_binding
 
 EXPECTED_BINDING = require_nuke_binding(needs_pytest_qt=True)
 
+from health_fakes import DownClient, health_threads, quick_monitor  # noqa: E402
+
 from comfy_cluster.core.cluster import ClusterService  # noqa: E402
-from comfy_cluster.core.errors import ServerUnreachable  # noqa: E402
 from comfy_cluster.core.health import HealthMonitor  # noqa: E402
 from comfy_cluster.ui import install  # noqa: E402
 from comfy_cluster.ui.install import (  # noqa: E402
@@ -22,27 +23,6 @@ from comfy_cluster.ui.install import (  # noqa: E402
     uninstall_gui,
 )
 from comfy_cluster.ui.panel import ServerPanelWidget  # noqa: E402
-
-
-class DownClient:
-    """ComfyClient stand-in for a server that refuses connections (no network is used)."""
-
-    def __init__(self, server, timeouts):
-        self.server = server
-
-    def system_stats(self):
-        raise ServerUnreachable("connection refused", server=self.server.name)
-
-    def close(self):
-        pass
-
-
-def quick_monitor(servers):
-    return HealthMonitor(servers, client_factory=DownClient, interval_busy=0.05, timeout=0.5)
-
-
-def health_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-health-")]
 
 
 @pytest.fixture

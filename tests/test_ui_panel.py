@@ -14,10 +14,10 @@ from qt_support import require_nuke_binding
 
 EXPECTED_BINDING = require_nuke_binding(needs_pytest_qt=True)
 
+from health_fakes import health_threads, quick_monitor  # noqa: E402
+
 from comfy_cluster.core.cluster import ClusterService  # noqa: E402
-from comfy_cluster.core.errors import ServerUnreachable  # noqa: E402
 from comfy_cluster.core.health import (  # noqa: E402
-    HealthMonitor,
     HealthSnapshot,
     ServerState,
     ServerStatus,
@@ -409,27 +409,6 @@ def test_interval_must_be_positive(qtbot, service):
 
 
 # --------------------------------------------------------------------------- persistence
-
-
-class DownClient:
-    """ComfyClient stand-in for a server that refuses connections (no network is used)."""
-
-    def __init__(self, server, timeouts):
-        self.server = server
-
-    def system_stats(self):
-        raise ServerUnreachable("connection refused", server=self.server.name)
-
-    def close(self):
-        pass
-
-
-def quick_monitor(servers):
-    return HealthMonitor(servers, client_factory=DownClient, interval_busy=0.05, timeout=0.5)
-
-
-def health_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-health-")]
 
 
 def test_actions_persist_to_the_user_file(qtbot, tmp_path, monkeypatch):
