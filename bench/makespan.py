@@ -59,10 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from comfy_cluster.core import events as ev
 from comfy_cluster.core.balance import STRATEGIES
-from comfy_cluster.core.job import RenderJob
-from comfy_cluster.core.scheduler import Scheduler
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import frame_path
 from comfy_cluster.sim.harness import SimServer, make_test_image, start_sims, stop_all

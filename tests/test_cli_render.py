@@ -12,7 +12,7 @@ import pytest
 
 from comfy_cluster.commands import render
 from comfy_cluster.commands.progress import PlainView, event_to_json
-from comfy_cluster.core import events as ev
+from comfy_cluster.core.engine import events as ev
 from comfy_cluster.sim.harness import make_test_image
 
 WORKFLOW = {

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from comfy_cluster.commands import servers as servers_command
-from comfy_cluster.core.config import UserConfig, save_user_config
+from comfy_cluster.core.config.loading import UserConfig, save_user_config
 from comfy_cluster.core.server import ServerConfig
 
 DONE_EXAMPLE = (

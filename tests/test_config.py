@@ -1,4 +1,4 @@
-"""Base server sources of core/config.py: NUKE_COMFYUI_SERVERS, numbered, legacy, default."""
+"""Base server sources (core/config): NUKE_COMFYUI_SERVERS, numbered, legacy, default."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from comfy_cluster.core.config import (
+from comfy_cluster.core.config.loading import (
     load_base_servers,
     load_servers,
     parse_server_dict,

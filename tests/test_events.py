@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 import pytest
 
-from comfy_cluster.core import events as ev
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.job import JobState, Outcome, RenderJob
 from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
 from comfy_cluster.core.frames import FixedChunker
-from comfy_cluster.core.job import JobState, Outcome, RenderJob
 
 WORKFLOW = {"1": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
 

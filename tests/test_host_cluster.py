@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from comfy_cluster.core.cluster import ClusterService
+from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.health import HealthMonitor, ServerState
 from comfy_cluster.core.retry import retry_transient
-from comfy_cluster.core.scheduler import Scheduler
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.install import current_session, install_host, uninstall_host
 
@@ -284,7 +284,7 @@ class _Dispatcher:
 
 
 def test_job_monitor_tracks_chunks_per_server() -> None:
-    from comfy_cluster.core.events import (
+    from comfy_cluster.core.engine.events import (
         ChunkAssigned,
         ChunkRetried,
         FrameWritten,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from comfy_cluster.core.events import FrameWritten, JobDone
+from comfy_cluster.core.engine.events import FrameWritten, JobDone
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.render_node import JobMonitor
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_cluster.core.balance import STRATEGIES
-from comfy_cluster.core.job import EXISTING_MODES, MODES
+from comfy_cluster.core.engine.job import EXISTING_MODES, MODES
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.render_node import choice_from_item, format_eta, format_status, server_menu
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import pytest
 from PIL import Image
 
+from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.retry import retry_transient
-from comfy_cluster.core.scheduler import Scheduler
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.install import install_host, uninstall_host
@@ -363,7 +363,7 @@ class _StreamingScheduler:
         import shutil
         import threading
 
-        from comfy_cluster.core.events import FrameWritten, JobDone, JobStarted
+        from comfy_cluster.core.engine.events import FrameWritten, JobDone, JobStarted
         from comfy_cluster.core.frames import format_frame_path
 
         frames = tuple(job.frame_range)

@@ -1,4 +1,4 @@
-"""Path mapping of core/paths.py: whole-component prefixes, separators, drive case, round trips."""
+"""Path mapping (core/config/paths.py): whole-component prefixes, separators, drive case."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from comfy_cluster.core.paths import POSIX, WINDOWS, PathMapper, detect_style
+from comfy_cluster.core.config.paths import POSIX, WINDOWS, PathMapper, detect_style
 
 WIN_LINUX = PathMapper("U:/", "/home/user/ComfyUI/")
 

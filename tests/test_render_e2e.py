@@ -14,11 +14,11 @@ from typing import Any, Callable
 import pytest
 from PIL import Image
 
-from comfy_cluster.core import events as ev
 from comfy_cluster.core.client import ComfyClient, Timeouts
-from comfy_cluster.core.job import JobStatus, RenderJob
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.retry import retry_transient
-from comfy_cluster.core.scheduler import Scheduler
 from comfy_cluster.core.server import ServerConfig
 
 WORKFLOW = {

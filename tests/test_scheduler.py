@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from fake_comfy import FakeCluster, FakeServer, invert
 
-from comfy_cluster.core import events as ev
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.errors import ClosedError, JobFailed
-from comfy_cluster.core.job import JobStatus, RenderJob
 from comfy_cluster.core.retry import retry_transient
-from comfy_cluster.core.scheduler import Scheduler
 from comfy_cluster.host.render_node import _input_hook
 
 WORKFLOW = {

@@ -20,10 +20,10 @@ from fake_comfy import ACTIONS, FakeCluster, FakeServer, invert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfy_cluster.core import events as ev
-from comfy_cluster.core.job import RenderJob
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.retry import retry_transient
-from comfy_cluster.core.scheduler import Scheduler
 from comfy_cluster.core.transfer import HttpTransfer
 
 WORKFLOW = {

@@ -1,4 +1,4 @@
-"""The user file of core/config.py: edits over the base, atomic 0600 writes, clear errors."""
+"""The user file (core/config): edits over the base, atomic 0600 writes, clear errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_cluster.core import config
-from comfy_cluster.core.config import (
+from comfy_cluster.core.config import loading as config
+from comfy_cluster.core.config.loading import (
     ServerEdit,
     UserConfig,
     load_servers,

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, TextIO
 
-from comfy_cluster.core.config import load_servers
+from comfy_cluster.core.config.loading import load_servers
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import ServerConfig
 

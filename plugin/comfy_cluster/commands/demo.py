@@ -126,7 +126,7 @@ def _render(
 ) -> int:
     from comfy_cluster.commands.progress import make_view
     from comfy_cluster.commands.render import EXIT_OK, execute
-    from comfy_cluster.core.job import RenderJob
+    from comfy_cluster.core.engine.job import RenderJob
     from comfy_cluster.core.server import ServerConfig
 
     servers = [

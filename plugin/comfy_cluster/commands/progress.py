@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.core import events as ev
+from comfy_cluster.core.engine import events as ev
 
 __all__ = ["JsonView", "PlainView", "RichView", "View", "event_to_json", "make_view"]
 
@@ -123,7 +123,7 @@ def summary_lines(result: Any) -> list[str]:
             node = f" (node {result.node_id})" if result.node_id else ""
             lines.append(f"  reason: {result.message}{node}")
         if result.frames_missing:
-            from comfy_cluster.core.job import frames_text
+            from comfy_cluster.core.engine.job import frames_text
 
             lines.append(
                 f"  missing: {len(result.frames_missing)} frame(s): "
@@ -250,7 +250,7 @@ class RichView(View):
                 note=eta,
             )
         if isinstance(event, ev.ChunkAssigned):
-            from comfy_cluster.core.job import frames_text
+            from comfy_cluster.core.engine.job import frames_text
 
             p.update(self._task(event.server), note=f"frames {frames_text(event.frames)}")
         elif isinstance(event, ev.FrameWritten):

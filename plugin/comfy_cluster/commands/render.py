@@ -2,7 +2,7 @@
 
 Everything that can be wrong with the arguments or the configuration is checked *before* a
 server is contacted, and reported in one line naming the field, server, node or frames at fault
-(exit status 2). Then the job runs on :class:`~comfy_cluster.core.scheduler.Scheduler` while a
+(exit status 2). Then the job runs on the engine's ``Scheduler`` while a
 view from :mod:`comfy_cluster.commands.progress` shows its events. Exit status:
 
 - 0: every requested frame is on disk;
@@ -122,9 +122,9 @@ def run(
 def build_job(args: argparse.Namespace) -> Any:
     """A checked ``RenderJob`` from the arguments. Raises :class:`UsageError` naming the culprit."""
     from comfy_cluster.core.balance import STRATEGIES
+    from comfy_cluster.core.engine.job import MODES, RenderJob, frames_text
     from comfy_cluster.core.errors import ConfigError, FrameRangeError, WorkflowError
     from comfy_cluster.core.frames import FrameRange
-    from comfy_cluster.core.job import MODES, RenderJob, frames_text
     from comfy_cluster.core.transfer import existing_frames, frame_path
     from comfy_cluster.core.workflow import (
         Override,
@@ -239,7 +239,7 @@ def execute(
     Ctrl-C (KeyboardInterrupt on this, the main, thread) cancels the job and waits for the
     scheduler's sweep, so nothing of ours stays queued or running on any server.
     """
-    from comfy_cluster.core.scheduler import Scheduler
+    from comfy_cluster.core.engine.scheduler import Scheduler
     from comfy_cluster.core.transfer import frame_path
 
     err = sys.stderr if err is None else err

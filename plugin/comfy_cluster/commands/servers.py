@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
 from comfy_cluster.commands.common import EXIT_USAGE, io_for, load_servers_or_report
-from comfy_cluster.core.config import user_config_path
+from comfy_cluster.core.config.loading import user_config_path
 from comfy_cluster.core.server import ServerConfig
 
 EXIT_CONFIG = EXIT_USAGE

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Union
 
-from comfy_cluster.core.config import (
+from comfy_cluster.core.config.loading import (
     load_base_servers,
     load_servers,
     load_user_config,

@@ -1,6 +1,6 @@
 """The immutable record of one ComfyUI server, as every layer sees it.
 
-Loading it from the environment and the user file is ``core/config.py``'s job; this module only
+Loading it from the environment and the user file is the job of ``core/config``; this module only
 holds the value and the few things derived from it (URLs, a masked ``repr``).
 """
 

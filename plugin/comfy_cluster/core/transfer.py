@@ -168,7 +168,7 @@ class SharedTransfer:
 
     def __init__(self, mapper_factory: Optional[Callable[[str, str], Any]] = None) -> None:
         if mapper_factory is None:
-            from comfy_cluster.core.paths import PathMapper
+            from comfy_cluster.core.config.paths import PathMapper
 
             mapper_factory = PathMapper
         self._mapper_factory = mapper_factory

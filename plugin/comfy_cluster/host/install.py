@@ -73,13 +73,13 @@ SESSION_ATTR = "_comfy_cluster_host"
 
 
 def _default_servers() -> Sequence[ServerConfig]:
-    from comfy_cluster.core.config import load_servers
+    from comfy_cluster.core.config.loading import load_servers
 
     return load_servers()
 
 
 def _default_scheduler(servers: Sequence[ServerConfig], health: Any = None) -> Any:
-    from comfy_cluster.core.scheduler import Scheduler
+    from comfy_cluster.core.engine.scheduler import Scheduler
 
     return Scheduler(tuple(servers), health=health)
 

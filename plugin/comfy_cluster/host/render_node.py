@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from comfy_cluster.core.events import (
+from comfy_cluster.core.engine.events import (
     ChunkAssigned,
     ChunkRetried,
     FrameWritten,
@@ -771,7 +771,7 @@ class RenderController:
         return configured, (choice,), service
 
     def _start(self, node: Any) -> RunningJob:
-        from comfy_cluster.core.job import RenderJob
+        from comfy_cluster.core.engine.job import RenderJob
 
         name = node.fullName()
         settings = self._settings(node)

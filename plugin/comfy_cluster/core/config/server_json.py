@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from comfy_cluster.core.config_values import check_port, default_name, parse_address, type_name
+from comfy_cluster.core.config.values import check_port, default_name, parse_address, type_name
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import DEFAULT_PORT, ServerConfig
 

@@ -19,12 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from comfy_cluster.core.errors import (
-    ErrorInfo,
-    ExecutionFailed,
-    WorkflowRejected,
-)
-from comfy_cluster.core.events import (
+from comfy_cluster.core.engine.events import (
     ChunkAssigned,
     ChunkProgress,
     ChunkRetried,
@@ -32,6 +27,11 @@ from comfy_cluster.core.events import (
     FrameWritten,
     JobEvent,
     ServerBlocklisted,
+)
+from comfy_cluster.core.errors import (
+    ErrorInfo,
+    ExecutionFailed,
+    WorkflowRejected,
 )
 from comfy_cluster.core.frames import Chunk, FrameRange, format_frame_path
 

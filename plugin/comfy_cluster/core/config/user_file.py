@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from comfy_cluster.core.config_values import env_value, load_json, type_name
+from comfy_cluster.core.config.server_json import parse_server_dict, server_to_dict
+from comfy_cluster.core.config.values import env_value, load_json, type_name
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.server_json import parse_server_dict, server_to_dict
 
 __all__ = [
     "ENV_CONFIG",

@@ -19,6 +19,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from comfy_cluster.core import protocol
+from comfy_cluster.core.engine.job import Attempt, Outcome
 from comfy_cluster.core.errors import (
     AuthenticationFailed,
     ComfyClusterError,
@@ -31,13 +32,12 @@ from comfy_cluster.core.errors import (
     WorkflowError,
     WorkflowRejected,
 )
-from comfy_cluster.core.job import Attempt, Outcome
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import frame_path
 from comfy_cluster.core.workflow import build_batch_prompt, build_frame_prompt, map_batch_outputs
 
 if TYPE_CHECKING:
-    from comfy_cluster.core.job_run import _JobRun
+    from comfy_cluster.core.engine.job_run import _JobRun
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The environment sources of base servers, one reader each: ``NUKE_COMFYUI_SERVERS`` (a JSON
 array or the path of a file holding one), the numbered ``NUKE_COMFYUI_IP_<n>`` variables, and the
 single-server variables of ComfyUI-for-Nuke (which also give the default ``local`` server). Which
-one applies is decided in :mod:`comfy_cluster.core.config`.
+one applies is decided in :mod:`comfy_cluster.core.config.loading`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from comfy_cluster.core.config_values import (
+from comfy_cluster.core.config.server_json import parse_server_dict
+from comfy_cluster.core.config.values import (
     check_port,
     default_name,
     env_value,
@@ -22,7 +23,6 @@ from comfy_cluster.core.config_values import (
 )
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import DEFAULT_PORT, ServerConfig
-from comfy_cluster.core.server_json import parse_server_dict
 
 __all__ = [
     "DEFAULT_HOST",

@@ -2,9 +2,9 @@
 
 Shape (modelled on ``concurrent.futures.thread``, with daemon threads we own)::
 
-    Scheduler.start(job) ─► controller thread  comfy-cluster-job-<id>   core/job_run.py
+    Scheduler.start(job) ─► controller thread  comfy-cluster-job-<id>   core/engine/job_run.py
                                │ checks, chunks, JobState, final verification, cancel sweep
-                               └─► worker slots  comfy-cluster-<server>-<n>   core/server_worker.py
+                               └─► worker slots  comfy-cluster-<server>-<n>   core/engine/worker.py
                                      pull an Attempt from JobState, run its prompts, write frames
 
 Threads: :meth:`Scheduler.run` blocks its caller; :meth:`Scheduler.start` returns a
@@ -21,13 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
+from comfy_cluster.core.engine.events import EventSink, OnEvent
+from comfy_cluster.core.engine.job import JobResult, JobState, RenderJob
+from comfy_cluster.core.engine.job_run import _JobRun
+from comfy_cluster.core.engine.worker import _Aborted
 from comfy_cluster.core.errors import ClosedError, ServerUnreachable, UnexpectedStatus
-from comfy_cluster.core.events import EventSink, OnEvent
-from comfy_cluster.core.job import JobResult, JobState, RenderJob
-from comfy_cluster.core.job_run import _JobRun
 from comfy_cluster.core.retry import RetryPolicy, retry_transient
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.server_worker import _Aborted
 from comfy_cluster.core.transfer import Transfer, make_transfer
 
 __all__ = ["JobHandle", "Scheduler", "SchedulerState"]

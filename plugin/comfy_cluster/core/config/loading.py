@@ -11,16 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional, Union
 
-from comfy_cluster.core.config_values import env_value
-from comfy_cluster.core.env_sources import (
+from comfy_cluster.core.config.env_sources import (
     ENV_SERVERS,
     from_legacy,
     from_numbered,
     from_servers_variable,
 )
-from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.server_json import parse_server_dict, server_to_dict
-from comfy_cluster.core.user_config import (
+from comfy_cluster.core.config.server_json import parse_server_dict, server_to_dict
+from comfy_cluster.core.config.user_file import (
     ENV_CONFIG,
     USER_FILE_VERSION,
     ServerEdit,
@@ -30,6 +28,8 @@ from comfy_cluster.core.user_config import (
     save_user_config,
     user_config_path,
 )
+from comfy_cluster.core.config.values import env_value
+from comfy_cluster.core.server import ServerConfig
 
 __all__ = [
     "ENV_CONFIG",

@@ -1,8 +1,8 @@
 """One job's controller, :class:`_JobRun`: run on its own thread, ``comfy-cluster-job-<id>``.
 
 It checks the job before anything is sent (workflow, servers, existing and input frames), cuts
-the frames into chunks, builds the :class:`~comfy_cluster.core.job.JobState`, starts the worker
-slots (``core/server_worker.py``) and supervises them, then sweeps the job's prompts off every
+the frames into chunks, builds the ``JobState``, starts the worker
+slots (``core/engine/worker.py``) and supervises them, then sweeps the job's prompts off every
 server and verifies the frames on disk. Servers *pull*: a slot asks ``JobState`` for work only
 when it is free, so a server never holds more of our prompts than it has slots, and faster servers
 take more. The balancer (``core/balance.py``) picks which free server gets the next chunk; a
@@ -19,17 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from comfy_cluster.core.engine.events import EventSink, JobCancelled, JobDone, JobFailed, JobStarted
+from comfy_cluster.core.engine.job import JobResult, JobState, JobStatus, RenderJob
+from comfy_cluster.core.engine.worker import _safe, _Worker
 from comfy_cluster.core.errors import ComfyClusterError, ConfigError, ErrorInfo, WorkflowError
-from comfy_cluster.core.events import EventSink, JobCancelled, JobDone, JobFailed, JobStarted
 from comfy_cluster.core.frames import AutoChunker, Chunk, FixedChunker
-from comfy_cluster.core.job import JobResult, JobState, JobStatus, RenderJob
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.server_worker import _safe, _Worker
 from comfy_cluster.core.transfer import Transfer, existing_frames, frame_path
 from comfy_cluster.core.workflow import Workflow, WorkflowTargets, validate_workflow
 
 if TYPE_CHECKING:
-    from comfy_cluster.core.scheduler import InputHook, JobHandle, Scheduler
+    from comfy_cluster.core.engine.scheduler import InputHook, JobHandle, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class _JobRun:
         requested = job.frame_range.frames
         existing = existing_frames(job.output_pattern, requested)
         if existing and job.existing == "error":
-            from comfy_cluster.core.job import frames_text
+            from comfy_cluster.core.engine.job import frames_text
 
             raise _EarlyFailure(
                 f"{len(existing)} output frame(s) already exist ({frames_text(existing)} in "
@@ -225,7 +225,7 @@ class _JobRun:
             needed = sorted({f for c in chunks for f in c.all_frames})
             missing = [f for f in needed if not frame_path(job.input_pattern, f).is_file()]
             if missing:
-                from comfy_cluster.core.job import frames_text
+                from comfy_cluster.core.engine.job import frames_text
 
                 raise _EarlyFailure(
                     f"{len(missing)} input frame(s) missing ({frames_text(missing)} of "
@@ -427,7 +427,7 @@ class _JobRun:
         )
         end = state.end_state()
         if end is None and missing:
-            from comfy_cluster.core.job import frames_text
+            from comfy_cluster.core.engine.job import frames_text
 
             state.fail(
                 f"{len(missing)} frame(s) missing on disk at the end: {frames_text(missing)}"
