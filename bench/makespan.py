@@ -59,6 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from workflows import generated_workflow, invert_workflow
+
 from comfy_cluster.core.balance import STRATEGIES
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import RenderJob
@@ -72,19 +75,8 @@ SPEEDS = (("fast1", 1.0), ("fast2", 1.0), ("slow", 0.4))
 #: The server killed in the failover runs (a fast one: the worst case).
 VICTIM = "fast2"
 NODES_PER_FRAME = 3
-WORKFLOW = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}},
-}
-TINY = {
-    "1": {
-        "class_type": "EmptyImage",
-        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
-    },
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
-}
+WORKFLOW = invert_workflow("b")
+TINY = generated_workflow()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import pytest
+from workflows import generated_workflow
 
 from comfy_cluster.sim.harness import BlackHole, SimServer, stop_all
 from comfy_cluster.sim.options import SimOptions
@@ -49,14 +50,7 @@ def black_hole() -> Iterator[BlackHole]:
 # --- plain requests / websocket-client helpers for the sim tests ---------------------------------
 
 
-INVERT_PROMPT = {
-    "1": {
-        "class_type": "EmptyImage",
-        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
-    },
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
-}
+INVERT_PROMPT = generated_workflow()
 
 
 def ws_open(url: str, client_id: Optional[str] = None, *, timeout: float = 10.0, headers=None):

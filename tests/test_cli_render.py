@@ -9,17 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from workflows import invert_workflow
 
 from comfy_cluster.commands import render
 from comfy_cluster.commands.progress import PlainView, event_to_json
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.sim.harness import make_test_image
 
-WORKFLOW = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
-}
+WORKFLOW = invert_workflow()
 COLOR = (200, 100, 50)
 
 

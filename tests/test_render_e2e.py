@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pytest
 from PIL import Image
+from workflows import invert_workflow
 
 from comfy_cluster.core.client import ComfyClient, Timeouts
 from comfy_cluster.core.engine import events as ev
@@ -21,11 +22,7 @@ from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.core.server import ServerConfig
 
-WORKFLOW = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
-}
+WORKFLOW = invert_workflow()
 
 
 def colour(frame: int) -> tuple[int, int, int]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fake_comfy import FakeCluster, FakeServer, invert
+from workflows import generated_workflow, invert_workflow
 
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
@@ -18,19 +19,8 @@ from comfy_cluster.core.errors import ClosedError, JobFailed
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.host.render_node import _input_hook
 
-WORKFLOW = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
-}
-NO_INPUT = {
-    "1": {
-        "class_type": "EmptyImage",
-        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
-    },
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
-}
+WORKFLOW = invert_workflow()
+NO_INPUT = generated_workflow("x")
 
 
 def frame_bytes(frame: int) -> bytes:

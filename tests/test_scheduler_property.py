@@ -19,6 +19,7 @@ import pytest
 from fake_comfy import ACTIONS, FakeCluster, FakeServer, invert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from workflows import invert_workflow
 
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import RenderJob
@@ -26,11 +27,7 @@ from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.core.transfer import HttpTransfer
 
-WORKFLOW = {
-    "1": {"class_type": "LoadImage", "inputs": {"image": "placeholder.png"}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
-}
+WORKFLOW = invert_workflow()
 
 
 class CountingTransfer(HttpTransfer):

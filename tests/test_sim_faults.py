@@ -10,17 +10,11 @@ import pytest
 import requests
 import websocket
 from fixtures_sim import INVERT_PROMPT, submit, wait_until, ws_open, ws_recv, ws_until_done
+from workflows import slow_workflow
 
 from comfy_cluster.sim.harness import SimServer
 
-SLOW = {
-    "1": {
-        "class_type": "EmptyImage",
-        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
-    },
-    "2": {"class_type": "SimSlowSampler", "inputs": {"image": ["1", 0], "seed": 0}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
-}
+SLOW = slow_workflow()
 
 
 def history(sim: SimServer, prompt_id: str) -> dict:
