@@ -10,7 +10,7 @@ import pytest
 from comfy_cluster.core.balance import STRATEGIES
 from comfy_cluster.core.engine.job import EXISTING_MODES, MODES
 from comfy_cluster.host import knobs as K
-from comfy_cluster.host.render_node import choice_from_item, format_eta, format_status, server_menu
+from comfy_cluster.host.render_node import choice_from_item, format_status, server_menu
 
 GIZMO = Path(__file__).resolve().parent.parent / "gizmos" / f"{K.GIZMO_CLASS}.gizmo"
 _USER_KNOB = re.compile(r"^\s*addUserKnob \{(\d+) (\S+)(.*)\}\s*$", re.MULTILINE)
@@ -100,7 +100,6 @@ def test_server_menu(choice: str, names: list[str], items: list[str], selected: 
 
 
 def test_status_line() -> None:
-    assert format_status(4, 10, ["sim2", "sim1"], 75.4) == "4/10 frames | sim1, sim2 | ETA 1m15s"
+    assert format_status(4, 10, ["sim2", "sim1"], 75.4) == "4/10 frames | sim1, sim2 | ETA 1:15"
     assert format_status(0, 3, [], None) == "0/3 frames"
-    assert format_eta(3 * 3600 + 120) == "3h02m"
-    assert format_eta(None) == ""
+    assert format_status(1, 3, [], 3 * 3600 + 120) == "1/3 frames | ETA 3:02:00"

@@ -15,7 +15,7 @@ from workflows import generated_workflow, invert_workflow
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
-from comfy_cluster.core.errors import ClosedError, JobFailed
+from comfy_cluster.core.errors import ClosedError, JobFailedError
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.host.render_node import _input_hook
 
@@ -184,7 +184,7 @@ def test_existing_frames_error_lists_them_before_sending(shot: dict[str, Any]) -
     assert "3-4" in result.message and "resume" in result.message
     assert isinstance(rec.events[-1], ev.JobFailed)
     assert (shot["dir"] / "shot.0003.png").read_bytes() == b"old"
-    with pytest.raises(JobFailed):
+    with pytest.raises(JobFailedError):
         result.raise_for_status()
 
 

@@ -187,7 +187,7 @@ def test_row_texts():
     assert row.text("state") == "degraded"
     assert row.text("queue") == "1 run / 3 wait"
     assert row.text("latency") == "42 ms"
-    assert row.text("vram") == "1.5 / 24.0 GB"
+    assert row.text("vram") == "1.5 / 24.0 GiB"
     assert row.text("last_error") == "refused"
     assert row.tooltip("last_error") == "refused\ntraceback..."
     assert row.tooltip("state") == "degraded for 2 min - missing node class KSamplerX"

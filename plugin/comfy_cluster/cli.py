@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from comfy_cluster.commands.common import ExitCode
+
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = ("servers", "status", "render", "sim", "demo")
 
@@ -24,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module_name = f"comfy_cluster.commands.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:  # a real import error inside the module: surface it
-                raise
-            continue
+        module = importlib.import_module(f"comfy_cluster.commands.{name}")
         module.register(subparsers)
     return parser
 
@@ -40,12 +36,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return ExitCode.USAGE
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or ExitCode.OK)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

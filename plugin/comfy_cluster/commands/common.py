@@ -6,6 +6,7 @@ real environment or terminal; :func:`io_for` fills in the real ones.
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 from collections.abc import Mapping
@@ -15,8 +16,18 @@ from comfy_cluster.core.config.loading import load_servers
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import ServerConfig
 
-#: A bad argument or a bad configuration: the message names the field, server or node.
-EXIT_USAGE = 2
+
+class ExitCode(enum.IntEnum):
+    """What every ``comfy-cluster`` command's exit status means."""
+
+    #: The command did what was asked (render: every requested frame is on disk).
+    OK = 0
+    #: The job could not be done (no usable server, frames failed everywhere).
+    FAILED = 1
+    #: A bad argument or configuration, found before any server did work; the message names it.
+    USAGE = 2
+    #: Interrupted (Ctrl-C).
+    INTERRUPTED = 130
 
 
 class CommandIO(NamedTuple):

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from comfy_cluster.commands.common import ExitCode
+
 #: (name, speed) of the demo servers; the second one dies half way.
 SERVERS = (("fast-a", 1.0), ("fast-b", 1.0), ("slow", 0.4))
 DYING = "fast-b"
@@ -26,7 +28,6 @@ DEFAULT_FRAMES = 24
 #: Seconds per node at speed 1: 3 nodes per frame, ~13 s for 24 frames on this cluster.
 DEFAULT_NODE_SECONDS = 0.4
 IMAGE_SIZE = (256, 144)
-EXIT_USAGE = 2
 
 
 def register(subparsers: Any) -> None:
@@ -68,10 +69,10 @@ def run(
     err = sys.stderr if err is None else err
     if args.frames < 1:
         print(f"comfy-cluster demo: --frames must be >= 1, not {args.frames}", file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.node_seconds < 0:
         print("comfy-cluster demo: --node-seconds must be >= 0", file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         from comfy_cluster.sim.harness import start_sims, stop_all
         from comfy_cluster.sim.options import SimOptions
@@ -81,7 +82,7 @@ def run(
             "python -m pip install 'comfy-cluster[cli,sim]'",
             file=err,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
 
     root = Path(args.out).expanduser().absolute()
     input_pattern = str(root / "input" / "demo.####.png")
@@ -125,7 +126,7 @@ def _render(
     err: TextIO,
 ) -> int:
     from comfy_cluster.commands.progress import make_view
-    from comfy_cluster.commands.render import EXIT_OK, execute
+    from comfy_cluster.commands.render import execute
     from comfy_cluster.core.engine.job import RenderJob
     from comfy_cluster.core.server import ServerConfig
 
@@ -148,7 +149,7 @@ def _render(
     )
     code = execute(job, servers, view, err=err)
     if not args.json:
-        if code == EXIT_OK:
+        if code == ExitCode.OK:
             view.write_line(f"frames: {output_pattern} (inputs: {input_pattern})")
         else:
             view.write_line(f"demo did not finish; output so far under {root}")

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
 from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.formatting import duration_text
+from comfy_cluster.core.frames import frames_text
 
 __all__ = ["JsonView", "PlainView", "RichView", "View", "event_to_json", "make_view"]
 
@@ -43,15 +45,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 4)
     return value
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class View:
@@ -112,7 +105,7 @@ def summary_lines(result: Any) -> list[str]:
     head = f"{status}: {written} frame(s) written"
     if skipped:
         head += f", {skipped} skipped (already on disk)"
-    head += f" of {requested} in {_duration(result.seconds)}; retries: {result.retries}"
+    head += f" of {requested} in {duration_text(result.seconds)}; retries: {result.retries}"
     lines = [head]
     for name, count in sorted(result.per_server.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {name}: {count} frame(s)")
@@ -123,8 +116,6 @@ def summary_lines(result: Any) -> list[str]:
             node = f" (node {result.node_id})" if result.node_id else ""
             lines.append(f"  reason: {result.message}{node}")
         if result.frames_missing:
-            from comfy_cluster.core.engine.job import frames_text
-
             lines.append(
                 f"  missing: {len(result.frames_missing)} frame(s): "
                 f"{frames_text(result.frames_missing)}"
@@ -187,7 +178,7 @@ class PlainView(View):
         tenth = self.written * 10 // self.total
         if tenth >= self._next_tenth:
             self._next_tenth = tenth + 1
-            eta = f", about {_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            eta = f", about {duration_text(event.eta_seconds)} left" if event.eta_seconds else ""
             self.write_line(f"{self.written}/{self.total} frames ({tenth * 10}%){eta}")
 
 
@@ -243,15 +234,13 @@ class RichView(View):
                 self._task(name)
             return
         if self._overall is not None:
-            eta = f"~{_duration(event.eta_seconds)} left" if event.eta_seconds else ""
+            eta = f"~{duration_text(event.eta_seconds)} left" if event.eta_seconds else ""
             p.update(
                 self._overall,
                 completed=min(self.total, event.progress * self.total),
                 note=eta,
             )
         if isinstance(event, ev.ChunkAssigned):
-            from comfy_cluster.core.engine.job import frames_text
-
             p.update(self._task(event.server), note=f"frames {frames_text(event.frames)}")
         elif isinstance(event, ev.FrameWritten):
             p.update(self._task(event.server), completed=self.per_server.get(event.server, 0))

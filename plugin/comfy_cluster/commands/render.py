@@ -19,10 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from comfy_cluster.commands.common import ExitCode
 
 #: How long Ctrl-C waits for the cancel sweep (interrupt + delete on every server).
 CANCEL_TIMEOUT = 15.0
@@ -108,13 +105,13 @@ def run(
     out, err = io.out, io.err
     servers = load_servers_or_report("render", io)
     if servers is None:
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         job = build_job(args)
         servers = select_servers(servers, args.server)
     except UsageError as exc:
         print(f"comfy-cluster render: {exc}", file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     view = make_view(out, json_lines=bool(args.json))
     return execute(job, servers, view, err=err)
 
@@ -122,9 +119,9 @@ def run(
 def build_job(args: argparse.Namespace) -> Any:
     """A checked ``RenderJob`` from the arguments. Raises :class:`UsageError` naming the culprit."""
     from comfy_cluster.core.balance import STRATEGIES
-    from comfy_cluster.core.engine.job import MODES, RenderJob, frames_text
+    from comfy_cluster.core.engine.job import MODES, RenderJob
     from comfy_cluster.core.errors import ConfigError, FrameRangeError, WorkflowError
-    from comfy_cluster.core.frames import FrameRange
+    from comfy_cluster.core.frames import FrameRange, frames_text
     from comfy_cluster.core.transfer import existing_frames, frame_path
     from comfy_cluster.core.workflow import (
         Override,
@@ -262,7 +259,7 @@ def execute(
                 print("comfy-cluster: cancel did not finish in time", file=err)
         view.close()
         print("interrupted: job cancelled", file=err)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     finally:
         view.close()
         scheduler.close(timeout=CANCEL_TIMEOUT)
@@ -270,7 +267,7 @@ def execute(
             monitor.close()
     view.summary(result)
     missing = [f for f in job.frame_range.frames if not frame_path(job.output_pattern, f).is_file()]
-    return EXIT_OK if result.ok and not missing else EXIT_FAILED
+    return ExitCode.OK if result.ok and not missing else ExitCode.FAILED
 
 
 def start_health(servers: Sequence[Any], job: Any) -> Any:

@@ -12,11 +12,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.commands.common import EXIT_USAGE, io_for, load_servers_or_report
+from comfy_cluster.commands.common import ExitCode, io_for, load_servers_or_report
 from comfy_cluster.core.config.loading import user_config_path
 from comfy_cluster.core.server import ServerConfig
-
-EXIT_CONFIG = EXIT_USAGE
 
 _COLUMNS = ("NAME", "URL", "PRI", "ENABLED", "MAX", "DIRS", "AUTH", "SOURCE")
 
@@ -47,19 +45,19 @@ def run(
     out, env = io.out, io.env
     servers = load_servers_or_report("servers", io)
     if servers is None:
-        return EXIT_CONFIG
-    if getattr(args, "json", False):
+        return ExitCode.USAGE
+    if args.json:
         json.dump([server.masked() for server in servers], out, indent=2)
         out.write("\n")
-        return 0
+        return ExitCode.OK
     if not servers:
         print(f"no servers (all removed in {user_config_path(env)})", file=out)
-        return 0
+        return ExitCode.OK
     rows = [_COLUMNS] + [_row(server) for server in servers]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
-    return 0
+    return ExitCode.OK
 
 
 def _row(server: ServerConfig) -> tuple[str, ...]:

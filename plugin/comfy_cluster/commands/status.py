@@ -14,11 +14,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
+from comfy_cluster.commands.common import ExitCode
+from comfy_cluster.core.formatting import gib_text
 from comfy_cluster.core.health import HealthMonitor, HealthSnapshot, ServerStatus
-
-EXIT_OK = 0
-EXIT_NONE_USABLE = 1
-EXIT_CONFIG = 2
 
 COLUMNS = ("NAME", "URL", "STATE", "QUEUE", "LATENCY", "DEVICE", "VRAM", "LAST ERROR")
 
@@ -57,7 +55,7 @@ def run(
     out, err = io.out, io.err
     servers = load_servers_or_report("status", io)
     if servers is None:
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     timeout = max(0.05, float(getattr(args, "timeout", 2.0)))
     interval = max(0.1, float(getattr(args, "interval", 1.0)))
     monitor = HealthMonitor(
@@ -73,10 +71,10 @@ def run(
             snapshot = monitor.snapshot()
         else:
             snapshot = monitor.snapshot()
-            _print(snapshot, bool(getattr(args, "json", False)), out)
+            _print(snapshot, bool(args.json), out)
     finally:
         monitor.close(timeout=0.2)
-    return EXIT_OK if snapshot.usable() else EXIT_NONE_USABLE
+    return ExitCode.OK if snapshot.usable() else ExitCode.FAILED
 
 
 def _print(snapshot: HealthSnapshot, as_json: bool, out: TextIO) -> None:
@@ -104,19 +102,11 @@ def to_json(snapshot: HealthSnapshot) -> list[dict[str, Any]]:
     return rows
 
 
-def _gib(value: Optional[int]) -> str:
-    return "-" if value is None else f"{value / 2**30:.1f}"
-
-
 def cells(status: ServerStatus) -> tuple[str, ...]:
     """The table cells of one server (shared by the plain and rich tables)."""
     queue = f"{status.queue_running}+{status.queue_pending}" if status.usable else "-"
     latency = "-" if status.latency_ms is None else f"{status.latency_ms:.0f} ms"
-    vram = (
-        "-"
-        if status.vram_total is None
-        else f"{_gib(status.vram_free)}/{_gib(status.vram_total)} GiB"
-    )
+    vram = "-" if status.vram_total is None else gib_text(status.vram_free, status.vram_total)
     error = status.last_error or status.reason or ""
     return (
         status.name,
@@ -161,7 +151,7 @@ def _rich_table(snapshot: HealthSnapshot) -> Any:
 
 
 def _watch(monitor: HealthMonitor, args: argparse.Namespace, out: TextIO) -> None:
-    as_json = bool(getattr(args, "json", False))
+    as_json = bool(args.json)
     interval = max(0.1, float(getattr(args, "interval", 1.0)))
     try:
         try:

@@ -15,8 +15,8 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     │   ├── ExecutionFailed             execution_error during a prompt
     │   ├── Interrupted                 the prompt was interrupted
     │   └── ProtocolError               the server said something we cannot parse
-    ├── JobFailed                       a render job gave up
-    ├── JobCancelled                    the user cancelled
+    ├── JobFailedError                  a render job gave up (raise_for_status)
+    ├── JobCancelledError               the user cancelled
     └── ClosedError(RuntimeError)       use of a closed client or scheduler
 
 Each error carries the fields a user acts on (``server``, ``field``, ``node_id``, ``prompt_id``)
@@ -191,7 +191,7 @@ class ProtocolError(PermanentError):
     """The server answered something that is not ComfyUI's protocol."""
 
 
-class JobFailed(ComfyClusterError):
+class JobFailedError(ComfyClusterError):
     """A render job gave up; ``cause`` is the error that decided it."""
 
     def __init__(self, message: str, *, cause: Optional[BaseException] = None) -> None:
@@ -199,7 +199,7 @@ class JobFailed(ComfyClusterError):
         self.cause = cause
 
 
-class JobCancelled(ComfyClusterError):
+class JobCancelledError(ComfyClusterError):
     """The user cancelled the job."""
 
 

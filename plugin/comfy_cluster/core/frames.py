@@ -30,6 +30,7 @@ __all__ = [
     "FixedChunker",
     "FrameRange",
     "format_frame_path",
+    "frames_text",
     "has_frame_token",
 ]
 
@@ -349,3 +350,12 @@ def format_frame_path(pattern: str, frame: int) -> str:
         return f"{frame:0{width}d}" if width else str(frame)
 
     return _FRAME_TOKEN.sub(pad, pattern)
+
+
+def frames_text(frames: Iterable[int]) -> str:
+    """Frames as people read them: ``1-3, 7`` when they form a range, else a plain list."""
+    frames = list(frames)
+    try:
+        return str(FrameRange.from_frames(frames))
+    except ValueError:
+        return ", ".join(map(str, frames))

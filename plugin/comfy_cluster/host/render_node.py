@@ -60,7 +60,8 @@ from comfy_cluster.core.engine.events import (
     JobStarted,
     ServerBlocklisted,
 )
-from comfy_cluster.core.frames import FrameRange, has_frame_token
+from comfy_cluster.core.formatting import duration_text
+from comfy_cluster.core.frames import FrameRange, frames_text, has_frame_token
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.dispatch import Dispatcher
@@ -71,7 +72,6 @@ __all__ = [
     "JobRegistry",
     "RenderController",
     "RenderSettingsError",
-    "format_eta",
     "format_status",
     "server_menu",
 ]
@@ -95,28 +95,13 @@ class RenderSettingsError(ValueError):
 # -- pure helpers (any thread) -------------------------------------------------------------------
 
 
-def format_eta(seconds: Optional[float]) -> str:
-    """``75.2`` -> ``"1m15s"``; ``None`` -> ``""``."""
-    if seconds is None or seconds < 0:
-        return ""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
 def format_status(done: int, total: int, servers: Sequence[str], eta: Optional[float]) -> str:
     """The one-line running status: ``"4/10 frames | sim1, sim2 | ETA 12s"``."""
     parts = [f"{done}/{total} frames"]
     if servers:
         parts.append(", ".join(sorted(servers)))
-    text = format_eta(eta)
-    if text:
-        parts.append(f"ETA {text}")
+    if eta is not None and eta >= 0:
+        parts.append(f"ETA {duration_text(eta)}")
     return " | ".join(parts)
 
 
@@ -412,7 +397,7 @@ class JobMonitor:
         if not held:
             return ""
         parts = [
-            f"chunk {index + 1} ({_frames_text(frames)})"
+            f"chunk {index + 1} ({frames_text(frames)})"
             for index, (frames, _) in sorted(held.items())
         ]
         return f"{self.node_name} " + ", ".join(parts)
@@ -464,13 +449,6 @@ class JobMonitor:
             self._last_decile = decile
             return f"{self.node_name}: {_percent(event.progress):.0f}% {status}"
         return None
-
-
-def _frames_text(frames: Sequence[int]) -> str:
-    try:
-        return str(FrameRange.from_frames(frames))
-    except ValueError:
-        return ", ".join(map(str, frames))
 
 
 def _percent(progress: float) -> float:

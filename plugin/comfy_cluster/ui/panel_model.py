@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from comfy_cluster.core.formatting import gib_text
 from comfy_cluster.ui.qt import QtCore, QtGui
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ COLUMN_KEYS: tuple[str, ...] = tuple(key for key, _ in COLUMNS)
 #: ``data(index, NAME_ROLE)`` returns the row's server name, whatever the column.
 NAME_ROLE = int(Qt.ItemDataRole.UserRole) + 1
 
-_GIB = float(1 << 30)
-
 
 @dataclass(frozen=True)
 class ServerRow:
@@ -89,7 +88,8 @@ class ServerRow:
         if key == "latency":
             return "" if self.latency_ms is None else f"{self.latency_ms:.0f} ms"
         if key == "vram":
-            return _format_vram(self.vram_free, self.vram_total)
+            known = self.vram_free is not None or self.vram_total is not None
+            return gib_text(self.vram_free, self.vram_total) if known else ""
         if key == "last_error":
             return self.last_error.splitlines()[0] if self.last_error else ""
         return str(getattr(self, key))
@@ -108,14 +108,6 @@ class ServerRow:
         if key == "last_error":
             return self.last_error
         return self.text(key)
-
-
-def _format_vram(free: Optional[int], total: Optional[int]) -> str:
-    if free is None and total is None:
-        return ""
-    if total:
-        return f"{(free or 0) / _GIB:.1f} / {total / _GIB:.1f} GB"
-    return f"{(free or 0) / _GIB:.1f} GB"
 
 
 def _format_age(seconds: float) -> str:

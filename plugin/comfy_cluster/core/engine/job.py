@@ -33,7 +33,7 @@ from comfy_cluster.core.errors import (
     ExecutionFailed,
     WorkflowRejected,
 )
-from comfy_cluster.core.frames import Chunk, FrameRange, format_frame_path
+from comfy_cluster.core.frames import Chunk, FrameRange, format_frame_path, frames_text
 
 __all__ = [
     "EXISTING_MODES",
@@ -44,7 +44,6 @@ __all__ = [
     "JobStatus",
     "Outcome",
     "RenderJob",
-    "frames_text",
 ]
 
 MODES = ("frame", "batch")
@@ -162,13 +161,13 @@ class JobResult:
         return self.status is JobStatus.DONE
 
     def raise_for_status(self) -> JobResult:
-        """Return self when done; raise ``errors.JobFailed`` / ``errors.JobCancelled`` otherwise."""
+        """Return self when done; raise ``JobFailedError`` / ``JobCancelledError`` otherwise."""
         from comfy_cluster.core import errors
 
         if self.status is JobStatus.CANCELLED:
-            raise errors.JobCancelled(self.message or "cancelled")
+            raise errors.JobCancelledError(self.message or "cancelled")
         if self.status is JobStatus.FAILED:
-            raise errors.JobFailed(self.message)
+            raise errors.JobFailedError(self.message)
         return self
 
 
@@ -892,10 +891,3 @@ class JobState:
     def delivered_frames(self) -> dict[int, tuple[str, str]]:
         with self._cond:
             return dict(self._delivered)
-
-
-def frames_text(frames: Sequence[int]) -> str:
-    try:
-        return str(FrameRange.from_frames(frames))
-    except Exception:
-        return ", ".join(map(str, frames))

@@ -23,7 +23,7 @@ from comfy_cluster.core.engine.events import EventSink, JobCancelled, JobDone, J
 from comfy_cluster.core.engine.job import JobResult, JobState, JobStatus, RenderJob
 from comfy_cluster.core.engine.worker import _safe, _Worker
 from comfy_cluster.core.errors import ComfyClusterError, ConfigError, ErrorInfo, WorkflowError
-from comfy_cluster.core.frames import AutoChunker, Chunk, FixedChunker
+from comfy_cluster.core.frames import AutoChunker, Chunk, FixedChunker, frames_text
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import Transfer, existing_frames, frame_path
 from comfy_cluster.core.workflow import Workflow, WorkflowTargets, validate_workflow
@@ -208,8 +208,6 @@ class _JobRun:
         requested = job.frame_range.frames
         existing = existing_frames(job.output_pattern, requested)
         if existing and job.existing == "error":
-            from comfy_cluster.core.engine.job import frames_text
-
             raise _EarlyFailure(
                 f"{len(existing)} output frame(s) already exist ({frames_text(existing)} in "
                 f"{job.output_pattern}); choose resume to skip them or overwrite to replace them",
@@ -225,8 +223,6 @@ class _JobRun:
             needed = sorted({f for c in chunks for f in c.all_frames})
             missing = [f for f in needed if not frame_path(job.input_pattern, f).is_file()]
             if missing:
-                from comfy_cluster.core.engine.job import frames_text
-
                 raise _EarlyFailure(
                     f"{len(missing)} input frame(s) missing ({frames_text(missing)} of "
                     f"{job.input_pattern})"
@@ -427,8 +423,6 @@ class _JobRun:
         )
         end = state.end_state()
         if end is None and missing:
-            from comfy_cluster.core.engine.job import frames_text
-
             state.fail(
                 f"{len(missing)} frame(s) missing on disk at the end: {frames_text(missing)}"
             )
