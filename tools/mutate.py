@@ -54,7 +54,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "config": ("core/config/*.py",),
 }
 
-_PLUGIN_SOURCE = '''
+_PLUGIN_SOURCE = """
 import coverage
 import pytest
 
@@ -67,7 +67,7 @@ def pytest_runtest_protocol(item, nextitem):
     yield
     if cov is not None:
         cov.switch_context("")
-'''
+"""
 
 _COMPARE_SWAP = {
     ast.Lt: ast.LtE,
@@ -214,7 +214,8 @@ class _Finder(ast.NodeVisitor):
     def visit_BoolOp(self, node: ast.BoolOp) -> None:
         other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
         new = ast.BoolOp(op=other, values=node.values)
-        self._add(node, f"({ast.unparse(new)})", f"{type(node.op).__name__} -> {type(other).__name__}")
+        what = f"{type(node.op).__name__} -> {type(other).__name__}"
+        self._add(node, f"({ast.unparse(new)})", what)
         self.generic_visit(node)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> None:
