@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from comfy_cluster.core.client import Timeouts
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.errors import ServerTimeout, ServerUnreachable, WebsocketClosed
 from comfy_cluster.core.health import HealthMonitor, HealthSnapshot, ServerState
 from comfy_cluster.core.protocol import QueueState
