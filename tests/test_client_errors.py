@@ -1,4 +1,5 @@
-"""core/client.py error translation: every library exception is mapped; statuses mean something.
+"""Error translation (core/wire_errors.py, through the client): every library exception is
+mapped; statuses mean something.
 
 Runs without a server: statuses come from a stub transport adapter (httpx's MockTransport idea).
 """
@@ -17,15 +18,9 @@ import requests.adapters
 import requests.exceptions
 import websocket._exceptions
 
-from comfy_cluster.core import client as client_mod
-from comfy_cluster.core.client import (
-    ERROR_MAP,
-    ClientState,
-    ComfyClient,
-    Timeouts,
-    map_errors,
-    translate_error,
-)
+from comfy_cluster.core import wire_errors
+from comfy_cluster.core.client import ClientState, ComfyClient
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.errors import (
     AuthenticationFailed,
     ClosedError,
@@ -41,6 +36,7 @@ from comfy_cluster.core.errors import (
     WorkflowRejected,
 )
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.wire_errors import ERROR_MAP, map_errors, translate_error
 
 SERVER = ServerConfig(name="r1", host="127.0.0.1", port=9)
 
@@ -131,22 +127,48 @@ def test_errors_of_our_own_pass_through_untouched() -> None:
     assert info.value is mine
 
 
-def test_only_client_module_catches_library_exceptions() -> None:
-    """The one translation seam: no other core module mentions requests/websocket exceptions."""
+def test_names_that_moved_out_of_client_are_still_importable_from_it() -> None:
+    """Other layers import these from core.client; the split must not break them."""
+    from comfy_cluster.core import client, connection_settings, event_stream, server_files
+
+    assert client.ERROR_MAP is wire_errors.ERROR_MAP
+    assert client.map_errors is wire_errors.map_errors
+    assert client.translate_error is wire_errors.translate_error
+    assert client.Timeouts is connection_settings.Timeouts
+    assert client.DEFAULT_TIMEOUTS is connection_settings.DEFAULT_TIMEOUTS
+    assert client.tls_verify is connection_settings.tls_verify
+    assert client.check_headers is connection_settings.check_headers
+    assert client.check_ca_bundle is connection_settings.check_ca_bundle
+    assert client.EventListener is event_stream.EventListener
+    assert client.UploadCache is server_files.UploadCache
+    assert client.file_sha256 is server_files.file_sha256
+    assert set(client.__all__) <= set(dir(client))
+
+
+#: The client's transport modules: the only core modules that may import requests / websocket.
+TRANSPORT_MODULES = frozenset({"client.py", "event_stream.py", "http_session.py", "wire_errors.py"})
+
+
+def test_only_wire_errors_names_library_exceptions() -> None:
+    """The one translation seam: only wire_errors.py mentions requests/websocket exceptions, and
+    only the client's transport modules import those libraries at all."""
     from pathlib import Path
 
-    core = Path(client_mod.__file__).parent
-    for path in core.glob("*.py"):
-        if path.name == "client.py":
-            continue
+    core = Path(wire_errors.__file__).parent
+    for path in core.rglob("*.py"):
+        name = path.relative_to(core).as_posix()
         text = path.read_text(encoding="utf-8")
-        for needle in (
-            "requests.exceptions",
-            "RequestException",
-            "WebSocketException",
-            "import websocket",
-        ):
-            assert needle not in text, f"{path.name} mentions {needle}"
+        if name != "wire_errors.py":
+            for needle in (
+                "requests.exceptions",
+                "RequestException",
+                "WebSocketException",
+                "websocket._exceptions",
+            ):
+                assert needle not in text, f"{name} mentions {needle}"
+        if name not in TRANSPORT_MODULES:
+            for needle in ("import websocket", "import requests"):
+                assert needle not in text, f"{name} mentions {needle}"
 
 
 # --- statuses, through a stub transport ---------------------------------------------------------
@@ -182,8 +204,8 @@ def stub_client(
     server = kw.pop("server", SERVER)
     client = ComfyClient(server, timeouts=Timeouts(0.5, 1.5), **kw)
     adapter = StubAdapter(handler)
-    client._session.mount("http://", adapter)
-    client._session.mount("https://", adapter)
+    client._http.session.mount("http://", adapter)
+    client._http.session.mount("https://", adapter)
     return client, adapter
 
 
@@ -275,8 +297,8 @@ def test_token_and_headers_go_on_every_request_and_tls_verify_follows_config() -
     headers = adapter.requests[0].headers
     assert headers["Authorization"] == "Bearer sekrit" and headers["X-Farm"] == "a"
     assert adapter.requests[0].url == "https://h:443/prompt"
-    assert client._session.verify is False
-    assert ComfyClient(SERVER)._session.verify is True
+    assert client._http.session.verify is False
+    assert ComfyClient(SERVER)._http.session.verify is True
 
 
 def test_use_after_close_raises_closed_error() -> None:

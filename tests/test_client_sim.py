@@ -16,7 +16,8 @@ import websocket
 from fixtures_sim import INVERT_PROMPT, wait_until
 
 from comfy_cluster.core import protocol as p
-from comfy_cluster.core.client import ComfyClient, EventListener, Timeouts, UploadCache
+from comfy_cluster.core.client import ComfyClient
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.errors import (
     AuthenticationFailed,
     ExecutionFailed,
@@ -26,8 +27,10 @@ from comfy_cluster.core.errors import (
     UnexpectedStatus,
     WorkflowRejected,
 )
+from comfy_cluster.core.event_stream import EventListener
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.server_files import UploadCache
 from comfy_cluster.sim.harness import free_port, make_test_image
 
 FAST = Timeouts(connect=0.5, read=3.0)
@@ -120,14 +123,14 @@ def test_upload_is_deduplicated_by_content_per_server(sim: Any, tmp_path: Path) 
     posts: list[str] = []
     cache = UploadCache()
     with ComfyClient(cfg(sim), timeouts=FAST, upload_cache=cache) as client:
-        original = client._session.request
+        original = client._http.session.request
 
         def counting(method: str, url: str, **kw: Any) -> Any:
             if method == "POST":
                 posts.append(url)
             return original(method, url, **kw)
 
-        client._session.request = counting  # type: ignore[method-assign]
+        client._http.session.request = counting  # type: ignore[method-assign]
         value = client.upload_image(image, subfolder="job42")
         assert value == "job42/plate.0001.png"
         assert (sim.input_dir / "job42" / "plate.0001.png").exists()

@@ -11,7 +11,8 @@ from typing import Any
 import certifi
 import pytest
 
-from comfy_cluster.core.client import ComfyClient, Timeouts
+from comfy_cluster.core.client import ComfyClient
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.errors import AuthenticationFailed, ConfigError, TransientError
 from comfy_cluster.core.protocol import Connected, StatusEvent
 from comfy_cluster.core.server import ServerConfig

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from comfy_cluster.core.client import Timeouts
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.errors import ServerTimeout, ServerUnreachable, WebsocketClosed
 from comfy_cluster.core.health import HealthMonitor, HealthSnapshot, ServerState
 from comfy_cluster.core.protocol import QueueState
@@ -237,11 +237,11 @@ def test_a_server_that_comes_back_is_ready_again_and_since_tracks_state_changes(
 
 def test_backoff_for_servers_that_stay_down() -> None:
     mon = HealthMonitor([], interval_busy=1.0, interval_idle=10.0, max_backoff=60.0)
-    assert mon._interval_for(0) == 10.0
-    assert [mon._interval_for(n) for n in (1, 2, 3, 4, 5)] == [10.0, 20.0, 40.0, 60.0, 60.0]
+    assert mon.interval_for(0) == 10.0
+    assert [mon.interval_for(n) for n in (1, 2, 3, 4, 5)] == [10.0, 20.0, 40.0, 60.0, 60.0]
     mon.set_active(True, who="panel")
-    assert mon._interval_for(0) == 1.0
-    assert [mon._interval_for(n) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
+    assert mon.interval_for(0) == 1.0
+    assert [mon.interval_for(n) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 60.0, 60.0]
     mon.set_active(True, who="job")
     mon.set_active(False, who="panel")
     assert mon.active  # the job still holds it

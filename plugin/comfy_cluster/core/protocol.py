@@ -1,11 +1,12 @@
 """ComfyUI's wire messages parsed into typed, immutable values (the one parsing boundary).
 
 Everything here is pure: no I/O, no threads, safe to call from any thread. The websocket listener
-(``core/client.py``) feeds text frames to :func:`parse_message`; HTTP bodies go through
+(``core/event_stream.py``) feeds text frames to :func:`parse_message`; HTTP bodies go through
 :func:`parse_node_errors`, :func:`parse_queue`, :func:`parse_history_entry` and
 :func:`parse_system_stats`.
-Shapes follow ComfyUI 0.3.64 (``shared/docs/comfyui-protocol.md``); fields only some versions send
-are optional, and queue/history tuples are read by position 0-4 only.
+Shapes follow ComfyUI 0.3.64's ``server.py`` and ``execution.py`` (the recordings in
+``tests/fixtures/`` are real frames from such a server); fields only some versions send are
+optional, and queue/history tuples are read by position 0-4 only.
 
 Raises :class:`~comfy_cluster.core.errors.ProtocolError` for frames that are not ComfyUI's protocol
 (bad JSON, no ``type``, wrong field types). Unknown message types become :class:`UnknownEvent`.

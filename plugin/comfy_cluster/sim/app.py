@@ -24,9 +24,10 @@ from typing import Any, Callable, Optional
 
 from aiohttp import WSMsgType, web
 
-from .executor import Executor, PromptQueue, ServerStopping
+from .executor import Executor, ServerStopping
 from .nodes import Dirs, NodeDef, build_registry
 from .options import SimOptions
+from .prompt_queue import PromptQueue
 from .validation import validate_prompt
 
 LOG = logging.getLogger("comfy_cluster.sim")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
 from typing import Any, Callable
 
 from PIL import Image, ImageMath
@@ -208,7 +207,3 @@ def encode_png(img: Image.Image, compress_level: int = 4) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
-
-
-def frames_equal_size(frames: Sequence[Frame]) -> bool:
-    return len({f[0].size for f in frames}) <= 1

@@ -1,0 +1,216 @@
+"""One server's health poller: a named daemon thread that polls that server only.
+
+A dead or black-holed server costs one timeout on its own thread and never delays the others.
+A poll is ``/system_stats`` + ``/queue`` (HTTP), a websocket greeting (re-checked every
+``ws_check_interval`` and after any failure) and ``/object_info`` while node classes are required
+(cached for ``object_info_ttl``). The poller reports to its :class:`PollerHost` (the monitor),
+which owns the snapshot; the per-server numbers below are written by this thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Protocol
+
+from comfy_cluster.core.client import ComfyClient
+from comfy_cluster.core.connection_settings import Timeouts
+from comfy_cluster.core.errors import ComfyClusterError
+from comfy_cluster.core.health_facts import PollFacts
+from comfy_cluster.core.protocol import parse_system_stats
+from comfy_cluster.core.server import ServerConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClientFactory",
+    "PollSettings",
+    "PollerHost",
+    "ServerPoller",
+    "default_client_factory",
+]
+
+ClientFactory = Callable[[ServerConfig, Timeouts], Any]
+
+
+def default_client_factory(server: ServerConfig, timeouts: Timeouts) -> ComfyClient:
+    return ComfyClient(server, timeouts=timeouts)
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """How often and how patiently to poll; the same for every server of a monitor.
+
+    Fast (``interval_busy``) while the monitor is held active, slow (``interval_idle``)
+    otherwise; a server that stays down backs off exponentially up to ``max_backoff``.
+    """
+
+    interval_busy: float = 1.0
+    interval_idle: float = 10.0
+    timeout: float = 2.0
+    max_backoff: float = 60.0
+    ws_check_interval: float = 60.0
+    object_info_ttl: float = 300.0
+    #: Weight of the newest round trip in the latency moving average.
+    latency_alpha: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.interval_busy <= 0 or self.interval_idle <= 0:
+            raise ValueError("timeout and intervals must be > 0")
+
+    def interval_for(self, failures: int, active: bool) -> float:
+        """Seconds to wait before the next poll after ``failures`` consecutive failed polls."""
+        base = self.interval_busy if active else self.interval_idle
+        if failures <= 0:
+            return base
+        cap = max(self.max_backoff, self.interval_busy)
+        return min(max(base, self.interval_busy) * (2 ** (failures - 1)), cap)
+
+
+class PollerHost(Protocol):
+    """What a poller needs from its monitor; every method is safe from any poller thread."""
+
+    @property
+    def required(self) -> frozenset: ...
+
+    def poll_started(self, name: str) -> int:
+        """The poll-request number this poll serves (see HealthMonitor.wait_for_poll)."""
+        ...
+
+    def facts_of(self, name: str) -> PollFacts: ...
+
+    def interval_for(self, failures: int) -> float: ...
+
+    def publish(
+        self, server: ServerConfig, facts: PollFacts, seq: int, *, info: Any, queue: Any
+    ) -> int:
+        """Install the poll's result; returns the consecutive failure count."""
+        ...
+
+
+class ServerPoller:
+    """One server's polling thread and the per-server state only that thread writes."""
+
+    def __init__(
+        self,
+        host: PollerHost,
+        server: ServerConfig,
+        settings: PollSettings,
+        client_factory: ClientFactory,
+        clock: Callable[[], float],
+    ) -> None:
+        self.host = host
+        self.server = server
+        self.settings = settings
+        self.client_factory = client_factory
+        self.clock = clock
+        self.timeouts = Timeouts(connect=settings.timeout, read=settings.timeout)
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self.run, name=f"comfy-cluster-health-{server.name}", daemon=True
+        )
+        self.latency_ms: Optional[float] = None
+        self.ws_checked_at: Optional[float] = None
+        self.classes_at: Optional[float] = None
+
+    def stop_soon(self) -> None:
+        """Ask the thread to end after its current request (it is a daemon; nothing waits)."""
+        self.stop.set()
+        self.wake.set()
+
+    def join_until(self, deadline: float) -> None:
+        """Wait for the thread to end, until ``deadline`` (time.monotonic); never joins itself."""
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def run(self) -> None:
+        host = self.host
+        client = None
+        try:
+            while not self.stop.is_set():
+                seq = host.poll_started(self.server.name)
+                if client is None:
+                    client = self.client_factory(self.server, self.timeouts)
+                try:
+                    failures = self.poll(client, seq)
+                except Exception:
+                    log.exception("health poll of %s crashed", self.server.name)
+                    failures = 1
+                if self.stop.is_set():
+                    break
+                self.wake.wait(host.interval_for(failures))
+                self.wake.clear()
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+    def poll(self, client: Any, seq: int) -> int:
+        """One poll; publishes the new status and returns the consecutive failure count."""
+        prev = self.host.facts_of(self.server.name)
+        try:
+            t0 = time.perf_counter()
+            info = parse_system_stats(client.system_stats())
+            rtt = (time.perf_counter() - t0) * 1000.0
+            queue = client.queue()
+        except ComfyClusterError as exc:
+            self.latency_ms = None
+            self.ws_checked_at = None  # re-check everything once it is back
+            self.classes_at = None
+            facts = replace(prev, http_error=exc)
+            return self.host.publish(self.server, facts, seq, info=None, queue=None)
+        alpha = self.settings.latency_alpha
+        self.latency_ms = (
+            rtt if self.latency_ms is None else self.latency_ms + alpha * (rtt - self.latency_ms)
+        )
+        now = self.clock()
+        ws_error = self._websocket_error(client, prev, now)
+        classes, classes_error = self._node_classes(client, prev, now)
+        facts = PollFacts(
+            http_error=None,
+            ws_error=ws_error,
+            classes=classes,
+            classes_error=classes_error,
+            queue_depth=queue.depth,
+        )
+        return self.host.publish(self.server, facts, seq, info=info, queue=queue)
+
+    def _websocket_error(
+        self, client: Any, prev: PollFacts, now: float
+    ) -> Optional[ComfyClusterError]:
+        """Probe the websocket when due (after any failure, or every ws_check_interval)."""
+        if (
+            prev.ws_error is None
+            and prev.http_error is None
+            and self.ws_checked_at is not None
+            and now - self.ws_checked_at < self.settings.ws_check_interval
+        ):
+            return prev.ws_error
+        try:
+            client.probe_websocket(self.settings.timeout)
+            error = None
+        except ComfyClusterError as exc:
+            error = exc
+        self.ws_checked_at = now
+        return error
+
+    def _node_classes(
+        self, client: Any, prev: PollFacts, now: float
+    ) -> tuple[Optional[frozenset], Optional[ComfyClusterError]]:
+        """Fetch /object_info while classes are required and the cached list is stale."""
+        classes = prev.classes
+        if self.host.required and (
+            classes is None
+            or self.classes_at is None
+            or now - self.classes_at >= self.settings.object_info_ttl
+        ):
+            try:
+                classes = frozenset(client.object_info())
+                self.classes_at = now
+            except ComfyClusterError as exc:
+                return classes, exc
+        return classes, None
