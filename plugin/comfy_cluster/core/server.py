@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 DEFAULT_PORT = 8188
+#: The largest output file accepted from a server (``max_download_bytes``): 2 GiB.
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 MASK = "***"
 
 
@@ -23,6 +25,7 @@ class ServerConfig:
     from (an environment variable, a file, the user file, or ``default``). ``ca_bundle`` is the path
     of a PEM file of CA certificates trusted *instead of* the default ones (a studio's internal CA);
     it is used only for https with ``verify_tls`` true, and it is not a secret.
+    ``max_download_bytes`` caps one output file from that server (a server is not trusted).
     """
 
     name: str
@@ -38,6 +41,7 @@ class ServerConfig:
     verify_tls: bool = True
     ca_bundle: Optional[str] = None
     max_in_flight: int = 1
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     tags: tuple[str, ...] = ()
     source: str = "default"
 
@@ -58,6 +62,11 @@ class ServerConfig:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured value that must never be shown: the token and each header value."""
+        values = [self.token or "", *self.headers.values()]
+        return tuple(v for v in values if v)
 
     def masked(self) -> dict[str, object]:
         """A JSON-able view for display: token and header values replaced by ``***``.
