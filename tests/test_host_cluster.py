@@ -150,7 +150,7 @@ def test_dead_and_black_holed_servers_get_no_work(
     status = rig.render(node)
 
     # The scheduler ran with the session's health monitor: the bad servers were never chosen.
-    scheduler = rig.session.controller._scheduler[2]
+    scheduler = rig.session.controller.schedulers.current
     assert scheduler.health is rig.service.monitor
     assert {server for server, text in rig.service.reports if text} <= {"sim1", "sim2"}
     assert "hole" not in status and "dead" not in status, status
@@ -291,7 +291,7 @@ def test_job_monitor_tracks_chunks_per_server() -> None:
         JobDone,
         ServerBlocklisted,
     )
-    from comfy_cluster.host.render_node import JobMonitor
+    from comfy_cluster.host.jobs import JobMonitor
 
     class Service:
         def __init__(self) -> None:
@@ -303,6 +303,10 @@ def test_job_monitor_tracks_chunks_per_server() -> None:
                 self.jobs[server] = text
             else:
                 self.jobs.pop(server, None)
+
+        def clear_job(self, job: str) -> None:
+            assert job == "J"
+            self.jobs.clear()
 
     service = Service()
     monitor = JobMonitor("Render1", _Dispatcher(), 12, lambda *a: None, job_id="J", cluster=service)
@@ -323,7 +327,7 @@ def test_job_monitor_tracks_chunks_per_server() -> None:
     assert service.jobs == {}
     monitor.on_event(ChunkAssigned(**e, chunk_index=1, frames=(4, 5, 6), server="c", reason=""))
     assert service.jobs == {"c": "Render1 chunk 2 (4-6)"}
-    # The end clears what is left (this service has no clear_job: report_job with "").
+    # The end clears what is left.
     monitor.on_event(JobDone(**e, frames_written=9))
     assert service.jobs == {}
     monitor.on_event(ChunkAssigned(**e, chunk_index=9, frames=(1,), server="c", reason=""))

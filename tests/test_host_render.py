@@ -101,10 +101,11 @@ def violations(monkeypatch: pytest.MonkeyPatch, fake_nuke: Any) -> list[str]:
     return seen
 
 
-def _scheduler(servers: Any) -> Scheduler:
+def _scheduler(servers: Any, health: Any = None) -> Scheduler:
     # Short failover timings so the kill test finishes in seconds.
     return Scheduler(
         servers,
+        health=health,
         retry=retry_transient(attempts=2, max_seconds=2.0, initial=0.05, maximum=0.2),
         stall_timeout=2.0,
         no_server_timeout=10.0,
@@ -394,7 +395,7 @@ def test_scheduler_with_input_hook_starts_before_export_ends(
     uninstall_host(fake_nuke)
     schedulers: list[_StreamingScheduler] = []
 
-    def factory(servers: Any) -> _StreamingScheduler:
+    def factory(servers: Any, health: Any) -> _StreamingScheduler:
         schedulers.append(_StreamingScheduler(servers))
         return schedulers[-1]
 
