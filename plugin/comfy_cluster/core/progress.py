@@ -28,9 +28,7 @@ from comfy_cluster.core.engine.events import (
     ServerBlocklisted,
 )
 
-__all__ = [
-    "FINAL_EVENTS",
-    "FinishedChunk", "HeldChunk", "JobProgress", "ProgressChange"]
+__all__ = ["FINAL_EVENTS", "FinishedChunk", "HeldChunk", "JobProgress", "ProgressChange"]
 
 #: The events after which a job does nothing more.
 FINAL_EVENTS = (JobDone, JobFailed, JobCancelled)

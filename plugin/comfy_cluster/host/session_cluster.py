@@ -1,8 +1,9 @@
 """The Nuke session's one cluster service, built on first use and closed once, and its stand-in.
 
-:class:`SessionCluster` is the render node's :class:`~comfy_cluster.host.collaborators.ClusterSource`.
-It owns the session's :class:`~comfy_cluster.core.cluster.ClusterService` (configured servers,
-their health monitor, the Job column), which the server panel shows too:
+:class:`SessionCluster` is the render node's
+:class:`~comfy_cluster.host.collaborators.ClusterSource`. It owns the session's
+:class:`~comfy_cluster.core.cluster.ClusterService` (configured servers, their health monitor,
+the Job column), which the server panel shows too:
 
 * built lazily by :meth:`SessionCluster.service`, never at install: reading the configuration is
   cheap, so a knob refresh (``onCreate`` at script load) may *build* it, but its poller threads
