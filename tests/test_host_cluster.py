@@ -16,11 +16,19 @@ import pytest
 from PIL import Image
 
 from comfy_cluster.core.cluster import ClusterService
+from comfy_cluster.core.engine.events import (
+    ChunkAssigned,
+    ChunkRetried,
+    FrameWritten,
+    JobDone,
+    ServerBlocklisted,
+)
 from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.health import HealthMonitor, ServerState
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.install import current_session, install_host, uninstall_host
+from comfy_cluster.host.jobs import JobMonitor
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "tests" / "fixtures" / "workflows" / "invert.json"
@@ -284,15 +292,6 @@ class _Dispatcher:
 
 
 def test_job_monitor_tracks_chunks_per_server() -> None:
-    from comfy_cluster.core.engine.events import (
-        ChunkAssigned,
-        ChunkRetried,
-        FrameWritten,
-        JobDone,
-        ServerBlocklisted,
-    )
-    from comfy_cluster.host.jobs import JobMonitor
-
     class Service:
         def __init__(self) -> None:
             self.jobs: dict[str, str] = {}

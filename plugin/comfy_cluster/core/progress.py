@@ -12,7 +12,6 @@ events under its own lock (the scheduler already delivers one event at a time).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -185,7 +184,3 @@ class JobProgress:
     def held_chunks(self, server: str) -> tuple[HeldChunk, ...]:
         """The chunks ``server`` still holds, by chunk index."""
         return tuple(sorted(self._held.get(server, {}).values(), key=lambda c: c.index))
-
-    def holding(self, servers: Iterable[str]) -> tuple[str, ...]:
-        """Those of ``servers`` that hold a chunk now."""
-        return tuple(name for name in servers if self._held.get(name))
