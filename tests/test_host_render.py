@@ -353,9 +353,9 @@ def test_existing_frames_default_to_overwrite_and_resume_renders_only_missing(
 
 
 class _StreamingScheduler:
-    """A stand-in scheduler that takes the ``wait_for_input`` hook: it 'renders' (copies) each
-    frame as soon as its input is exported, to show the host starts the job before the export
-    ends when a scheduler can wait for inputs."""
+    """A stand-in scheduler (the host's ``RenderScheduler`` seam): it 'renders' (copies) each
+    frame as soon as its ``wait_for_input`` hook says the input is exported, to show the host
+    starts the job before the export ends."""
 
     def __init__(self, servers: Any) -> None:
         self.started_before_export_done: list[bool] = []
