@@ -16,11 +16,19 @@ import pytest
 from PIL import Image
 
 from comfy_cluster.core.cluster import ClusterService
+from comfy_cluster.core.engine.events import (
+    ChunkAssigned,
+    ChunkRetried,
+    FrameWritten,
+    JobDone,
+    ServerBlocklisted,
+)
 from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.health import HealthMonitor, ServerState
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.install import current_session, install_host, uninstall_host
+from comfy_cluster.host.jobs import JobMonitor
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "tests" / "fixtures" / "workflows" / "invert.json"
@@ -150,7 +158,7 @@ def test_dead_and_black_holed_servers_get_no_work(
     status = rig.render(node)
 
     # The scheduler ran with the session's health monitor: the bad servers were never chosen.
-    scheduler = rig.session.controller._scheduler[2]
+    scheduler = rig.session.controller.schedulers.current
     assert scheduler.health is rig.service.monitor
     assert {server for server, text in rig.service.reports if text} <= {"sim1", "sim2"}
     assert "hole" not in status and "dead" not in status, status
@@ -284,15 +292,6 @@ class _Dispatcher:
 
 
 def test_job_monitor_tracks_chunks_per_server() -> None:
-    from comfy_cluster.core.engine.events import (
-        ChunkAssigned,
-        ChunkRetried,
-        FrameWritten,
-        JobDone,
-        ServerBlocklisted,
-    )
-    from comfy_cluster.host.render_node import JobMonitor
-
     class Service:
         def __init__(self) -> None:
             self.jobs: dict[str, str] = {}
@@ -303,6 +302,10 @@ def test_job_monitor_tracks_chunks_per_server() -> None:
                 self.jobs[server] = text
             else:
                 self.jobs.pop(server, None)
+
+        def clear_job(self, job: str) -> None:
+            assert job == "J"
+            self.jobs.clear()
 
     service = Service()
     monitor = JobMonitor("Render1", _Dispatcher(), 12, lambda *a: None, job_id="J", cluster=service)
@@ -323,7 +326,7 @@ def test_job_monitor_tracks_chunks_per_server() -> None:
     assert service.jobs == {}
     monitor.on_event(ChunkAssigned(**e, chunk_index=1, frames=(4, 5, 6), server="c", reason=""))
     assert service.jobs == {"c": "Render1 chunk 2 (4-6)"}
-    # The end clears what is left (this service has no clear_job: report_job with "").
+    # The end clears what is left.
     monitor.on_event(JobDone(**e, frames_written=9))
     assert service.jobs == {}
     monitor.on_event(ChunkAssigned(**e, chunk_index=9, frames=(1,), server="c", reason=""))

@@ -1,4 +1,5 @@
-"""The dispatcher contract (nuke-host.md §2.6) against a tiny stand-in for ``nuke``.
+"""The dispatcher contract (post, coalesced knob updates, call_sync, terminal drain) against a
+tiny stand-in for ``nuke``.
 
 The stand-in records main-thread requests in a list the test pumps, and refuses knob access off
 the main thread, which is all the dispatcher relies on. The end-to-end render tests exercise the

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from comfy_cluster.core.cluster import ClusterService
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.install import current_session, install_host, node_created, uninstall_host
@@ -171,3 +173,41 @@ def test_frames_knob_drives_the_internal_read(nk: Any) -> None:
     assert read["first"].value() == 1001
     assert read["last"].value() == 1010
     assert read["file"].evaluate() == "/renders/x.####.png"
+
+
+def test_without_a_service_the_node_gets_the_fixed_list_unmonitored(nk: Any) -> None:
+    session = install_host(servers=lambda: _servers("a", "b"), nuke=nk)
+    assert session.cluster() is None  # nothing for the panel to share
+    servers, cluster = session.controller.configured(render=True)
+    assert [s.name for s in servers] == ["a", "b"]
+    assert cluster.monitor is None  # no health checks, and the Job column goes nowhere
+    cluster.report_job("a", "Render1 chunk 1 (1)", job="j")
+    cluster.clear_job("j")
+
+
+def test_after_shutdown_a_render_reads_the_configuration_unmonitored(
+    nk: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COMFY_CLUSTER_CONFIG", str(tmp_path / "user.json"))
+    monkeypatch.setenv(
+        "NUKE_COMFYUI_SERVERS", json.dumps([{"name": "late", "host": "127.0.0.1", "port": 9}])
+    )
+    built: list[ClusterService] = []
+
+    def service() -> ClusterService:
+        built.append(ClusterService(start=False))
+        return built[-1]
+
+    session = install_host(service_factory=service, nuke=nk)
+    assert session.controller.configured()[1] is session.cluster(start=False)
+    session.shutdown()  # Nuke quits (aboutToQuit, atexit) while the script can still render
+    servers, cluster = session.controller.configured(render=True)
+    assert [s.name for s in servers] == ["late"]
+    assert cluster.monitor is None and session.cluster() is None
+    assert len(built) == 1 and built[0].closed
+
+
+def test_install_takes_servers_or_a_service_factory_not_both(nk: Any) -> None:
+    with pytest.raises(TypeError, match="not both"):
+        install_host(servers=lambda: [], service_factory=ClusterService, nuke=nk)
+    assert current_session(nk) is None

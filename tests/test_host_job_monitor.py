@@ -7,7 +7,7 @@ from typing import Any
 
 from comfy_cluster.core.engine.events import FrameWritten, JobDone
 from comfy_cluster.host import knobs as K
-from comfy_cluster.host.render_node import JobMonitor
+from comfy_cluster.host.jobs import JobMonitor
 
 
 class _SlowDispatcher:

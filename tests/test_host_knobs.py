@@ -10,7 +10,8 @@ import pytest
 from comfy_cluster.core.balance import STRATEGIES
 from comfy_cluster.core.engine.job import EXISTING_MODES, MODES
 from comfy_cluster.host import knobs as K
-from comfy_cluster.host.render_node import choice_from_item, format_status, server_menu
+from comfy_cluster.host.node_status import format_status
+from comfy_cluster.host.server_knob import choice_from_item, server_menu
 
 GIZMO = Path(__file__).resolve().parent.parent / "gizmos" / f"{K.GIZMO_CLASS}.gizmo"
 _USER_KNOB = re.compile(r"^\s*addUserKnob \{(\d+) (\S+)(.*)\}\s*$", re.MULTILINE)

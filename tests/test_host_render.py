@@ -101,10 +101,11 @@ def violations(monkeypatch: pytest.MonkeyPatch, fake_nuke: Any) -> list[str]:
     return seen
 
 
-def _scheduler(servers: Any) -> Scheduler:
+def _scheduler(servers: Any, health: Any = None) -> Scheduler:
     # Short failover timings so the kill test finishes in seconds.
     return Scheduler(
         servers,
+        health=health,
         retry=retry_transient(attempts=2, max_seconds=2.0, initial=0.05, maximum=0.2),
         stall_timeout=2.0,
         no_server_timeout=10.0,
@@ -352,9 +353,9 @@ def test_existing_frames_default_to_overwrite_and_resume_renders_only_missing(
 
 
 class _StreamingScheduler:
-    """A stand-in scheduler that takes the ``wait_for_input`` hook: it 'renders' (copies) each
-    frame as soon as its input is exported, to show the host starts the job before the export
-    ends when a scheduler can wait for inputs."""
+    """A stand-in scheduler (the host's ``RenderScheduler`` seam): it 'renders' (copies) each
+    frame as soon as its ``wait_for_input`` hook says the input is exported, to show the host
+    starts the job before the export ends."""
 
     def __init__(self, servers: Any) -> None:
         self.started_before_export_done: list[bool] = []
@@ -394,7 +395,7 @@ def test_scheduler_with_input_hook_starts_before_export_ends(
     uninstall_host(fake_nuke)
     schedulers: list[_StreamingScheduler] = []
 
-    def factory(servers: Any) -> _StreamingScheduler:
+    def factory(servers: Any, health: Any) -> _StreamingScheduler:
         schedulers.append(_StreamingScheduler(servers))
         return schedulers[-1]
 

@@ -23,8 +23,12 @@ from comfy_cluster.core.health import (  # noqa: E402
     ServerStatus,
 )
 from comfy_cluster.core.server import ServerConfig  # noqa: E402
-from comfy_cluster.ui.controller import PanelController, create_panel_widget  # noqa: E402
-from comfy_cluster.ui.panel import AddServerDialog, ServerPanelWidget  # noqa: E402
+from comfy_cluster.ui.controller import PanelController  # noqa: E402
+from comfy_cluster.ui.panel import (  # noqa: E402
+    AddServerDialog,
+    ServerPanelWidget,
+    create_panel_widget,
+)
 from comfy_cluster.ui.panel_model import (  # noqa: E402
     COLUMN_KEYS,
     NAME_ROLE,

@@ -3,6 +3,8 @@
 Every view is an ``on_event`` callback for :meth:`Scheduler.start` plus ``close()`` and
 ``summary(result)``. The scheduler calls the callback from its worker threads, one event at a
 time (``EventSink`` serialises them), so a view only guards what the main thread also touches.
+The counting (frames written, per server, chunks held) is one
+:class:`~comfy_cluster.core.progress.JobProgress` per view; the views only decide what to print.
 
 - :class:`RichView` (stdout is a TTY and rich is installed): one overall bar and one bar per
   server, each with what that server is doing (its chunk, or why it left the job).
@@ -25,6 +27,7 @@ from typing import Any, Optional, TextIO
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.formatting import duration_text
 from comfy_cluster.core.frames import frames_text
+from comfy_cluster.core.progress import JobProgress, ProgressChange
 
 __all__ = ["JsonView", "PlainView", "RichView", "View", "event_to_json", "make_view"]
 
@@ -48,7 +51,7 @@ def _plain(value: Any) -> Any:
 
 
 class View:
-    """Base view: counts frames per server and writes the end-of-job summary as text.
+    """Base view: folds the events into a :class:`JobProgress` and writes the end-of-job summary.
 
     ``__call__`` runs on scheduler threads; ``close`` and ``summary`` on the main thread.
     """
@@ -56,12 +59,29 @@ class View:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self._lock = threading.Lock()
-        self.total = 0
-        self.written = 0
-        self.per_server: dict[str, int] = {}
-        self.servers: tuple[str, ...] = ()
+        self.progress = JobProgress()
         #: Set once ``out`` is gone (a closed pipe: ``comfy-cluster render ... | head``).
         self.broken = False
+
+    @property
+    def total(self) -> int:
+        """Frames the job renders (0 until it started)."""
+        return self.progress.total
+
+    @property
+    def written(self) -> int:
+        """Frames on disk so far."""
+        return self.progress.done
+
+    @property
+    def per_server(self) -> dict[str, int]:
+        """Frames written per server."""
+        return self.progress.per_server
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """Servers that may take work."""
+        return self.progress.servers
 
     def write_line(self, text: str) -> None:
         """Write one line; a closed pipe silences the view instead of failing the render."""
@@ -75,17 +95,11 @@ class View:
 
     def __call__(self, event: ev.JobEvent) -> None:
         with self._lock:
-            if isinstance(event, ev.JobStarted):
-                self.total = event.total_frames
-                self.servers = tuple(event.servers)
-                self.per_server = {name: 0 for name in event.servers}
-            elif isinstance(event, ev.FrameWritten):
-                self.written += 1
-                self.per_server[event.server] = self.per_server.get(event.server, 0) + 1
-            self.handle(event)
+            change = self.progress.apply(event)
+            self.handle(event, change)
 
-    def handle(self, event: ev.JobEvent) -> None:
-        """Show one event (lock held)."""
+    def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
+        """Show one event, already counted into :attr:`progress` (lock held)."""
 
     def close(self) -> None:
         """Stop any live display (idempotent)."""
@@ -126,7 +140,7 @@ def summary_lines(result: Any) -> list[str]:
 class JsonView(View):
     """One JSON object per line per event; nothing else on stdout (the summary is JobDone)."""
 
-    def handle(self, event: ev.JobEvent) -> None:
+    def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
         self.write_line(json.dumps(event_to_json(event)))
 
     def summary(self, result: Any) -> None:
@@ -139,20 +153,16 @@ class PlainView(View):
     def __init__(self, out: TextIO) -> None:
         super().__init__(out)
         self._next_tenth = 1
-        self._chunk_left: dict[tuple[int, str], int] = {}
 
-    def handle(self, event: ev.JobEvent) -> None:
+    def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
         if isinstance(event, ev.JobStarted):
             skipped = f", {len(event.skipped_frames)} skipped" if event.skipped_frames else ""
             self.write_line(
                 f"rendering {event.total_frames} frame(s){skipped} on "
                 f"{len(event.servers)} server(s): {', '.join(event.servers)}"
             )
-        elif isinstance(event, ev.ChunkAssigned):
-            if len(event.frames) > 1:
-                self._chunk_left[(event.chunk_index, event.server)] = len(event.frames)
         elif isinstance(event, ev.FrameWritten):
-            self._frame(event)
+            self._frame(event, change)
         elif isinstance(event, ev.ChunkRetried):
             self.write_line(
                 f"retry: chunk {event.chunk_index} on {event.server} failed ({event.why}); "
@@ -166,13 +176,10 @@ class PlainView(View):
         elif isinstance(event, ev.JobCancelled):
             self.write_line("job cancelled")
 
-    def _frame(self, event: ev.FrameWritten) -> None:
-        for key in [k for k in self._chunk_left if k[1] == event.server]:
-            self._chunk_left[key] -= 1
-            if self._chunk_left[key] <= 0:
-                del self._chunk_left[key]
-                self.write_line(f"chunk {key[0]} done on {event.server}")
-            break
+    def _frame(self, event: ev.FrameWritten, change: ProgressChange) -> None:
+        chunk = change.finished
+        if chunk is not None and len(chunk.frames) > 1:
+            self.write_line(f"chunk {chunk.index} done on {chunk.server}")
         if not self.total:
             return
         tenth = self.written * 10 // self.total
@@ -197,7 +204,7 @@ class RichView(View):
         )
 
         self.console = Console(file=out)
-        self.progress = Progress(
+        self.bars = Progress(
             TextColumn("{task.description:<14}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -209,24 +216,23 @@ class RichView(View):
         )
         self._overall: Optional[Any] = None
         self._tasks: dict[str, Any] = {}
-        self._out: set[str] = set()
         self._started = False
 
     def _ensure(self) -> None:
         if not self._started:
-            self.progress.start()
+            self.bars.start()
             self._started = True
 
     def _task(self, server: str) -> Any:
         task = self._tasks.get(server)
         if task is None:
-            task = self.progress.add_task(server, total=self.total or None, note="waiting")
+            task = self.bars.add_task(server, total=self.total or None, note="waiting")
             self._tasks[server] = task
         return task
 
-    def handle(self, event: ev.JobEvent) -> None:
+    def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
         self._ensure()
-        p = self.progress
+        p = self.bars
         if isinstance(event, ev.JobStarted):
             skipped = f"{len(event.skipped_frames)} skipped" if event.skipped_frames else ""
             self._overall = p.add_task("all frames", total=event.total_frames or 1, note=skipped)
@@ -247,17 +253,16 @@ class RichView(View):
         elif isinstance(event, ev.ChunkRetried):
             p.update(self._task(event.server), note=f"[yellow]retry: {event.why}")
         elif isinstance(event, ev.ServerBlocklisted):
-            self._out.add(event.server)
             p.update(self._task(event.server), note=f"[red]out: {event.why}")
         elif isinstance(event, (ev.JobDone, ev.JobFailed, ev.JobCancelled)):
             note = "done" if isinstance(event, ev.JobDone) else "stopped"
             for name, task in self._tasks.items():
-                if name not in self._out:
+                if name not in self.progress.blocklisted:
                     p.update(task, note=note)
 
     def close(self) -> None:
         if self._started:
-            self.progress.stop()
+            self.bars.stop()
             self._started = False
 
     def summary(self, result: Any) -> None:

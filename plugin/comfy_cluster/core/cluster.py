@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Union
 
@@ -37,7 +37,8 @@ __all__ = ["ClusterService", "MonitorFactory", "MonitorLike"]
 
 
 class MonitorLike(Protocol):
-    """The part of ``HealthMonitor`` the service uses (tests substitute a fake)."""
+    """The part of ``HealthMonitor`` the service and its users (the render node) rely on; tests
+    substitute a fake."""
 
     def start(self) -> Any: ...
 
@@ -50,6 +51,8 @@ class MonitorLike(Protocol):
     def set_active(self, active: bool, who: str = ...) -> Any: ...
 
     def set_servers(self, servers: Sequence[ServerConfig]) -> Any: ...
+
+    def require_classes(self, names: Iterable[str]) -> Any: ...
 
 
 #: Builds a monitor for a server list; the service starts it and closes it.

@@ -1,7 +1,9 @@
-"""The one road from worker threads to Nuke (contract: docs nuke-host.md §2.6).
+"""The one road from worker threads to Nuke.
 
-Nuke's nodes, knobs and menus belong to the main thread. Workers never call ``nuke``; they hand
-work to a :class:`Dispatcher`, which runs it on the main thread:
+Nuke's nodes, knobs and menus belong to the main thread: Foundry's threading guide says to touch
+them only there and to talk back from a worker with ``nuke.executeInMainThread``, and calling that
+from the main thread itself can hang Nuke. Workers never call ``nuke``; they hand work to a
+:class:`Dispatcher`, which runs it on the main thread:
 
 * GUI session: through ``nuke.executeInMainThread`` (fire and forget), run by Nuke's event loop.
 * Terminal session (``nuke -t``, farms): there is no event loop that runs queued calls, so the
@@ -129,7 +131,8 @@ class Dispatcher:
         Raises ``RuntimeError`` on the main thread (it would wait for itself), re-raises what ``fn``
         raised, raises :class:`DispatchTimeout` after ``timeout`` seconds or once ``cancel`` is set.
         Built on ``executeInMainThread`` plus an event, not ``executeInMainThreadWithResult``:
-        that one blocks without a timeout and swallows exceptions (nuke-host.md §2.3).
+        that one blocks without a timeout, and when the call raises it prints the traceback and
+        returns None, so the caller cannot tell a failure from a result.
         """
         if self._is_main():
             raise RuntimeError("call_sync on the main thread would wait for itself")
@@ -201,7 +204,7 @@ class Dispatcher:
 
     def _enqueue(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         if self.gui:
-            # args must be a real tuple: Nuke wraps anything else as a single argument (§2.1).
+            # args must be a real tuple: Nuke passes anything else (a list, say) as one argument.
             self._nuke.executeInMainThread(fn, args=args)
         else:
             self._queue.put((fn, args))

@@ -41,19 +41,22 @@ applies to the next render and there is only one set of health pollers.
 
 from __future__ import annotations
 
-import atexit
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from comfy_cluster.core.cluster import ClusterService
+from comfy_cluster.core.config.loading import load_servers
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.host import knobs as K
+from comfy_cluster.host.collaborators import HealthHints, RenderScheduler, SchedulerFactory
 from comfy_cluster.host.dispatch import Dispatcher
-from comfy_cluster.host.render_node import (
-    RenderController,
-    SchedulerFactory,
-    ServerSource,
+from comfy_cluster.host.render_node import RenderController
+from comfy_cluster.host.session_cluster import (
+    FixedServers,
+    ServerList,
+    ServiceFactory,
+    SessionCluster,
 )
 
 __all__ = [
@@ -66,33 +69,24 @@ __all__ = [
     "uninstall_host",
 ]
 
-_log = logging.getLogger(__name__)
-
 #: Attribute of the ``nuke`` module holding the installed :class:`HostSession`.
 SESSION_ATTR = "_comfy_cluster_host"
 
 
-def _default_servers() -> Sequence[ServerConfig]:
-    from comfy_cluster.core.config.loading import load_servers
-
-    return load_servers()
-
-
-def _default_scheduler(servers: Sequence[ServerConfig], health: Any = None) -> Any:
+def _default_scheduler(
+    servers: Sequence[ServerConfig], health: Optional[HealthHints] = None
+) -> RenderScheduler:
+    """The real engine. Imported here, at the first render, not at Nuke start-up: the scheduler
+    loads the runtime dependencies (tenacity, requests), which a session that never renders
+    does not need, and whose absence must not stop the node's menu entry from installing."""
     from comfy_cluster.core.engine.scheduler import Scheduler
 
     return Scheduler(tuple(servers), health=health)
 
 
-def _default_service() -> Any:
+def _default_service() -> ClusterService:
     """The session's ClusterService from the environment and user file, threads not started."""
-    from comfy_cluster.core.cluster import ClusterService
-
     return ClusterService(start=False)
-
-
-#: Builds the session's cluster service (a ``ClusterService``); tests inject sims and fast polls.
-ServiceFactory = Callable[[], Any]
 
 
 @dataclass
@@ -107,57 +101,32 @@ class HostSession:
     nuke: Any
     dispatcher: Dispatcher
     controller: RenderController
-    #: Builds the shared cluster service; None: this session has none (servers injected).
-    service_factory: Optional[ServiceFactory] = None
+    #: The session's one cluster service (and the render node's source of servers).
+    clusters: SessionCluster
     #: (remove function name, callable, nodeClass) for each callback added.
     callbacks: list[tuple[str, Callable[..., Any], str]] = field(default_factory=list)
     #: Menu entries added: (menu path within "Nodes", item name); the submenu if we created it.
     menu_items: list[tuple[str, str]] = field(default_factory=list)
     created_submenu: bool = False
-    _service: Any = field(default=None, init=False, repr=False)
-    _shut_down: bool = field(default=False, init=False, repr=False)
-    _atexit: bool = field(default=False, init=False, repr=False)
 
     # -- the shared cluster service --------------------------------------------------------------
 
-    def cluster(self, start: bool = True) -> Any:
-        """The session's cluster service, built on first use; None when there is none (no
-        factory, or after :meth:`shutdown`). ``start``: also start its health pollers.
+    def cluster(self, start: bool = True) -> Optional[ClusterService]:
+        """The session's cluster service, built on first use; None when there is none (servers
+        given to :func:`install_host`, or after :meth:`shutdown`). ``start``: also start its
+        health pollers. Raises what building it raises (``ConfigError``); a failed build is
+        retried on the next call. The server panel shows this same service."""
+        return self.clusters.service(start)
 
-        Raises what the factory raises (``ConfigError`` for a broken configuration); a failed
-        build is retried on the next call. Main thread (the pollers are threads; this returns
-        at once).
-        """
-        if self._shut_down or self.service_factory is None:
-            return None
-        service = self._service
-        if service is None:
-            service = self._service = self.service_factory()
-            if not self._atexit:
-                atexit.register(self.shutdown)
-                self._atexit = True
-        if start:
-            begin = getattr(service, "start", None)
-            if callable(begin):
-                begin()
-        return service
-
-    def peek_cluster(self) -> Any:
+    def peek_cluster(self) -> Optional[ClusterService]:
         """The service if it was built (started or not), else None; never builds one."""
-        return self._service
+        return self.clusters.peek()
 
     def shutdown(self) -> None:
         """Close the cluster service (its health threads end) and build no new one. Idempotent.
-        Main thread: Qt's ``aboutToQuit`` (through the panel), ``atexit`` at interpreter exit,
-        :meth:`uninstall`. Never waits for the pollers: they are daemons and end on their own
-        within one poll timeout, so quitting Nuke is not held up by a dead server."""
-        self._shut_down = True
-        service, self._service = self._service, None
-        if service is not None:
-            try:
-                service.close(timeout=0.0)
-            except Exception:  # quitting: report, never raise
-                _log.exception("comfy_cluster: closing the cluster service failed")
+        Qt's ``aboutToQuit`` (through the panel), ``atexit`` at interpreter exit, and
+        :meth:`uninstall` call it; it never waits for the pollers."""
+        self.clusters.shutdown()
 
     # -- callbacks (bound methods, so add/remove compare equal) ----------------------------------
 
@@ -200,10 +169,7 @@ class HostSession:
 
     def uninstall(self) -> None:
         self.controller.cancel_all()
-        self.shutdown()
-        if self._atexit:
-            atexit.unregister(self.shutdown)
-            self._atexit = False
+        self.clusters.close()
         nuke = self.nuke
         for remove, call, node_class in reversed(self.callbacks):
             getattr(nuke, remove)(call, nodeClass=node_class)
@@ -233,7 +199,7 @@ def current_session(nuke: Any = None) -> Optional[HostSession]:
 
 def install_host(
     *,
-    servers: Optional[ServerSource] = None,
+    servers: Optional[ServerList] = None,
     scheduler_factory: Optional[SchedulerFactory] = None,
     service_factory: Optional[ServiceFactory] = None,
     nuke: Any = None,
@@ -244,30 +210,32 @@ def install_host(
 
     ``service_factory()`` builds the session's shared cluster service (default: a
     ``ClusterService`` from the environment and user file); the render node takes its servers
-    and health from it. ``servers`` overrides the server list (tests); given *without* a
-    ``service_factory`` the session has no service at all (no health, no job reports), as
-    before the service existed. ``scheduler_factory(servers, health=...)`` builds the render
-    engine (a factory without a ``health`` parameter is called with the servers only). If
-    already installed, returns the existing session unchanged.
+    and health from it. ``servers`` (tests) instead gives the render node a fixed server list
+    and the session no service at all (no health, no job reports); give one or the other.
+    ``scheduler_factory(servers, health)`` builds the render engine. If already installed,
+    returns the existing session unchanged.
     """
+    if servers is not None and service_factory is not None:
+        raise TypeError("install_host takes servers or service_factory, not both")
     nuke = nuke or _nuke()
     session = getattr(nuke, SESSION_ATTR, None)
     if session is not None:
         return session
-    if service_factory is None and servers is None:
-        service_factory = _default_service
+    if servers is None:
+        # After shutdown (Nuke quitting) a render still reads the configuration, unmonitored.
+        clusters = SessionCluster(service_factory or _default_service, FixedServers(load_servers))
+    else:
+        clusters = SessionCluster(None, FixedServers(servers))
     dispatcher = Dispatcher(nuke)
     controller = RenderController(
         nuke,
         dispatcher,
-        servers,
+        clusters,
         scheduler_factory or _default_scheduler,
         export_batch=export_batch,
         temp_root=temp_root,
-        fallback_servers=_default_servers,
     )
-    session = HostSession(nuke, dispatcher, controller, service_factory=service_factory)
-    controller.cluster = session.cluster
+    session = HostSession(nuke, dispatcher, controller, clusters)
     session.install()
     setattr(nuke, SESSION_ATTR, session)
     return session

@@ -1,29 +1,84 @@
 """The server panel's presenter: owns the refresh QTimer and turns user actions into service calls.
 
-It sits between :class:`~comfy_cluster.ui.panel.ServerPanelWidget` (widgets only) and a
+It sits between a :class:`PanelView` (the widgets,
+:class:`~comfy_cluster.ui.panel.ServerPanelWidget`) and a
 :class:`~comfy_cluster.ui.service.ClusterServiceProtocol` (the cluster). Each timer tick reads the
 service's cached snapshot and rebuilds the rows; it never touches the network, so the main thread
 never waits on a server. Everything here runs on the Qt main thread.
+
+The presenter knows its view only as the small :class:`PanelView` protocol, so imports run one
+way: the panel module builds a controller (:func:`~comfy_cluster.ui.panel.create_panel_widget`),
+this module never imports the panel.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
+from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.ui.panel_model import ServerTableModel, build_rows
-from comfy_cluster.ui.qt import QtCore, QtWidgets, Signal, Slot
-
-if TYPE_CHECKING:
-    from comfy_cluster.core.server import ServerConfig
-    from comfy_cluster.ui.panel import ServerPanelWidget
-    from comfy_cluster.ui.service import ClusterServiceProtocol
+from comfy_cluster.ui.qt import QtCore, Signal, Slot
+from comfy_cluster.ui.service import ClusterServiceProtocol
 
 log = logging.getLogger(__name__)
 
 #: How often the table re-reads the snapshot. Cheap (no I/O), so twice a second is fine.
 DEFAULT_INTERVAL_MS = 500
+
+
+class BoundSignal(Protocol):
+    """A Qt signal of a live object: all the presenter does with one is connect to it."""
+
+    def connect(self, slot: Callable[..., Any]) -> Any: ...
+
+
+class PanelView(Protocol):
+    """What the presenter needs of the panel's widgets: their requests, two message lines."""
+
+    @property
+    def visibility_changed(self) -> BoundSignal:
+        """``(bool)``: the pane was shown or hidden."""
+        ...
+
+    @property
+    def enable_requested(self) -> BoundSignal:
+        """``(name, enabled)``."""
+        ...
+
+    @property
+    def priority_requested(self) -> BoundSignal:
+        """``(name, priority)``."""
+        ...
+
+    @property
+    def add_requested(self) -> BoundSignal:
+        """``(ServerConfig)``."""
+        ...
+
+    @property
+    def remove_requested(self) -> BoundSignal:
+        """``(name)``."""
+        ...
+
+    @property
+    def refresh_requested(self) -> BoundSignal:
+        """``()``."""
+        ...
+
+    @property
+    def destroyed(self) -> BoundSignal:
+        """Qt's own: the widget is gone (closing a pane sends no hide event)."""
+        ...
+
+    def show_status(self, text: str) -> None:
+        """The grey status line."""
+        ...
+
+    def show_error(self, text: str) -> None:
+        """The red error line; "" hides it."""
+        ...
 
 
 class _Watch:
@@ -75,7 +130,7 @@ class PanelController(QtCore.QObject):
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.refresh)
-        self._view: Optional[ServerPanelWidget] = None
+        self._view: Optional[PanelView] = None
         self._watch = _Watch(service)
         self._closed = False
         app = QtCore.QCoreApplication.instance()
@@ -83,7 +138,7 @@ class PanelController(QtCore.QObject):
             app.aboutToQuit.connect(self.shutdown)
 
     # -- wiring --------------------------------------------------------------------------
-    def bind(self, view: ServerPanelWidget) -> None:
+    def bind(self, view: PanelView) -> None:
         """Connect ``view``'s requests to this controller; called once by the view."""
         self._view = view
         view.visibility_changed.connect(self._on_visibility)
@@ -200,17 +255,4 @@ class PanelController(QtCore.QObject):
             self._view = None
 
 
-def create_panel_widget(
-    service: ClusterServiceProtocol,
-    *,
-    interval_ms: int = DEFAULT_INTERVAL_MS,
-    parent: Optional[QtWidgets.QWidget] = None,
-) -> ServerPanelWidget:
-    """Build controller + widget for ``service``; the controller lives and dies with the widget."""
-    from comfy_cluster.ui.panel import ServerPanelWidget
-
-    controller = PanelController(service, interval_ms=interval_ms)
-    return ServerPanelWidget(controller, parent)
-
-
-__all__ = ["DEFAULT_INTERVAL_MS", "PanelController", "create_panel_widget"]
+__all__ = ["DEFAULT_INTERVAL_MS", "BoundSignal", "PanelController", "PanelView"]

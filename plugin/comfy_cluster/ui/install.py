@@ -34,14 +34,15 @@ and calls the host session's ``shutdown()`` so the shared service's threads end 
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Callable, Optional
 
-from comfy_cluster.ui.controller import DEFAULT_INTERVAL_MS, create_panel_widget
-from comfy_cluster.ui.panel import WIDGET_OBJECT_NAME, ServerPanelWidget
+from comfy_cluster.core.cluster import ClusterService
+from comfy_cluster.host.install import HostSession, current_session
+from comfy_cluster.ui.controller import DEFAULT_INTERVAL_MS
+from comfy_cluster.ui.panel import WIDGET_OBJECT_NAME, ServerPanelWidget, create_panel_widget
 from comfy_cluster.ui.qt import QtCore, QtWidgets, Slot
-from comfy_cluster.ui.service import ClusterServiceProtocol
+from comfy_cluster.ui.service import ClosableClusterService
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,24 @@ WIDGET_KNOB_EXPRESSION = (
     "__import__('comfy_cluster.ui.install', fromlist=['PanelWidgetKnob']).PanelWidgetKnob()"
 )
 
-ServiceFactory = Callable[[], ClusterServiceProtocol]
+#: Builds a service the panel owns (and closes when Nuke quits).
+ServiceFactory = Callable[[], ClosableClusterService]
 
 
-def _default_service() -> ClusterServiceProtocol:
+def _default_service() -> ClosableClusterService:
     """A service of the panel's own (only when there is no host session)."""
-    from comfy_cluster.core.cluster import ClusterService
-
     return ClusterService()
 
 
-def _host_session() -> Any:
-    """The host layer's session (``comfy_cluster.host.install``), or None. Main thread."""
+def _host_session() -> Optional[HostSession]:
+    """The host layer's session, or None. Main thread."""
     try:
-        from comfy_cluster.host.install import current_session
-
         return current_session()
     except ImportError:  # no nuke module: the widget on its own
         return None
 
 
-def _shared_service() -> Optional[ClusterServiceProtocol]:
+def _shared_service() -> Optional[ClusterService]:
     """The host session's cluster service, started; None without a host session (or one that
     has no service). Raises what building it raises (e.g. ConfigError)."""
     session = _host_session()
@@ -108,11 +106,11 @@ class ServiceHost(QtCore.QObject):
         self.interval_ms = interval_ms
         self.owns_service = owns_service
         self._factory = factory
-        self._service: Optional[ClusterServiceProtocol] = None
+        self._service: Optional[ClosableClusterService] = None
         self._shared = False
 
     @property
-    def service(self) -> ClusterServiceProtocol:
+    def service(self) -> ClosableClusterService:
         """The service, found or created on first use (raises what building it raises, e.g.
         ConfigError)."""
         if self._service is None:
@@ -159,24 +157,14 @@ class ServiceHost(QtCore.QObject):
                 session.shutdown()
 
 
-def _close_without_waiting(service: Any) -> None:
+def _close_without_waiting(service: ClosableClusterService) -> None:
     """``service.close(timeout=0)``: the main thread (Nuke quitting, a pane's uninstall) never
     joins a poller that may be inside a health check; the pollers are daemons and end on their
-    own within one poll timeout. A service whose ``close`` takes no timeout is closed plainly."""
-    close = getattr(service, "close", None)
-    if not callable(close):
-        return
-    try:
-        takes_timeout = "timeout" in inspect.signature(close).parameters
-    except (TypeError, ValueError):
-        takes_timeout = False
-    if takes_timeout:
-        close(timeout=0.0)
-    else:
-        close()
+    own within one poll timeout."""
+    service.close(timeout=0.0)
 
 
-def _closed_factory() -> ClusterServiceProtocol:
+def _closed_factory() -> ClosableClusterService:
     raise RuntimeError("ComfyUI Cluster is shutting down")
 
 
@@ -253,7 +241,7 @@ def open_panel() -> Any:
 
 
 def install_gui(
-    service: Optional[ClusterServiceProtocol] = None,
+    service: Optional[ClosableClusterService] = None,
     *,
     service_factory: Optional[ServiceFactory] = None,
     interval_ms: int = DEFAULT_INTERVAL_MS,

@@ -2,19 +2,18 @@
 
 Widgets only: :class:`ServerPanelWidget` shows its controller's model and turns clicks into
 request signals; :class:`~comfy_cluster.ui.controller.PanelController` decides what they do.
-Main (Qt) thread only, like every widget.
+:func:`create_panel_widget` builds the pair. Main (Qt) thread only, like every widget.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from comfy_cluster.core.server import DEFAULT_PORT, ServerConfig
+from comfy_cluster.ui.controller import DEFAULT_INTERVAL_MS, PanelController
 from comfy_cluster.ui.panel_model import COLUMN_KEYS, NAME_ROLE
 from comfy_cluster.ui.qt import QtCore, QtGui, QtWidgets, Signal
-
-if TYPE_CHECKING:
-    from comfy_cluster.ui.controller import PanelController
+from comfy_cluster.ui.service import ClusterServiceProtocol
 
 #: ``objectName`` of every panel widget, so tools (and tests) can find open panels.
 WIDGET_OBJECT_NAME = "comfyClusterServerPanel"
@@ -244,4 +243,15 @@ class ServerPanelWidget(QtWidgets.QWidget):
         self.visibility_changed.emit(False)
 
 
-__all__ = ["WIDGET_OBJECT_NAME", "AddServerDialog", "ServerPanelWidget"]
+def create_panel_widget(
+    service: ClusterServiceProtocol,
+    *,
+    interval_ms: int = DEFAULT_INTERVAL_MS,
+    parent: Optional[QtWidgets.QWidget] = None,
+) -> ServerPanelWidget:
+    """Build controller + widget for ``service``; the controller lives and dies with the widget."""
+    controller = PanelController(service, interval_ms=interval_ms)
+    return ServerPanelWidget(controller, parent)
+
+
+__all__ = ["WIDGET_OBJECT_NAME", "AddServerDialog", "ServerPanelWidget", "create_panel_widget"]

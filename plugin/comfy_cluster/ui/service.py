@@ -62,4 +62,13 @@ class ClusterServiceProtocol(Protocol):
         ...
 
 
-__all__ = ["ClusterServiceProtocol"]
+@runtime_checkable
+class ClosableClusterService(ClusterServiceProtocol, Protocol):
+    """A service the panel may own: when it built the service it also closes it."""
+
+    def close(self, timeout: float = ...) -> None:
+        """Stop the health pollers, waiting at most ``timeout`` seconds for them."""
+        ...
+
+
+__all__ = ["ClosableClusterService", "ClusterServiceProtocol"]

@@ -1,0 +1,103 @@
+"""Reading a ComfyClusterRender node's knobs into checked render settings. Main thread.
+
+Every check happens here, before anything starts (no temporary folder, no export, no prompt), and
+each failure names the knob to fix, because the message is what the artist sees on the node.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from comfy_cluster.core.frames import FrameRange, has_frame_token
+from comfy_cluster.host import knobs as K
+
+__all__ = ["RenderSettings", "RenderSettingsError", "knob_text", "read_settings"]
+
+
+class RenderSettingsError(ValueError):
+    """A knob value that makes rendering impossible; the message names the knob."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What one render of the node asks for (servers are chosen separately)."""
+
+    workflow: str
+    output: str
+    frames: FrameRange
+    mode: str
+    chunk_size: int
+    strategy: str
+    #: The engine's name for the Existing frames choice ("overwrite", "resume", ...).
+    existing: str
+
+
+def read_settings(node: Any) -> RenderSettings:
+    """The node's settings; raises :class:`RenderSettingsError` (or the frame parser's
+    ``ValueError``) for the first value that cannot work."""
+    workflow = _workflow(node)
+    output = _output(node)
+    source = node.input(0)
+    if source is None:
+        raise RenderSettingsError("Nothing is connected to the input")
+    return RenderSettings(
+        workflow=workflow,
+        output=output,
+        frames=_frames(node, source),
+        mode=node.knob(K.MODE).value() or "frame",
+        chunk_size=_chunk_size(node),
+        strategy=node.knob(K.STRATEGY).value() or "fastest",
+        existing=_existing(node),
+    )
+
+
+def knob_text(node: Any, knob_name: str) -> str:
+    """A knob's value as stripped text; "" when the node has no such knob."""
+    knob = node.knob(knob_name)
+    return str(knob.value()).strip() if knob is not None else ""
+
+
+def _workflow(node: Any) -> str:
+    workflow = node.knob(K.WORKFLOW).value().strip()
+    if not workflow:
+        raise RenderSettingsError("Workflow (cc_workflow) is empty: pick a workflow JSON file")
+    if not os.path.isfile(workflow):
+        raise RenderSettingsError(f"Workflow file not found: {workflow}")
+    return workflow
+
+
+def _output(node: Any) -> str:
+    output = node.knob(K.OUTPUT).value().strip()
+    if not output:
+        raise RenderSettingsError("Output (cc_output) is empty: e.g. /renders/shot.####.png")
+    if not has_frame_token(output):
+        raise RenderSettingsError(f"Output (cc_output) has no frame number (####): {output}")
+    return output
+
+
+def _frames(node: Any, source: Any) -> FrameRange:
+    """The Frames knob, or the input's own range when it is empty."""
+    text = node.knob(K.FRAMES).value().strip()
+    if text:
+        return FrameRange.parse(text)
+    return FrameRange.from_bounds(int(source.firstFrame()), int(source.lastFrame()))
+
+
+def _chunk_size(node: Any) -> int:
+    chunk_size = int(node.knob(K.CHUNK_SIZE).value())
+    if chunk_size < 0:
+        raise RenderSettingsError("Chunk size must be 0 (automatic) or more")
+    return chunk_size
+
+
+def _existing(node: Any) -> str:
+    """The Existing frames menu item, as the engine's mode (scripts older than the knob have
+    none: overwrite, as before it existed)."""
+    existing_knob = node.knob(K.EXISTING)
+    item = existing_knob.value() if existing_knob is not None else ""
+    existing = K.EXISTING_MODES.get(item or K.EXISTING_OVERWRITE)
+    if existing is None:
+        raise RenderSettingsError(f"Existing frames (cc_existing) is unknown: {item}")
+    return existing
