@@ -165,7 +165,6 @@ KNOWN_CYCLES_BEING_REMOVED: frozenset[frozenset[str]] = frozenset(
                 "comfy_cluster.core.engine.worker",
             }
         ),
-        frozenset({"comfy_cluster.ui.controller", "comfy_cluster.ui.panel"}),
     }
 )
 

@@ -17,7 +17,7 @@ from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.errors import ClosedError, JobFailedError
 from comfy_cluster.core.retry import retry_transient
-from comfy_cluster.host.render_node import _input_hook
+from comfy_cluster.host.collaborators import RenderScheduler
 
 WORKFLOW = invert_workflow()
 NO_INPUT = generated_workflow("x")
@@ -541,8 +541,10 @@ def until(predicate: Any, timeout: float = 10.0) -> None:
 def test_the_host_sees_the_wait_for_input_keyword() -> None:
     assert "wait_for_input" in inspect.signature(Scheduler.start).parameters
     assert "wait_for_input" in inspect.signature(Scheduler.run).parameters
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
-        assert _input_hook(scheduler) == "wait_for_input"
+    # The host's typed seam asks for the same keyword-only hook the engine offers.
+    host = inspect.signature(RenderScheduler.start).parameters["wait_for_input"]
+    engine = inspect.signature(Scheduler.start).parameters["wait_for_input"]
+    assert host.kind is engine.kind is inspect.Parameter.KEYWORD_ONLY
 
 
 @pytest.mark.parametrize("mode", ["frame", "batch"])
