@@ -3,7 +3,7 @@
 ``nuke``: every public name of the fake module, and every public member of its public classes,
 must exist in the ``types-nuke`` stubs (parsed with ``ast``; class members include those of stub
 base classes). ``nukescripts`` has no stubs there, so it is checked against a hand-maintained
-list taken from Foundry's panels.py as described in shared/docs/nuke-host.md section 1.1-1.3.
+list of the names Foundry's own ``nukescripts/panels.py`` defines.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 from . import _expr
 from ._state import current, guarded
 
-# Flag values as generated from Nuke 15 (shared/docs/nuke-host.md section 1.4).
+# Knob flag values as Nuke 15 defines them (nuke.DISABLED, nuke.NO_ANIMATION, ...).
 DISABLED = 128
 NO_ANIMATION = 256
 DO_NOT_WRITE = 512

@@ -1,7 +1,7 @@
 """``nukescripts.panels``: PythonPanel, the panel registry and registerWidgetAsPanel.
 
-Behaviour follows Foundry's panels.py as described in shared/docs/nuke-host.md section 1.1-1.3
-(written from that description, not copied). The registry lives in the fake nuke session, so
+Behaviour follows what Foundry's ``nukescripts/panels.py`` does (PythonPanel, addToPane, the
+registry of panel ids; written from its documented behaviour, not copied). The registry lives in the fake nuke session, so
 ``nuke._fake.reset()`` clears it.
 """
 
