@@ -1,8 +1,8 @@
 """``nukescripts.panels``: PythonPanel, the panel registry and registerWidgetAsPanel.
 
 Behaviour follows what Foundry's ``nukescripts/panels.py`` does (PythonPanel, addToPane, the
-registry of panel ids; written from its documented behaviour, not copied). The registry lives in the fake nuke session, so
-``nuke._fake.reset()`` clears it.
+registry of panel ids), written from its documented behaviour, not copied. The registry lives in
+the fake nuke session, so ``nuke._fake.reset()`` clears it.
 """
 
 from __future__ import annotations
