@@ -1,16 +1,20 @@
 """init.py and menu.py, each run in a fresh interpreter with the fake nuke (as Nuke would run them).
 
 A subprocess per case keeps the check honest: "no Qt imported" means nothing in that process
-imported it, whatever other tests did in this one.
+imported it, whatever other tests did in this one. The dependency cases run the interpreter with
+``-S`` (no site-packages), so the only copies of requests & co. are the ones the case lays out.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ sys.path.insert(0, {fakes!r})
 import nuke
 nuke._fake.reset()
 nuke._fake.set_gui({gui})
+path_before = list(sys.path)
 def qt_modules():
     return sorted(m for m in sys.modules if m.split(".")[0] in
                   ("PySide2", "PySide6", "PyQt5", "PyQt6", "shiboken2", "shiboken6"))
@@ -33,20 +38,30 @@ def comfy_modules():
 runpy.run_path({init!r}, run_name="init")
 result = {{"after_init_qt": qt_modules(), "after_init_comfy": comfy_modules(),
           "sys_path_has_plugin": {plugin!r} in sys.path,
-          "plugin_path": [os.path.basename(p) for p in nuke.pluginPath()]}}
+          "plugin_path": [os.path.basename(p) for p in nuke.pluginPath()],
+          "path_before": path_before, "path_after": list(sys.path),
+          "deps_imported": [m for m in ("requests", "websocket", "tenacity") if m in sys.modules],
+          "init_tprints": nuke._fake.tprints()}}
 """
 
 
-def _run(gui: bool, body: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def _run(
+    gui: bool,
+    body: str,
+    env: dict[str, str] | None = None,
+    checkout: Path = ROOT,
+    flags: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run ``checkout``'s init.py, then ``body``, in a fresh interpreter started with ``flags``."""
     code = _PRELUDE.format(
         fakes=str(FAKES),
         gui=gui,
-        init=str(ROOT / "init.py"),
-        plugin=str(ROOT / "plugin"),
+        init=str(checkout / "init.py"),
+        plugin=str(checkout / "plugin"),
     )
     code += textwrap.dedent(body) + "\nprint('RESULT' + json.dumps(result))\n"
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *flags, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
@@ -65,6 +80,80 @@ def test_init_only_sets_paths(gui: bool) -> None:
     assert result["plugin_path"][:2] == ["icons", "gizmos"]
     assert result["after_init_qt"] == []
     assert result["after_init_comfy"] == [], "init.py imports nothing of the plugin"
+    assert result["deps_imported"] == [], "init.py only looks the dependencies up"
+    assert result["init_tprints"] == [], "the dependencies are found: nothing to say"
+
+
+def _install_deps() -> Any:
+    """plugin/install_deps.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(
+        "install_deps", ROOT / "plugin" / "install_deps.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _checkout(root: Path, deps: bool) -> Path:
+    """A checkout with the real init.py and, if ``deps``, stub dependencies for this Python."""
+    for folder in ("plugin", "gizmos", "icons"):
+        (root / folder).mkdir(parents=True)
+    shutil.copy(ROOT / "init.py", root / "init.py")
+    if deps:
+        folder = root / "plugin" / "_deps" / _install_deps().folder_name(sys.version_info[:2])
+        for name in ("requests", "websocket", "tenacity"):
+            (folder / name).mkdir(parents=True)
+            (folder / name / "__init__.py").write_text("STUB = True\n")
+    return root
+
+
+def test_init_appends_this_pythons_deps_folder_and_keeps_the_order(tmp_path: Path) -> None:
+    checkout = _checkout(tmp_path, deps=True)
+    deps = str(checkout / "plugin" / "_deps" / f"py{sys.version_info[0]}{sys.version_info[1]}")
+    result = _run(
+        False,
+        """
+        import requests, websocket, tenacity
+        result["stub_files"] = [m.__file__ for m in (requests, websocket, tenacity)]
+        """,
+        checkout=checkout,
+        flags=["-S"],
+    )
+    before, after = result["path_before"], result["path_after"]
+    assert deps in after
+    assert after.index(deps) > max(after.index(p) for p in before), "appended, never first"
+    assert [p for p in after if p in before] == before, "existing entries keep their order"
+    assert result["sys_path_has_plugin"]
+    assert result["deps_imported"] == [], "init.py only looks the dependencies up"
+    assert result["init_tprints"] == []
+    assert all(f.startswith(deps) for f in result["stub_files"])
+
+
+def test_init_without_deps_prints_one_line_naming_the_install_command(tmp_path: Path) -> None:
+    checkout = _checkout(tmp_path, deps=False)
+    shutil.copytree(
+        ROOT / "plugin" / "comfy_cluster",
+        checkout / "plugin" / "comfy_cluster",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    result = _run(
+        False,
+        """
+        import importlib.util
+        result["package"] = importlib.util.find_spec("comfy_cluster").origin
+        """,
+        checkout=checkout,
+        flags=["-S"],
+    )
+    (line,) = result["init_tprints"]
+    assert "requests, websocket-client, tenacity not found" in line
+    assert f'"{checkout / "plugin" / "install_deps.py"}" --nuke' in line
+    by_python = {python: nuke for nuke, python in _install_deps().NUKE_PYTHON.items()}
+    if sys.version_info[:2] in by_python:
+        assert line.endswith(f"--nuke {by_python[sys.version_info[:2]]}")
+    assert result["sys_path_has_plugin"]
+    assert result["package"].startswith(str(checkout / "plugin")), "the package is importable"
 
 
 def test_terminal_session_gets_callbacks_from_the_gizmo_without_qt() -> None:
