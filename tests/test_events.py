@@ -12,6 +12,7 @@ from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
 from comfy_cluster.core.frames import FixedChunker
 
@@ -105,7 +106,7 @@ def test_ledger_writes_each_frame_once() -> None:
 
 
 def test_failed_chunk_moves_to_another_server_and_blocklists_repeat_offenders() -> None:
-    state, got = make_state(blocklist_after=2)
+    state, got = make_state(settings=EngineSettings(blocklist_after=2))
     attempt = state.next_attempt("slot-a", 0.0)
     assert attempt
     state.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "boom"))
@@ -135,14 +136,14 @@ def test_rejection_by_every_server_is_the_jobs_fault() -> None:
     missing = WorkflowRejected(
         "Cannot execute because node X does not exist.", error_type="invalid_prompt"
     )
-    assert state.judge_rejection("a", missing).kind is OutcomeKind.DEGRADED
-    assert state.judge_rejection("b", missing).kind is OutcomeKind.JOB
+    assert state.judge("a", missing).kind is OutcomeKind.DEGRADED
+    assert state.judge("b", missing).kind is OutcomeKind.JOB
     # Once a server accepted the workflow, a rejection elsewhere is that server's problem.
     state2, _ = make_state(servers=("a", "b"))
     state2.mark_validated("a")
-    assert state2.judge_rejection("b", missing).kind is OutcomeKind.DEGRADED
+    assert state2.judge("b", missing).kind is OutcomeKind.DEGRADED
     structural = WorkflowRejected("Prompt has no outputs", error_type="prompt_no_outputs")
-    assert state2.judge_rejection("b", structural).kind is OutcomeKind.JOB
+    assert state2.judge("b", structural).kind is OutcomeKind.JOB
 
 
 def test_same_execution_error_on_two_servers_is_the_jobs_fault() -> None:
@@ -151,9 +152,9 @@ def test_same_execution_error_on_two_servers_is_the_jobs_fault() -> None:
     def err(kind: str) -> ExecutionFailed:
         return ExecutionFailed("boom", node_id="5", exception_type=kind)
 
-    assert state.judge_execution_error("a", err("OOM")).kind is OutcomeKind.SERVER
-    assert state.judge_execution_error("b", err("ValueError")).kind is OutcomeKind.SERVER
-    outcome = state.judge_execution_error("c", err("OOM"))
+    assert state.judge("a", err("OOM")).kind is OutcomeKind.SERVER
+    assert state.judge("b", err("ValueError")).kind is OutcomeKind.SERVER
+    outcome = state.judge("c", err("OOM"))
     assert outcome.kind is OutcomeKind.JOB and outcome.node_id == "5"
 
 

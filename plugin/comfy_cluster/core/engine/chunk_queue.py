@@ -116,10 +116,23 @@ class ChunkQueue:
             self.put_back(self._by_index[slot.attempt.chunk.index])
             slot.attempt = None
 
+    def close(self, slot: str) -> None:
+        """The worker of ``slot`` is gone: no more work for it."""
+        s = self._slots[slot]
+        s.closed = True
+        self.unassign(s)
+
     def unassign_server(self, server: str) -> None:
         for slot in self._slots.values():
             if slot.server == server:
                 self.unassign(slot)
+
+    def take(self, slot: Slot) -> Optional[Attempt]:
+        """The worker of ``slot`` starts the attempt handed to it (``None``: nothing yet)."""
+        if slot.attempt is not None:
+            slot.busy = True
+            slot.started = self._clock()
+        return slot.attempt
 
     def release(self, attempt: Attempt) -> None:
         """``attempt`` ended: its slot is free again (unless it already holds another)."""

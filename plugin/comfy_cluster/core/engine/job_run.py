@@ -151,7 +151,6 @@ class JobRun:
         return self._end()
 
     def _open_book(self, plan: JobPlan) -> JobBook:
-        s = self.settings
         balancer = self.balancer = JobBalancer(
             plan.servers, plan.strategy, self.tools.speed, self.tools.health
         )
@@ -165,10 +164,7 @@ class JobRun:
             sink=self.sink,
             clock=self.clock,
             eta=balancer.eta,
-            blocklist_after=s.blocklist_after,
-            max_chunk_servers=s.max_chunk_servers,
-            probe_interval=s.probe_interval,
-            probe_interval_max=s.probe_interval_max,
+            settings=self.settings,
         )
 
     def _end(self) -> JobResult:

@@ -34,8 +34,10 @@ class EngineSettings:
     history_interval: float = 2.0
     #: Failed chunks (or failed probes) that take a server out of the job.
     blocklist_after: int = 3
-    #: The job fails when one chunk has failed on this many different servers.
+    #: The job fails when one chunk has failed on this many different servers...
     max_chunk_servers: int = 3
+    #: ... or this many times in all (not a scheduler knob).
+    max_chunk_attempts: int = 6
     #: The automatic chunker aims at chunks of about this many seconds.
     target_chunk_seconds: float = 30.0
     #: How long stopping waits for worker threads (and ``close()`` for jobs).

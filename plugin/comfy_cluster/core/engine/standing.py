@@ -9,9 +9,10 @@ around every call, and posts the events.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
 
 __all__ = ["ServerStanding", "Suspension"]
@@ -37,20 +38,14 @@ class ServerStanding:
     """
 
     def __init__(
-        self,
-        servers: Sequence[str],
-        clock: Callable[[], float],
-        *,
-        blocklist_after: int = 3,
-        probe_interval: float = 0.5,
-        probe_interval_max: float = 10.0,
+        self, servers: Sequence[str], clock: Callable[[], float], settings: EngineSettings
     ) -> None:
         #: Server names in configuration order.
         self.servers: tuple[str, ...] = tuple(servers)
         self._clock = clock
-        self.blocklist_after = blocklist_after
-        self.probe_interval = probe_interval
-        self.probe_interval_max = probe_interval_max
+        self.blocklist_after = settings.blocklist_after
+        self.probe_interval = settings.probe_interval
+        self.probe_interval_max = settings.probe_interval_max
         #: Servers out of this job, with the reason.
         self.blocklist: dict[str, str] = {}
         #: Servers that looked dead, until a probe answers.
@@ -129,6 +124,12 @@ class ServerStanding:
         return f"unreachable ({failures} failures); last: {why or suspension.why}"
 
     # -- whose fault ------------------------------------------------------------------------
+
+    def judge(self, server: str, error: Union[WorkflowRejected, ExecutionFailed]) -> Outcome:
+        """Whose fault a rejection or an execution error of ``server`` is."""
+        if isinstance(error, WorkflowRejected):
+            return self.judge_rejection(server, error)
+        return self.judge_execution_error(server, error)
 
     def mark_validated(self, server: str) -> None:
         """``server`` accepted a prompt of this job (so the workflow is valid somewhere)."""

@@ -16,7 +16,8 @@ import threading
 import uuid
 from typing import Any, Callable, Optional
 
-from comfy_cluster.core.engine.attempt import Aborted, Attempt, Outcome, OutcomeKind
+from comfy_cluster.core.engine.attempt import Aborted, Attempt, Outcome
+from comfy_cluster.core.engine.blame import blame, why
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.inputs import InputWaiter
@@ -27,10 +28,8 @@ from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.stuck import StuckRule
 from comfy_cluster.core.engine.tools import EngineTools
 from comfy_cluster.core.errors import (
-    AuthenticationFailed,
     ComfyClusterError,
     ConfigError,
-    ExecutionFailed,
     PromptStuck,
     ProtocolError,
     ServerGone,
@@ -38,8 +37,6 @@ from comfy_cluster.core.errors import (
     ServerUnreachable,
     TransientError,
     UnexpectedStatus,
-    WorkflowError,
-    WorkflowRejected,
 )
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import Transfer, frame_path
@@ -136,7 +133,7 @@ class Worker:
             self._connect()
             self.client.queue()
         except ComfyClusterError as exc:
-            self.book.probe_result(self.name, False, _why(exc))
+            self.book.probe_result(self.name, False, why(exc))
         except Exception as exc:  # a bug in a client: count it as a failed probe
             log.exception("%s: probe failed", self.slot)
             self.book.probe_result(self.name, False, repr(exc))
@@ -155,29 +152,8 @@ class Worker:
             else:
                 self._frames(attempt)
             return Outcome.ok()
-        except Aborted:
-            return Outcome(OutcomeKind.ABORTED)
-        except ServerGone as exc:
-            return Outcome(OutcomeKind.SERVER, str(exc), None, exc, down=True)
-        except WorkflowRejected as exc:
-            return self.book.judge_rejection(self.name, exc)
-        except ExecutionFailed as exc:
-            return self.book.judge_execution_error(self.name, exc)
-        except WorkflowError as exc:
-            return Outcome(OutcomeKind.JOB, str(exc), exc.node_id, exc)
-        except (AuthenticationFailed, ServerHung) as exc:
-            return Outcome(OutcomeKind.DEGRADED, str(exc), None, exc)
-        except ConfigError as exc:
-            kind = OutcomeKind.DEGRADED if exc.server else OutcomeKind.JOB
-            return Outcome(kind, str(exc), None, exc)
-        except ComfyClusterError as exc:
-            return Outcome(OutcomeKind.SERVER, _why(exc), None, exc)
-        except OSError as exc:
-            # Our own disk (output folder): every server would hit it.
-            return Outcome(OutcomeKind.JOB, f"cannot write output: {exc}", None, exc)
         except Exception as exc:
-            log.exception("%s: unexpected error in chunk %s", self.slot, attempt.chunk.index)
-            return Outcome(OutcomeKind.SERVER, f"internal error: {exc!r}", None, exc)
+            return blame(exc, attempt, lambda error: self.book.judge(self.name, error))
 
     def _check(self, attempt: Attempt) -> None:
         if not self.book.is_current(attempt):
@@ -352,8 +328,3 @@ class Worker:
             self.book.prompt_finished(self.name, pid)
         except ComfyClusterError as exc:
             log.info("%s: could not cancel prompt %s: %s", self.name, pid, exc)
-
-
-def _why(exc: BaseException) -> str:
-    text = str(exc)
-    return text or type(exc).__name__
