@@ -1,4 +1,4 @@
-"""Events and the per-job state's rules, without threads or servers."""
+"""Events and the job book's rules, without threads or servers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any, Optional
 import pytest
 
 from comfy_cluster.core.engine import events as ev
-from comfy_cluster.core.engine.job import JobState, Outcome, RenderJob
+from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+from comfy_cluster.core.engine.book import JobBook
+from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
 from comfy_cluster.core.frames import FixedChunker
 
@@ -63,7 +66,7 @@ class Clock:
 
 def make_state(
     frames: str = "1-6", servers: tuple = ("a", "b", "c"), **kw: Any
-) -> tuple[JobState, list]:
+) -> tuple[JobBook, list]:
     job = RenderJob(WORKFLOW, frames, "o.####.png")
     got: list[Any] = []
 
@@ -72,10 +75,10 @@ def make_state(
     ) -> Optional[tuple]:
         return free[0], f"{free[0]}: first free"
 
-    state = JobState(
+    state = JobBook(
         job,
         FixedChunker(1).split(job.frame_range),
-        [(s, 1) for s in servers],
+        servers,
         frames_to_render=job.frame_range.frames,
         chooser=chooser,
         sink=ev.EventSink(got.append),
@@ -103,14 +106,14 @@ def test_ledger_writes_each_frame_once() -> None:
 
 
 def test_failed_chunk_moves_to_another_server_and_blocklists_repeat_offenders() -> None:
-    state, got = make_state(blocklist_after=2)
+    state, got = make_state(settings=EngineSettings(blocklist_after=2))
     attempt = state.next_attempt("slot-a", 0.0)
     assert attempt
-    state.finish_attempt(attempt, Outcome("server", "boom"))
+    state.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "boom"))
     # The same chunk is not offered to "a" again while others may take it.
     nxt = state.next_attempt("slot-a", 0.0)
     assert nxt and nxt.chunk.index != attempt.chunk.index
-    state.finish_attempt(nxt, Outcome("server", "boom again"))
+    state.finish_attempt(nxt, Outcome(OutcomeKind.SERVER, "boom again"))
     assert "a" in state.blocklist
     assert state.next_attempt("slot-a", 0.0) is None
     retried = [e for e in got if isinstance(e, ev.ChunkRetried)]
@@ -123,9 +126,9 @@ def test_chunk_failing_on_three_servers_fails_the_job() -> None:
     for slot in ("slot-a", "slot-b", "slot-c"):
         attempt = state.next_attempt(slot, 0.0)
         assert attempt, slot
-        state.finish_attempt(attempt, Outcome("server", f"{slot} failed"))
-    end = state.end_state()
-    assert end is not None and end[0] == "failed" and "3 servers" in end[1]
+        state.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, f"{slot} failed"))
+    end = state.end()
+    assert end is not None and end.status is JobStatus.FAILED and "3 servers" in end.message
 
 
 def test_rejection_by_every_server_is_the_jobs_fault() -> None:
@@ -133,14 +136,14 @@ def test_rejection_by_every_server_is_the_jobs_fault() -> None:
     missing = WorkflowRejected(
         "Cannot execute because node X does not exist.", error_type="invalid_prompt"
     )
-    assert state.judge_rejection("a", missing).kind == "degraded"
-    assert state.judge_rejection("b", missing).kind == "job"
+    assert state.judge("a", missing).kind is OutcomeKind.DEGRADED
+    assert state.judge("b", missing).kind is OutcomeKind.JOB
     # Once a server accepted the workflow, a rejection elsewhere is that server's problem.
     state2, _ = make_state(servers=("a", "b"))
     state2.mark_validated("a")
-    assert state2.judge_rejection("b", missing).kind == "degraded"
+    assert state2.judge("b", missing).kind is OutcomeKind.DEGRADED
     structural = WorkflowRejected("Prompt has no outputs", error_type="prompt_no_outputs")
-    assert state2.judge_rejection("b", structural).kind == "job"
+    assert state2.judge("b", structural).kind is OutcomeKind.JOB
 
 
 def test_same_execution_error_on_two_servers_is_the_jobs_fault() -> None:
@@ -149,10 +152,10 @@ def test_same_execution_error_on_two_servers_is_the_jobs_fault() -> None:
     def err(kind: str) -> ExecutionFailed:
         return ExecutionFailed("boom", node_id="5", exception_type=kind)
 
-    assert state.judge_execution_error("a", err("OOM")).kind == "server"
-    assert state.judge_execution_error("b", err("ValueError")).kind == "server"
-    outcome = state.judge_execution_error("c", err("OOM"))
-    assert outcome.kind == "job" and outcome.node_id == "5"
+    assert state.judge("a", err("OOM")).kind is OutcomeKind.SERVER
+    assert state.judge("b", err("ValueError")).kind is OutcomeKind.SERVER
+    outcome = state.judge("c", err("OOM"))
+    assert outcome.kind is OutcomeKind.JOB and outcome.node_id == "5"
 
 
 def test_progress_counts_running_fraction_and_eta() -> None:

@@ -6,7 +6,10 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     ├── TransientError                  (retry, maybe on another server)
     │   ├── ServerUnreachable           refused, reset, DNS, 502/503/504
     │   ├── ServerTimeout               connect or read timeout, stalled prompt
-    │   └── WebsocketClosed             the event stream dropped
+    │   ├── WebsocketClosed             the event stream dropped
+    │   ├── RetriesExhausted            the retry policy gave up (attempts, last_error)
+    │   ├── PromptStuck                 no progress on our prompt: move it elsewhere
+    │   └── ServerHung                  a stuck prompt ignores interrupts
     ├── PermanentError                  (never retried)
     │   ├── ConfigError(ValueError)     bad server configuration
     │   ├── FrameRangeError(ValueError) bad frame range text
@@ -14,10 +17,17 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     │   ├── WorkflowRejected            ComfyUI answered 400 (node_errors)
     │   ├── ExecutionFailed             execution_error during a prompt
     │   ├── Interrupted                 the prompt was interrupted
+    │   ├── AuthenticationFailed        401/403: token or headers are wrong
     │   └── ProtocolError               the server said something we cannot parse
+    │       └── UnexpectedStatus        an HTTP status ComfyUI does not use for that call
+    ├── ServerGone                      refused while our websocket is down (not retried)
     ├── JobFailedError                  a render job gave up (raise_for_status)
     ├── JobCancelledError               the user cancelled
     └── ClosedError(RuntimeError)       use of a closed client or scheduler
+
+Not errors, so not in the tree: :class:`ErrorInfo` and :class:`NodeError` are values that
+describe one. Exception names never repeat an event's name (``JobFailed`` is the event,
+``JobFailedError`` the exception).
 
 Each error carries the fields a user acts on (``server``, ``field``, ``node_id``, ``prompt_id``)
 so the UI can say *which* server, field or node is at fault without parsing the message.
@@ -256,3 +266,20 @@ class UnexpectedStatus(ProtocolError):
     def __init__(self, message: str, *, server: Optional[str] = None, status: int = 0) -> None:
         super().__init__(message, server=server)
         self.status = status
+
+
+# --- raised by the render engine's worker slots (core/engine/) ------------------------------------
+
+
+class PromptStuck(TransientError):
+    """The server stopped making progress on our prompt (silent past its limit, queued too long
+    behind others, or vanished): the prompt is cancelled and its frames move elsewhere."""
+
+
+class ServerHung(TransientError):
+    """A stuck prompt kept running after we interrupted it: the server is hung, out of the job."""
+
+
+class ServerGone(ComfyClusterError):
+    """Connection refused while our websocket is down: the server is gone. Not retried: the
+    chunk moves at once and the server is suspended until a probe answers."""

@@ -2,10 +2,13 @@
 
 Shape (modelled on ``concurrent.futures.thread``, with daemon threads we own)::
 
-    Scheduler.start(job) ─► controller thread  comfy-cluster-job-<id>   core/engine/job_run.py
-                               │ checks, chunks, JobState, final verification, cancel sweep
-                               └─► worker slots  comfy-cluster-<server>-<n>   core/engine/worker.py
-                                     pull an Attempt from JobState, run its prompts, write frames
+    Scheduler.start(job) ─► controller thread  comfy-cluster-job-<id>       core/engine/job_run.py
+                               │ plan, JobBook, final verification, cancel sweep
+                               └─► worker slots  comfy-cluster-<server>-<n>  core/engine/worker.py
+                                     pull an Attempt from the JobBook, run its prompts, write frames
+
+The scheduler turns its keyword arguments into an :class:`EngineSettings` (what the parts read)
+and an :class:`EngineTools` (what they call), and hands both down: no part reaches back here.
 
 Threads: :meth:`Scheduler.run` blocks its caller; :meth:`Scheduler.start` returns a
 :class:`JobHandle` at once; both, and every handle method, may be called from any thread.
@@ -21,20 +24,20 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
+from comfy_cluster.core.balance import SpeedTracker
+from comfy_cluster.core.client import ComfyClient
 from comfy_cluster.core.engine.events import EventSink, OnEvent
-from comfy_cluster.core.engine.job import JobResult, JobState, RenderJob
-from comfy_cluster.core.engine.job_run import _JobRun
-from comfy_cluster.core.engine.worker import _Aborted
-from comfy_cluster.core.errors import ClosedError, ServerUnreachable, UnexpectedStatus
+from comfy_cluster.core.engine.inputs import InputHook
+from comfy_cluster.core.engine.job import JobResult, RenderJob
+from comfy_cluster.core.engine.job_run import JobRun
+from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.engine.tools import ClientFactory, EngineTools, ServerCall
+from comfy_cluster.core.errors import ClosedError
 from comfy_cluster.core.retry import RetryPolicy, retry_transient
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import Transfer, make_transfer
 
-__all__ = ["JobHandle", "Scheduler", "SchedulerState"]
-
-ClientFactory = Callable[[ServerConfig], Any]
-#: ``wait_for_input(frame, timeout) -> ready``: see :meth:`Scheduler.start`.
-InputHook = Callable[[int, float], bool]
+__all__ = ["ClientFactory", "InputHook", "JobHandle", "Scheduler", "SchedulerState"]
 
 
 class SchedulerState(enum.Enum):
@@ -43,8 +46,6 @@ class SchedulerState(enum.Enum):
 
 
 def _default_client_factory(server: ServerConfig) -> Any:
-    from comfy_cluster.core.client import ComfyClient
-
     return ComfyClient(server)
 
 
@@ -59,7 +60,8 @@ class JobHandle:
         self.job = job
         self._done = threading.Event()
         self._result: Optional[JobResult] = None
-        self._state: Optional[JobState] = None
+        #: The job's controller, once started.
+        self._run: Optional[JobRun] = None
 
     @property
     def job_id(self) -> str:
@@ -68,9 +70,9 @@ class JobHandle:
     def cancel(self) -> None:
         """Ask the job to stop; nothing is left queued on any server when it ends."""
         self.job.cancel_token.set()
-        state = self._state
-        if state is not None:
-            state.wake()
+        run = self._run
+        if run is not None:
+            run.wake()
 
     def wait(self, timeout: Optional[float] = None) -> Optional[JobResult]:
         """Block until the job ends (or ``timeout`` seconds pass: ``None``)."""
@@ -89,8 +91,8 @@ class JobHandle:
 
     @property
     def progress(self) -> float:
-        state = self._state
-        return state.progress()[0] if state is not None else 0.0
+        run = self._run
+        return run.progress() if run is not None else 0.0
 
     def _finish(self, result: JobResult) -> None:
         self._result = result
@@ -144,44 +146,38 @@ class Scheduler:
         input_timeout: float = 600.0,
         input_poll: float = 0.25,
     ) -> None:
-        if stall_timeout <= 0 or poll_interval <= 0 or history_interval <= 0:
-            raise ValueError("stall_timeout, poll_interval and history_interval must be > 0")
-        if probe_interval <= 0 or input_timeout <= 0 or input_poll <= 0:
-            raise ValueError("probe_interval, input_timeout and input_poll must be > 0")
-        if blocklist_after < 1 or max_chunk_servers < 1:
-            raise ValueError("blocklist_after and max_chunk_servers must be >= 1")
+        self.settings = EngineSettings(
+            stall_timeout=stall_timeout,
+            stuck_factor=stuck_factor,
+            first_prompt_timeout=first_prompt_timeout,
+            no_server_timeout=no_server_timeout,
+            poll_interval=poll_interval,
+            history_interval=history_interval,
+            blocklist_after=blocklist_after,
+            max_chunk_servers=max_chunk_servers,
+            target_chunk_seconds=target_chunk_seconds,
+            join_timeout=join_timeout,
+            probe_interval=probe_interval,
+            probe_interval_max=probe_interval_max,
+            input_timeout=input_timeout,
+            input_poll=input_poll,
+        )
         names = [s.name for s in servers]
         if len(set(names)) != len(names):
             raise ValueError(f"server names must be unique: {names}")
         self.servers: tuple[ServerConfig, ...] = tuple(servers)
-        self.client_factory = client_factory or _default_client_factory
         self.health = health
-        self.clock = clock
-        self.sleep = sleep
-        self.stall_timeout = stall_timeout
-        self.stuck_factor = stuck_factor
-        self.first_prompt_timeout = first_prompt_timeout
-        self.no_server_timeout = no_server_timeout
-        self.poll_interval = poll_interval
-        self.history_interval = history_interval
-        self.retry = retry or retry_transient(
-            attempts=3, max_seconds=20.0, sleep=sleep, clock=clock
-        )
-        self.blocklist_after = blocklist_after
-        self.max_chunk_servers = max_chunk_servers
-        self.target_chunk_seconds = target_chunk_seconds
-        if speed is None:
-            from comfy_cluster.core.balance import SpeedTracker
-
-            speed = SpeedTracker()
         #: Seconds per frame per server, shared by every job of this scheduler.
-        self.speed = speed
-        self.transfer_factory = transfer_factory
-        self.join_timeout = join_timeout
-        self.probe_interval = probe_interval
-        self.probe_interval_max = max(probe_interval, probe_interval_max)
-        self.input_timeout = input_timeout
-        self.input_poll = input_poll
+        self.speed = SpeedTracker() if speed is None else speed
+        policy = retry or retry_transient(attempts=3, max_seconds=20.0, sleep=sleep, clock=clock)
+        self.tools = EngineTools(
+            client_factory=client_factory or _default_client_factory,
+            clock=clock,
+            call=ServerCall(policy),
+            speed=self.speed,
+            transfer_factory=transfer_factory,
+            health=health,
+        )
         self._lock = threading.Lock()
         self._state = SchedulerState.OPEN
         self._handles: list[JobHandle] = []
@@ -203,7 +199,8 @@ class Scheduler:
         with self._lock:
             self._state = SchedulerState.CLOSED
             handles = list(self._handles)
-        deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
+        join_timeout = self.settings.join_timeout
+        deadline = time.monotonic() + (join_timeout if timeout is None else timeout)
         for handle in handles:
             handle.cancel()
         for handle in handles:
@@ -253,29 +250,17 @@ class Scheduler:
                 raise ClosedError("the scheduler is closed")
             self._handles = [h for h in self._handles if not h.done]
             self._handles.append(handle)
-        run = _JobRun(self, job, handle, EventSink(on_event), wait_for_input)
+        run = handle._run = JobRun(
+            job,
+            self.servers,
+            EventSink(on_event),
+            handle._finish,
+            settings=self.settings,
+            tools=self.tools,
+            wait_for_input=wait_for_input,
+        )
         thread = threading.Thread(
             target=run.main, name=f"comfy-cluster-job-{job.job_id[:8]}", daemon=True
         )
         thread.start()
         return handle
-
-    # -- helpers used by job runs ----------------------------------------------------------------
-
-    def call(self, fn: Callable[[], Any], *, cancel: Optional[threading.Event] = None) -> Any:
-        """Call ``fn`` with the transient-retry policy; a 5xx answer counts as transient.
-
-        Raises the permanent error, or RetriesExhausted (a TransientError).
-        """
-
-        def once() -> Any:
-            if cancel is not None and cancel.is_set():
-                raise _Aborted()
-            try:
-                return fn()
-            except UnexpectedStatus as exc:
-                if exc.status >= 500:
-                    raise ServerUnreachable(str(exc), server=exc.server) from exc
-                raise
-
-        return self.retry.call(once)

@@ -1,0 +1,156 @@
+"""The pre-flight checks of a job: :func:`plan_job` turns a :class:`RenderJob` into a
+:class:`JobPlan`, or raises :class:`EarlyFailure` before anything is sent.
+
+Checked in order: the workflow (API format, output node, image loader), the strategy name, the
+job's server allow-list, the output frames already on disk (``existing``), and, unless the host
+is still writing them (``wait_for_input``), the input frames. Then the frames are cut into
+chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from comfy_cluster.core.balance import Strategy, make_strategy
+from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.engine.tools import SpeedRecord
+from comfy_cluster.core.errors import ConfigError, WorkflowError
+from comfy_cluster.core.frames import AutoChunker, Chunk, Chunker, FixedChunker, frames_text
+from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.transfer import existing_frames, frame_path
+from comfy_cluster.core.workflow import Workflow, WorkflowTargets, validate_workflow
+
+__all__ = ["EarlyFailure", "JobPlan", "plan_job"]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the controller worked out before sending anything."""
+
+    workflow: Workflow
+    targets: WorkflowTargets
+    #: The servers that may take work, in configuration order.
+    servers: tuple[ServerConfig, ...]
+    strategy: Strategy
+    requested: tuple[int, ...]
+    to_render: tuple[int, ...]
+    #: Frames on disk already and not rendered (``existing="resume"``).
+    skipped: tuple[int, ...]
+    chunks: tuple[Chunk, ...]
+
+
+class EarlyFailure(Exception):
+    """The job cannot start: ``message`` says why, ``node_id`` names a workflow node at fault,
+    ``existing`` lists output frames found on disk (``existing="error"``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_id: Optional[str] = None,
+        error: Optional[BaseException] = None,
+        existing: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.node_id = node_id
+        self.error = error
+        self.existing = existing
+
+
+def plan_job(
+    job: RenderJob,
+    servers: Sequence[ServerConfig],
+    *,
+    speed: SpeedRecord,
+    settings: EngineSettings,
+    inputs_arrive_later: bool = False,
+) -> JobPlan:
+    """Check ``job`` against the scheduler's ``servers`` and cut it into chunks.
+
+    ``inputs_arrive_later``: the job was started with ``wait_for_input``, so its input frames
+    need not exist yet (each worker waits for its own). Raises :class:`EarlyFailure`.
+    """
+    try:
+        workflow = Workflow.load(job.workflow)
+        targets = validate_workflow(
+            workflow,
+            needs_image_input=bool(job.input_pattern),
+            output_node=job.output_node,
+            loader=job.image_loader,
+        )
+    except WorkflowError as exc:
+        raise EarlyFailure(str(exc), node_id=exc.node_id, error=exc) from None
+    try:
+        strategy = make_strategy(job.strategy)
+    except ConfigError as exc:
+        raise EarlyFailure(str(exc), error=exc) from None
+    usable = _job_servers(job, servers)
+    requested = job.frame_range.frames
+    existing = existing_frames(job.output_pattern, requested)
+    if existing and job.existing == "error":
+        raise EarlyFailure(
+            f"{len(existing)} output frame(s) already exist ({frames_text(existing)} in "
+            f"{job.output_pattern}); choose resume to skip them or overwrite to replace them",
+            existing=existing,
+        )
+    skipped = existing if job.existing == "resume" else ()
+    to_render = tuple(f for f in requested if f not in set(skipped))
+    chunks: tuple[Chunk, ...] = ()
+    if to_render:
+        chunks = tuple(_chunker(job, usable, speed, settings).split(to_render))
+    if job.input_pattern and not inputs_arrive_later:
+        _check_inputs(job.input_pattern, chunks)
+    return JobPlan(workflow, targets, usable, strategy, requested, to_render, skipped, chunks)
+
+
+def _job_servers(job: RenderJob, servers: Sequence[ServerConfig]) -> tuple[ServerConfig, ...]:
+    """The enabled servers the job's allow-list permits; every name in it must exist."""
+    if job.servers is not None:
+        known = {srv.name for srv in servers}
+        unknown = [name for name in job.servers if name not in known]
+        if unknown:
+            raise EarlyFailure(f"unknown server(s) in the job's allow-list: {', '.join(unknown)}")
+    usable = tuple(
+        srv for srv in servers if srv.enabled and (job.servers is None or srv.name in job.servers)
+    )
+    if not usable:
+        raise EarlyFailure("no enabled server may take this job")
+    return usable
+
+
+def _chunker(
+    job: RenderJob,
+    servers: Sequence[ServerConfig],
+    speed: SpeedRecord,
+    settings: EngineSettings,
+) -> Chunker:
+    """How the job's frames are cut: fixed sizes when asked (or per frame), else by timing."""
+    if job.mode == "frame":
+        # One prompt per frame anyway: one-frame chunks balance best at no extra cost.
+        return FixedChunker(job.chunk_size or 1)
+    if job.chunk_size:
+        return FixedChunker(job.chunk_size, job.handles)
+    known = [speed.seconds_per_frame(srv.name) for srv in servers]
+    measured = [x for x in known if x]
+    spf = sum(measured) / len(measured) if measured else None
+    workers = sum(max(1, srv.max_in_flight) for srv in servers)
+    return AutoChunker(
+        target_seconds=settings.target_chunk_seconds,
+        seconds_per_frame=spf,
+        workers=workers,
+        handles=job.handles,
+    )
+
+
+def _check_inputs(input_pattern: str, chunks: Sequence[Chunk]) -> None:
+    """Every input frame the chunks read (handles included) must be on disk."""
+    needed = sorted({f for c in chunks for f in c.all_frames})
+    missing = [f for f in needed if not frame_path(input_pattern, f).is_file()]
+    if missing:
+        raise EarlyFailure(
+            f"{len(missing)} input frame(s) missing ({frames_text(missing)} of {input_pattern})"
+        )

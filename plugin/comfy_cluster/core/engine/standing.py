@@ -1,0 +1,165 @@
+"""Where each server stands in one job: :class:`ServerStanding`.
+
+It keeps the per-job blocklist, failure counts, the suspension of servers that looked dead (and
+their probes), and judges whose fault a rejection or an execution error is: the workflow's (fail
+the job) or the server's (move the work). Plain bookkeeping: the job's book holds the one lock
+around every call, and posts the events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Callable, Optional, Union
+
+from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
+
+__all__ = ["ServerStanding", "Suspension"]
+
+
+class Suspension:
+    """A server that looked dead: no work until a probe answers."""
+
+    __slots__ = ("delay", "probing", "until", "why")
+
+    def __init__(self, until: float, delay: float, why: str) -> None:
+        self.until = until  # clock time of the next probe
+        self.delay = delay  # backoff before the probe after that
+        self.probing = False  # one slot of the server is probing now
+        self.why = why
+
+
+class ServerStanding:
+    """Blocklist, failure counts, suspensions and fault judgements of one job's servers.
+
+    A server failing ``blocklist_after`` chunks (or probes) is out of the job. Caller holds the
+    job's lock.
+    """
+
+    def __init__(
+        self, servers: Sequence[str], clock: Callable[[], float], settings: EngineSettings
+    ) -> None:
+        #: Server names in configuration order.
+        self.servers: tuple[str, ...] = tuple(servers)
+        self._clock = clock
+        self.blocklist_after = settings.blocklist_after
+        self.probe_interval = settings.probe_interval
+        self.probe_interval_max = settings.probe_interval_max
+        #: Servers out of this job, with the reason.
+        self.blocklist: dict[str, str] = {}
+        #: Servers that looked dead, until a probe answers.
+        self.suspended: dict[str, Suspension] = {}
+        self._failures: dict[str, int] = {}
+        self._rejections: dict[str, WorkflowRejected] = {}
+        self._validated_on: set[str] = set()
+        self._exec_errors: dict[tuple[Optional[str], str], dict[str, ExecutionFailed]] = {}
+
+    # -- in or out --------------------------------------------------------------------------
+
+    def eligible(self) -> tuple[str, ...]:
+        """Servers still allowed to take work in this job."""
+        return tuple(s for s in self.servers if s not in self.blocklist)
+
+    def block(self, server: str, why: str) -> bool:
+        """Take ``server`` out of the job; False when it was out already (first reason wins)."""
+        if server in self.blocklist:
+            return False
+        self.blocklist[server] = why
+        return True
+
+    def count_failure(self, server: str) -> int:
+        """One more failure of ``server``; returns how many it has had in this job."""
+        failures = self._failures.get(server, 0) + 1
+        self._failures[server] = failures
+        return failures
+
+    def too_many(self, failures: int) -> bool:
+        return failures >= self.blocklist_after
+
+    # -- suspension and probes --------------------------------------------------------------
+
+    def suspend(self, server: str, why: str) -> bool:
+        """Stop handing work to ``server`` until a probe answers; False if out or suspended."""
+        if server in self.blocklist or server in self.suspended:
+            return False
+        self.suspended[server] = Suspension(
+            self._clock() + self.probe_interval,
+            min(self.probe_interval * 2, self.probe_interval_max),
+            why,
+        )
+        return True
+
+    def until_probe(self, server: str) -> Optional[float]:
+        """Seconds until ``server``'s next probe is due; ``None`` when none is awaited."""
+        suspension = self.suspended.get(server)
+        if suspension is None or suspension.probing:
+            return None
+        return max(0.0, suspension.until - self._clock())
+
+    def claim_probe(self, server: str) -> bool:
+        """Whether ``server`` should be probed now; claims the probe (one slot at a time)."""
+        suspension = self.suspended.get(server)
+        if (
+            suspension is None
+            or suspension.probing
+            or server in self.blocklist
+            or self._clock() < suspension.until
+        ):
+            return False
+        suspension.probing = True
+        return True
+
+    def probe_failed(self, server: str, why: str) -> Optional[str]:
+        """The probe of suspended ``server`` failed: back off (doubling) and count a failure.
+        Returns the reason to take it out of the job when it has failed too often."""
+        suspension = self.suspended[server]
+        suspension.probing = False
+        suspension.until = self._clock() + suspension.delay
+        suspension.delay = min(suspension.delay * 2, self.probe_interval_max)
+        failures = self.count_failure(server)
+        if not self.too_many(failures):
+            return None
+        del self.suspended[server]
+        return f"unreachable ({failures} failures); last: {why or suspension.why}"
+
+    # -- whose fault ------------------------------------------------------------------------
+
+    def judge(self, server: str, error: Union[WorkflowRejected, ExecutionFailed]) -> Outcome:
+        """Whose fault a rejection or an execution error of ``server`` is."""
+        if isinstance(error, WorkflowRejected):
+            return self.judge_rejection(server, error)
+        return self.judge_execution_error(server, error)
+
+    def mark_validated(self, server: str) -> None:
+        """``server`` accepted a prompt of this job (so the workflow is valid somewhere)."""
+        self._validated_on.add(server)
+
+    def judge_rejection(self, server: str, error: WorkflowRejected) -> Outcome:
+        """A 400 from ``server``: the job's fault if structural or every eligible server gives
+        one (and none accepted the workflow); otherwise the server is degraded for this job."""
+        node = error.node_ids[0] if error.node_ids else None
+        structural = error.error_type in ("no_prompt", "prompt_no_outputs") or (
+            error.error_type == "invalid_prompt" and not error.missing_classes
+        )
+        if structural:
+            return Outcome(OutcomeKind.JOB, f"workflow rejected: {error.message}", node, error)
+        self._rejections[server] = error
+        others = [s for s in self.eligible() if s != server]
+        if not self._validated_on and all(s in self._rejections for s in others):
+            names = ", ".join(sorted(self._rejections))
+            why = f"workflow rejected by every server ({names}): {error.message}"
+            return Outcome(OutcomeKind.JOB, why, node, error)
+        why = f"rejected the workflow: {error.message}"
+        return Outcome(OutcomeKind.DEGRADED, why, node, error)
+
+    def judge_execution_error(self, server: str, error: ExecutionFailed) -> Outcome:
+        """An execution_error: the job's fault when the same node failed with the same exception
+        type on another server too; otherwise this server's fault."""
+        seen = self._exec_errors.setdefault((error.node_id, error.exception_type), {})
+        seen[server] = error
+        if len(seen) >= 2:
+            names = " and ".join(sorted(seen))
+            why = f"{error.message} (on {names})"
+            return Outcome(OutcomeKind.JOB, why, error.node_id, error)
+        return Outcome(OutcomeKind.SERVER, error.message, error.node_id, error)
