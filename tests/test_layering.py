@@ -153,21 +153,6 @@ def test_the_checker_resolves_relative_and_lazy_imports() -> None:
 # a circle even when one side imports inside a function or under ``if TYPE_CHECKING:`` (that only
 # hides it from the interpreter, not from the reader). So every import statement counts.
 
-#: Cycles other engineers are removing right now (issue 9). Each found cycle must lie inside one
-#: of these; the lead empties this set once their branches are merged, and
-#: test_known_cycles_are_still_there fails as soon as one of them is gone, to say so.
-KNOWN_CYCLES_BEING_REMOVED: frozenset[frozenset[str]] = frozenset(
-    {
-        frozenset(
-            {
-                "comfy_cluster.core.engine.job_run",
-                "comfy_cluster.core.engine.scheduler",
-                "comfy_cluster.core.engine.worker",
-            }
-        ),
-    }
-)
-
 
 def _module_files(package_dir: Path) -> dict[str, Path]:
     """Dotted module name -> file, for every module of the package at ``package_dir``.
@@ -254,17 +239,8 @@ def _describe(cycles: set[frozenset[str]]) -> list[str]:
     return sorted(" <-> ".join(sorted(cycle)) for cycle in cycles)
 
 
-def test_no_import_cycles_beyond_the_ones_being_removed() -> None:
-    found = _cycles(_import_graph(PACKAGE))
-    new = {c for c in found if not any(c <= known for known in KNOWN_CYCLES_BEING_REMOVED)}
-    assert _describe(new) == []
-
-
-def test_known_cycles_are_still_there() -> None:
-    """Once a known cycle is gone, delete it from KNOWN_CYCLES_BEING_REMOVED (keep it true)."""
-    found = _cycles(_import_graph(PACKAGE))
-    gone = {k for k in KNOWN_CYCLES_BEING_REMOVED if not any(c <= k for c in found)}
-    assert _describe(gone) == []
+def test_no_import_cycles() -> None:
+    assert _describe(_cycles(_import_graph(PACKAGE))) == []
 
 
 def _write_package(root: Path, files: dict[str, str]) -> Path:
