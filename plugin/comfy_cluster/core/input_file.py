@@ -29,7 +29,8 @@ _OPEN_FLAGS = (
 
 
 class InputFileError(ValueError):
-    """Why a file was not read (never its content); ``missing`` when there is no such file."""
+    """Why a file was not read, as a phrase to follow "it" (never the content); ``missing`` when
+    there is no such file."""
 
     def __init__(self, reason: str, *, missing: bool = False) -> None:
         super().__init__(reason)
@@ -63,8 +64,8 @@ def _too_big() -> str:
 
 def _os_reason(exc: OSError) -> InputFileError:
     if isinstance(exc, FileNotFoundError):
-        return InputFileError("no such file", missing=True)
-    return InputFileError(exc.strerror or type(exc).__name__)
+        return InputFileError("does not exist", missing=True)
+    return InputFileError(f"cannot be read ({exc.strerror or type(exc).__name__})")
 
 
 def _read_capped(fd: int) -> bytes:

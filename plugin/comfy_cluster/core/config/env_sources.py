@@ -64,7 +64,9 @@ def _int_from_text(text: str, source: str, field_name: str) -> int:
 def _positive_from_text(text: str, source: str, field_name: str) -> int:
     value = _int_from_text(text, source, field_name)
     if value < 1:
-        raise ConfigError(f"must be 1 or more, got {value}", source=source, field=field_name)
+        raise ConfigError(
+            f"{field_name} must be 1 or more, got {value}", source=source, field=field_name
+        )
     return value
 
 
@@ -194,11 +196,7 @@ def from_numbered(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
         priority = len(servers) + 1
         if "PRIORITY" in group:
             var, text = group["PRIORITY"]
-            priority = _int_from_text(text, var, "priority")
-            if priority < 1:
-                raise ConfigError(
-                    f"priority must be 1 or more, got {priority}", source=var, field="priority"
-                )
+            priority = _positive_from_text(text, var, "priority")
         enabled = True
         if "ENABLED" in group:
             var, text = group["ENABLED"]
