@@ -64,6 +64,7 @@ def test_json_output_of_the_done_example(env):
             "token": None,
             "verify_tls": True,
             "max_in_flight": 1,
+            "max_download_bytes": 2 * 1024**3,
             "tags": [],
             "source": "NUKE_COMFYUI_SERVERS",
         }

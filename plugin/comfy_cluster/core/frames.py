@@ -24,6 +24,7 @@ from comfy_cluster.core.errors import ConfigError, FrameRangeError
 
 __all__ = [
     "MAX_FRAMES",
+    "MAX_FRAME_NUMBER",
     "AutoChunker",
     "Chunk",
     "Chunker",
@@ -36,6 +37,9 @@ __all__ = [
 
 #: Upper bound on the frames one range may hold; ``1-999999999`` is a typo, not a render.
 MAX_FRAMES = 1_000_000
+#: Largest frame number (and step) the parser reads, either sign: what a 32-bit frame knob holds.
+#: Without it ``1-9999999999999999999999`` overflowed ``len(range)`` before the count was checked.
+MAX_FRAME_NUMBER = 2**31 - 1
 
 _SEPARATORS = re.compile(r"[\s,]+")
 # first[-last[xstep]]; each number may be negative, so "-5--1" and "-10-10" both parse.
@@ -129,13 +133,22 @@ def _error(reason: str, text: str, part: str) -> FrameRangeError:
     )
 
 
+def _number(digits: str, text: str, part: str) -> int:
+    """One number of a part, refused beyond :data:`MAX_FRAME_NUMBER` before any arithmetic."""
+    # Length first: int() of thousands of digits is slow, or refused with a bare ValueError.
+    significant = digits.lstrip("-").lstrip("0")
+    if len(significant) > len(str(MAX_FRAME_NUMBER)) or abs(int(digits)) > MAX_FRAME_NUMBER:
+        raise _error(f"frame numbers and steps go up to {MAX_FRAME_NUMBER}", text, part)
+    return int(digits)
+
+
 def _parse_part(part: str, text: str) -> range:
     match = _PART.fullmatch(part)
     if match is None:
         raise _error("expected FRAME, FIRST-LAST or FIRST-LASTxSTEP", text, part)
-    first = int(match.group(1))
-    last = int(match.group(2)) if match.group(2) is not None else first
-    step = int(match.group(3)) if match.group(3) is not None else 1
+    first = _number(match.group(1), text, part)
+    last = _number(match.group(2), text, part) if match.group(2) is not None else first
+    step = _number(match.group(3), text, part) if match.group(3) is not None else 1
     if step < 1:
         raise _error("the step after 'x' must be 1 or more", text, part)
     # Reversed ranges are normalised rather than refused: Nuke accepts "10-1" (it renders

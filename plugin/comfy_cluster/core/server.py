@@ -87,6 +87,7 @@ class ServerConfig:
             "token": MASK if self.token else None,
             "verify_tls": self.verify_tls,
             "max_in_flight": self.max_in_flight,
+            "max_download_bytes": self.max_download_bytes,
             "tags": list(self.tags),
             "source": self.source,
         }

@@ -21,7 +21,6 @@ brace is left alone (prompts contain ``{red|blue}`` and JSON). Errors are :class
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +29,8 @@ from types import MappingProxyType
 from typing import Any, Optional, Union
 
 from comfy_cluster.core.errors import WorkflowError
+from comfy_cluster.core.input_file import InputFileError, read_input_text
+from comfy_cluster.core.input_json import JsonTextError, decode_json
 
 __all__ = [
     "IMAGE_OUTPUT_CLASSES",
@@ -113,16 +114,13 @@ class Workflow:
             return cls._from_data(path_or_dict, "<data>")
         path = os.fspath(path_or_dict)
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise WorkflowError(f"cannot read workflow {path}: {exc.strerror or exc}") from None
+            text = read_input_text(path)
+        except InputFileError as exc:
+            raise WorkflowError(f"cannot read workflow {path}: it {exc.reason}") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WorkflowError(
-                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
+            data = decode_json(text)
+        except JsonTextError as exc:
+            raise WorkflowError(f"{path}: {exc}") from None
         return cls._from_data(data, path)
 
     @classmethod
@@ -334,10 +332,13 @@ class Override:
 
 
 def _parse_value(raw: str) -> Any:
+    """VALUE as JSON when it is JSON; too deep to be a sane input value is an error."""
     try:
-        value = json.loads(raw)
-    except ValueError:
-        return raw
+        value = decode_json(raw)
+    except JsonTextError as exc:
+        if not exc.too_deep:
+            return raw
+        raise WorkflowError(f"override value: {exc}") from None
     # null has no meaning as an input value; keep the text.
     return raw if value is None else value
 

@@ -22,11 +22,13 @@ from comfy_cluster.core.config.values import (
     type_name,
 )
 from comfy_cluster.core.errors import ConfigError
-from comfy_cluster.core.server import DEFAULT_PORT, ServerConfig
+from comfy_cluster.core.input_file import InputFileError, read_input_text
+from comfy_cluster.core.server import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_PORT, ServerConfig
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_NAME",
+    "ENV_MAX_DOWNLOAD_BYTES",
     "ENV_SERVERS",
     "from_legacy",
     "from_numbered",
@@ -34,12 +36,18 @@ __all__ = [
 ]
 
 ENV_SERVERS = "NUKE_COMFYUI_SERVERS"
+#: ``max_download_bytes`` of the single-server (and default) source; ``_<n>`` for numbered ones.
+ENV_MAX_DOWNLOAD_BYTES = "NUKE_COMFYUI_MAX_DOWNLOAD_BYTES"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_NAME = "local"
 
+# Any digits here, so that "_01" or "_0" is reported instead of silently ignored.
 _NUMBERED = re.compile(
-    r"^NUKE_COMFYUI_(IP|HOST|PORT|DIR_LOCAL|DIR_REMOTE|NAME|PRIORITY|ENABLED)_([1-9][0-9]*)$"
+    r"^NUKE_COMFYUI_(IP|HOST|PORT|DIR_LOCAL|DIR_REMOTE|NAME|PRIORITY|ENABLED|MAX_DOWNLOAD_BYTES)"
+    r"_([0-9]+)$"
 )
+# '[::1]:8188' in NUKE_COMFYUI_URL is one IPv6 address, not a JSON list of URLs.
+_BRACKETED_HOST = re.compile(r"\[[^\]\s\"]*:[^\]\s\"]*\](:\S*)?/?")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -51,6 +59,15 @@ def _int_from_text(text: str, source: str, field_name: str) -> int:
         raise ConfigError(
             f"expected an integer, got {text!r}", source=source, field=field_name
         ) from None
+
+
+def _positive_from_text(text: str, source: str, field_name: str) -> int:
+    value = _int_from_text(text, source, field_name)
+    if value < 1:
+        raise ConfigError(
+            f"{field_name} must be 1 or more, got {value}", source=source, field=field_name
+        )
+    return value
 
 
 def _bool_from_text(text: str, source: str, field_name: str) -> bool:
@@ -88,15 +105,7 @@ def from_servers_variable(value: str) -> tuple[ServerConfig, ...]:
     else:
         path = Path(os.path.expanduser(value))
         source = f"{ENV_SERVERS} ({path})"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                f"not a JSON array and no such file: {value!r}", source=ENV_SERVERS
-            ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}", source=ENV_SERVERS) from None
-        data = load_json(text, source)
+        data = load_json(_read_servers_file(path), source)
     if not isinstance(data, list):
         raise ConfigError(
             f"expected a JSON array of server objects, got {type_name(data)}", source=source
@@ -111,6 +120,34 @@ def from_servers_variable(value: str) -> tuple[ServerConfig, ...]:
     return tuple(servers)
 
 
+def _read_servers_file(path: Path) -> str:
+    """The text of the file ``NUKE_COMFYUI_SERVERS`` names (a regular file of bounded size)."""
+    try:
+        return read_input_text(path)
+    except InputFileError as exc:
+        # The value is not quoted when it looks like mangled JSON: it may hold a token.
+        named = "" if any(ch in str(path) for ch in "{[\"'") else f" {str(path)!r}"
+        if exc.missing:
+            raise ConfigError(
+                f"not a JSON array (that starts with '[') and no such file{named}",
+                source=ENV_SERVERS,
+            ) from None
+        raise ConfigError(f"cannot read{named}: it {exc.reason}", source=ENV_SERVERS) from None
+
+
+def _numbered_index(var: str, key: str, digits: str) -> int:
+    """The ``<n>`` of a numbered variable: 1, 2, 3... written without leading zeros."""
+    if digits.startswith("0"):
+        fixed = f"NUKE_COMFYUI_{key}_{int(digits)}" if int(digits) else ""
+        hint = f"; rename it {fixed}" if fixed else ""
+        raise ConfigError(
+            f"numbered variables count from 1 without leading zeros{hint}",
+            source=var,
+            field=key.lower(),
+        )
+    return int(digits)
+
+
 def from_numbered(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
     """``NUKE_COMFYUI_IP_<n>`` and friends; every index set must name a host."""
     groups: dict[int, dict[str, tuple[str, str]]] = {}
@@ -121,7 +158,9 @@ def from_numbered(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
         value = env_value(environ, var)
         if value is None:
             continue
-        groups.setdefault(int(match.group(2)), {})[match.group(1)] = (var, value)
+        key = match.group(1)
+        index = _numbered_index(var, key, match.group(2))
+        groups.setdefault(index, {})[key] = (var, value)
     servers: list[ServerConfig] = []
     source_of: dict[str, str] = {}
     for n in sorted(groups):
@@ -157,15 +196,15 @@ def from_numbered(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
         priority = len(servers) + 1
         if "PRIORITY" in group:
             var, text = group["PRIORITY"]
-            priority = _int_from_text(text, var, "priority")
-            if priority < 1:
-                raise ConfigError(
-                    f"priority must be 1 or more, got {priority}", source=var, field="priority"
-                )
+            priority = _positive_from_text(text, var, "priority")
         enabled = True
         if "ENABLED" in group:
             var, text = group["ENABLED"]
             enabled = _bool_from_text(text, var, "enabled")
+        max_download_bytes = DEFAULT_MAX_DOWNLOAD_BYTES
+        if "MAX_DOWNLOAD_BYTES" in group:
+            var, text = group["MAX_DOWNLOAD_BYTES"]
+            max_download_bytes = _positive_from_text(text, var, "max_download_bytes")
         server = ServerConfig(
             name=name,
             host=host,
@@ -175,6 +214,7 @@ def from_numbered(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
             dir_remote=group["DIR_REMOTE"][1] if "DIR_REMOTE" in group else "",
             priority=priority,
             enabled=enabled,
+            max_download_bytes=max_download_bytes,
             source=host_var,
         )
         source_of[name] = group["NAME"][0] if "NAME" in group else host_var
@@ -217,7 +257,7 @@ def from_legacy(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
     url = env_value(environ, "NUKE_COMFYUI_URL")
     if url is not None:
         source = "NUKE_COMFYUI_URL"
-        if url.startswith("["):
+        if url.startswith("[") and not _BRACKETED_HOST.fullmatch(url):
             urls = load_json(url, source)
             if not isinstance(urls, list):
                 raise ConfigError("expected a URL or a JSON array of URLs", source=source)
@@ -260,6 +300,12 @@ def from_legacy(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
         addresses.append(("http", DEFAULT_HOST, DEFAULT_PORT))
 
     locals_, remote = _legacy_dirs(environ, len(addresses))
+    max_download_bytes = DEFAULT_MAX_DOWNLOAD_BYTES
+    limit_text = env_value(environ, ENV_MAX_DOWNLOAD_BYTES)
+    if limit_text is not None:
+        max_download_bytes = _positive_from_text(
+            limit_text, ENV_MAX_DOWNLOAD_BYTES, "max_download_bytes"
+        )
     servers = []
     for index, ((scheme, host, port), local) in enumerate(zip(addresses, locals_), 1):
         port = DEFAULT_PORT if port is None else port
@@ -272,6 +318,7 @@ def from_legacy(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
                 dir_local=local,
                 dir_remote=remote,
                 priority=index,
+                max_download_bytes=max_download_bytes,
                 source=source,
             )
         )

@@ -55,11 +55,15 @@ def load_base_servers(environ: Optional[Mapping[str, str]] = None) -> tuple[Serv
 
     1. ``NUKE_COMFYUI_SERVERS``: a JSON array of server objects, or the path of a file holding one.
     2. Numbered variables ``NUKE_COMFYUI_IP_<n>`` (or ``_HOST_<n>``), ``_PORT_<n>``,
-       ``_DIR_LOCAL_<n>``, ``_DIR_REMOTE_<n>``, ``_NAME_<n>``, ``_PRIORITY_<n>``, ``_ENABLED_<n>``.
+       ``_DIR_LOCAL_<n>``, ``_DIR_REMOTE_<n>``, ``_NAME_<n>``, ``_PRIORITY_<n>``, ``_ENABLED_<n>``,
+       ``_MAX_DOWNLOAD_BYTES_<n>`` (``<n>`` without leading zeros).
     3. The single-server variables of ComfyUI-for-Nuke: ``NUKE_COMFYUI_URL`` (one URL or a JSON
        list), ``NUKE_COMFYUI_HOST``, ``NUKE_COMFYUI_IP`` + ``NUKE_COMFYUI_PORT``, with
        ``NUKE_COMFYUI_DIR_LOCAL`` (or the old ``NUKE_COMFYUI_DIR``) and ``NUKE_COMFYUI_DIR_REMOTE``.
     4. One server, ``local``, at ``127.0.0.1:8188``.
+
+    ``NUKE_COMFYUI_MAX_DOWNLOAD_BYTES`` applies to the servers of 3 and 4. Files are read with
+    :func:`comfy_cluster.core.input_file.read_input_text` (regular files of at most 16 MiB).
 
     A broken source raises :class:`ConfigError` naming the variable or file and the field; we never
     fall back to the next source, because rendering on the wrong machine is worse than not starting.

@@ -9,9 +9,19 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from comfy_cluster.core.config.values import check_port, default_name, parse_address, type_name
+from comfy_cluster.core.config.credentials import parse_headers, parse_token
+from comfy_cluster.core.config.values import (
+    check_host,
+    check_port,
+    default_name,
+    parse_address,
+    reject_credentials,
+    shown,
+    split_host_port,
+    type_name,
+)
 from comfy_cluster.core.errors import ConfigError
-from comfy_cluster.core.server import DEFAULT_PORT, ServerConfig
+from comfy_cluster.core.server import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_PORT, ServerConfig
 
 __all__ = ["SERVER_KEYS", "parse_server_dict", "server_to_dict"]
 
@@ -32,34 +42,40 @@ SERVER_KEYS = (
     "verify_tls",
     "ca_bundle",
     "max_in_flight",
+    "max_download_bytes",
     "tags",
 )
 
+#: Keys whose value a message never quotes: secrets, and addresses that may carry user:password@.
+_UNQUOTED = frozenset({"token", "headers", "url", "ip", "host"})
+
 
 def _check_host(value: object, source: str, key: str, who: str) -> str:
-    """A bare host name or IP address, as given in a JSON ``ip``/``host`` key."""
+    """A bare host name or IP address (IPv6 bare or in brackets), as in a JSON ``ip``/``host``.
+
+    A port is refused here even in ``[IPv6]:port`` form, as in ``host:port``: it goes in
+    ``port`` (or write a ``url``).
+    """
     if not isinstance(value, str):
         raise ConfigError(
             f"{who}{key} must be a string, got {type_name(value)}", source=source, field=key
         )
-    host = value.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        raise ConfigError(f"{who}missing host", source=source, field=key)
-    if "/" in host or any(ch.isspace() for ch in host) or "@" in host:
+    text = value.strip()
+    reject_credentials(text, source, key, who)
+    if "/" in text:
         raise ConfigError(
-            f"{who}{key} must be a host name or IP address, got {value!r} (use 'url' for a URL)",
+            f"{who}{key} must be a host name or IP address, not a URL (use 'url' for a URL)",
             source=source,
             field=key,
         )
-    if host.count(":") == 1:
+    host, port_text = split_host_port(text, source, key, who)
+    if port_text is not None:
         raise ConfigError(
-            f"{who}{key} {value!r} contains a port; put the port in 'port'",
+            f"{who}{key} {shown(text)}contains a port; put the port in 'port' (or use 'url')",
             source=source,
             field=key,
         )
-    return host
+    return check_host(host, source, key, who)
 
 
 def _check_ca_bundle(value: object, source: str, who: str, server: str) -> Optional[str]:
@@ -133,8 +149,9 @@ def parse_server_dict(
         value = d[key]
         ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
         if not ok:
+            quoted = "" if key in _UNQUOTED else f" {value!r}"
             raise ConfigError(
-                f"{who}{key} must be {label}, got {type_name(value)} {value!r}",
+                f"{who}{key} must be {label}, got {type_name(value)}{quoted}",
                 source=source,
                 field=key,
             )
@@ -151,16 +168,19 @@ def parse_server_dict(
         url = typed("url", str, "a string")
         scheme, host, port = parse_address(url, source, "url")
     else:
-        if "ip" in d and "host" in d and d["ip"] != d["host"]:
+        given = {
+            k: _check_host(d[k], source, k, who) for k in ("ip", "host") if d.get(k) is not None
+        }
+        if not given:
+            raise ConfigError(f"{who}missing host ('ip' or 'host')", source=source, field="ip")
+        if len(set(given.values())) > 1:
             raise ConfigError(
-                f"{who}'ip' and 'host' are aliases and disagree ({d['ip']!r} vs {d['host']!r})",
+                f"{who}'ip' and 'host' are aliases and disagree ({given['ip']!r} vs "
+                f"{given['host']!r})",
                 source=source,
                 field="host",
             )
-        key = "ip" if "ip" in d else "host"
-        if key not in d or d[key] is None:
-            raise ConfigError(f"{who}missing host ('ip' or 'host')", source=source, field="ip")
-        host = _check_host(d[key], source, key, who)
+        host = next(iter(given.values()))
     if "port" in d:
         given = check_port(d["port"], source, "port", who)
         if port is not None and given != port:
@@ -212,19 +232,8 @@ def parse_server_dict(
             return default
         return typed(key, bool, "true or false")
 
-    headers: dict[str, str] = {}
-    if d.get("headers") is not None:
-        for hkey, hvalue in typed("headers", dict, "an object").items():
-            if not isinstance(hvalue, str):
-                raise ConfigError(
-                    f"{who}header {hkey!r} must be a string, got {type_name(hvalue)}",
-                    source=source,
-                    field="headers",
-                )
-            headers[hkey] = hvalue
-    token: Optional[str] = None
-    if d.get("token") is not None:
-        token = typed("token", str, "a string").strip() or None
+    headers = parse_headers(d.get("headers"), source, who, name)
+    token = parse_token(d.get("token"), source, who, name)
     tags: tuple[str, ...] = ()
     if d.get("tags") is not None:
         raw_tags = typed("tags", list, "an array of strings")
@@ -249,6 +258,7 @@ def parse_server_dict(
         verify_tls=flag("verify_tls", True),
         ca_bundle=ca_bundle,
         max_in_flight=positive("max_in_flight", 1),
+        max_download_bytes=positive("max_download_bytes", DEFAULT_MAX_DOWNLOAD_BYTES),
         tags=tags,
         source=source,
     )
@@ -268,6 +278,8 @@ def server_to_dict(server: ServerConfig) -> dict[str, Any]:
         "verify_tls": server.verify_tls,
         "max_in_flight": server.max_in_flight,
     }
+    if server.max_download_bytes != DEFAULT_MAX_DOWNLOAD_BYTES:
+        out["max_download_bytes"] = server.max_download_bytes
     if server.headers:
         out["headers"] = dict(server.headers)
     if server.token:

@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 from comfy_cluster.core.config.server_json import parse_server_dict, server_to_dict
 from comfy_cluster.core.config.values import env_value, load_json, type_name
 from comfy_cluster.core.errors import ConfigError
+from comfy_cluster.core.input_file import InputFileError, read_input_text
 from comfy_cluster.core.server import ServerConfig
 
 __all__ = [
@@ -254,11 +255,11 @@ def load_user_config(path: Union[str, Path, None] = None) -> UserConfig:
     target = Path(path) if path is not None else user_config_path()
     source = f"user file {target}"
     try:
-        text = target.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return UserConfig(source=source)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", source=source) from None
+        text = read_input_text(target)
+    except InputFileError as exc:
+        if exc.missing:
+            return UserConfig(source=source)
+        raise ConfigError(f"cannot read: it {exc.reason}", source=source) from None
     return _parse_user_document(load_json(text, source), source)
 
 
