@@ -109,6 +109,9 @@ def test_row_texts():
     assert row.text("last_error") == "refused"
     assert row.tooltip("last_error") == "refused\ntraceback..."
     assert row.tooltip("state") == "degraded for 2 min - missing node class KSamplerX"
+    assert row.tooltip("name") == "a - http://a:8188"
+    configured = build_rows(None, (ServerConfig("c", "10.0.0.9", source="user file"),))[0]
+    assert configured.tooltip("name") == "c - http://10.0.0.9:8188 (from user file)"
     empty = ServerRow("x")
     assert [empty.text(k) for k in ("queue", "latency", "vram", "priority")] == ["-"] * 4
 

@@ -111,11 +111,12 @@ class ServerRow:
         return text
 
     def tooltip(self, key: str) -> str:
-        """The hover tip of column ``key``: why a server is in its state; who configured it."""
+        """The hover tip of column ``key``: why a server is in its state; its URL and source."""
         if key == "state":
             return " - ".join(part for part in (self.state_text(), self.reason) if part)
-        if key == "name":
-            return f"{self.name} (from {self.source})" if self.source else self.name
+        if key == "name":  # the URL has no column of its own
+            text = f"{self.name} - {self.url}" if self.url else self.name
+            return f"{text} (from {self.source})" if self.source else text
         if key == "last_error":
             return self.last_error
         return self.text(key)
