@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from qt_support import require_nuke_binding
@@ -15,20 +14,13 @@ from qt_support import require_nuke_binding
 EXPECTED_BINDING = require_nuke_binding(needs_pytest_qt=True)
 
 from health_fakes import health_threads, quick_monitor  # noqa: E402
+from qt_support import GIB, FakeService, snapshot, status  # noqa: E402
 
 from comfy_cluster.core.cluster import ClusterService  # noqa: E402
-from comfy_cluster.core.health import (  # noqa: E402
-    HealthSnapshot,
-    ServerState,
-    ServerStatus,
-)
+from comfy_cluster.core.health import HealthSnapshot, ServerState  # noqa: E402
 from comfy_cluster.core.server import ServerConfig  # noqa: E402
 from comfy_cluster.ui.controller import PanelController  # noqa: E402
-from comfy_cluster.ui.panel import (  # noqa: E402
-    AddServerDialog,
-    ServerPanelWidget,
-    create_panel_widget,
-)
+from comfy_cluster.ui.panel import ServerPanelWidget, create_panel_widget  # noqa: E402
 from comfy_cluster.ui.panel_model import (  # noqa: E402
     COLUMN_KEYS,
     NAME_ROLE,
@@ -41,88 +33,10 @@ from comfy_cluster.ui.panel_model import (  # noqa: E402
 from comfy_cluster.ui.qt import BINDING, QtCore, QtGui  # noqa: E402
 
 Qt = QtCore.Qt
-GIB = 1 << 30
-
-
-def status(name: str, state: ServerState = ServerState.READY, **kw) -> ServerStatus:
-    values = dict(
-        name=name,
-        url=f"http://{name}:8188",
-        state=state,
-        queue_running=0,
-        queue_pending=0,
-        latency_ms=12.0,
-        device="cuda:0 NVIDIA RTX 4090",
-        vram_free=20 * GIB,
-        vram_total=24 * GIB,
-        os="posix",
-        comfyui_version="0.3.10",
-        last_error=None,
-        since=1_700_000_000.0,
-        reason=None,
-        checked_at=1_700_000_001.0,
-    )
-    values.update(kw)
-    return ServerStatus(**values)
-
-
-def snapshot(*statuses: ServerStatus) -> HealthSnapshot:
-    return HealthSnapshot(statuses={s.name: s for s in statuses}, taken_at=time.time())
 
 
 def col(key: str) -> int:
     return COLUMN_KEYS.index(key)
-
-
-class FakeService:
-    """A ClusterServiceProtocol with canned snapshots; records calls and the calling thread."""
-
-    def __init__(self, snap: HealthSnapshot, servers=()):
-        self.snap = snap
-        self.configs = tuple(servers)
-        self.jobs: dict[str, str] = {}
-        self.calls: list = []
-        self.threads: set = set()
-        self.fail_with: Exception | None = None
-
-    def _record(self, *call):
-        self.threads.add(threading.current_thread())
-        self.calls.append(call)
-        if self.fail_with is not None and call[0] not in ("snapshot", "servers", "active_jobs"):
-            raise self.fail_with
-
-    def snapshot(self):
-        self._record("snapshot")
-        return self.snap
-
-    def servers(self):
-        self._record("servers")
-        return self.configs
-
-    def active_jobs(self):
-        self._record("active_jobs")
-        return dict(self.jobs)
-
-    def poll_now(self):
-        self._record("poll_now")
-
-    def set_active(self, active):
-        self._record("set_active", active)
-
-    def set_enabled(self, name, enabled):
-        self._record("set_enabled", name, enabled)
-
-    def set_priority(self, name, priority):
-        self._record("set_priority", name, priority)
-
-    def add_server(self, config):
-        self._record("add_server", config)
-
-    def remove_server(self, name):
-        self._record("remove_server", name)
-
-    def named(self, method):
-        return [c for c in self.calls if c[0] == method]
 
 
 @pytest.fixture
@@ -195,8 +109,11 @@ def test_row_texts():
     assert row.text("last_error") == "refused"
     assert row.tooltip("last_error") == "refused\ntraceback..."
     assert row.tooltip("state") == "degraded for 2 min - missing node class KSamplerX"
+    assert row.tooltip("name") == "a - http://a:8188"
+    configured = build_rows(None, (ServerConfig("c", "10.0.0.9", source="user file"),))[0]
+    assert configured.tooltip("name") == "c - http://10.0.0.9:8188 (from user file)"
     empty = ServerRow("x")
-    assert [empty.text(k) for k in ("queue", "latency", "vram", "priority")] == ["", "", "", ""]
+    assert [empty.text(k) for k in ("queue", "latency", "vram", "priority")] == ["-"] * 4
 
 
 # --------------------------------------------------------------------------- model
@@ -249,7 +166,7 @@ def test_state_cell_is_coloured(qtbot, state):
     assert brush.color().name() == STATE_COLOURS[state.name]
     assert index.data() == state.name.lower()
     assert index.data(NAME_ROLE) == "a"
-    assert model.index(0, col("url")).data(Qt.ItemDataRole.BackgroundRole) is None
+    assert model.index(0, col("queue")).data(Qt.ItemDataRole.BackgroundRole) is None
 
 
 def test_state_colours_are_distinct_and_cover_every_state():
@@ -263,8 +180,7 @@ def test_headers(qtbot):
         model.headerData(i, Qt.Orientation.Horizontal, Qt.ItemDataRole.DisplayRole)
         for i in range(model.columnCount())
     ]
-    assert headers[:3] == ["Server", "URL", "State"]
-    assert "Last error" in headers and "Job / chunk" in headers and "VRAM free" in headers
+    assert headers == ["Server", "State", "Queue", "Latency", "VRAM free"]
 
 
 # --------------------------------------------------------------------------- panel + timer
@@ -276,7 +192,7 @@ def test_rows_follow_snapshots(qtbot, panel, service):
     service.jobs = {"a": "job 1 / chunk 2"}
     qtbot.waitUntil(lambda: shown_names(panel) == ["a", "c"], timeout=2000)
     model = panel.controller.model
-    qtbot.waitUntil(lambda: model.index(0, col("job")).data() == "job 1 / chunk 2", timeout=2000)
+    qtbot.waitUntil(lambda: model.row_named("a").job == "job 1 / chunk 2", timeout=2000)
     assert model.index(0, col("state")).data() == "busy"
     service.snap = snapshot()
     qtbot.waitUntil(lambda: model.rowCount() == 0, timeout=2000)
@@ -354,25 +270,6 @@ def test_a_failing_snapshot_does_not_stop_the_timer(qtbot, panel, service, monke
     monkeypatch.setattr(service, "snapshot", boom)
     qtbot.waitUntil(lambda: "monitor exploded" in panel.status_label.text(), timeout=2000)
     assert panel.controller.active
-
-
-def test_add_dialog_builds_a_server_config(qtbot):
-    dialog = AddServerDialog()
-    qtbot.addWidget(dialog)
-    assert dialog.server() is None
-    dialog.name_edit.setText("gpu2")
-    dialog.host_edit.setText("https://gpu2.example:9000")
-    dialog.priority_spin.setValue(2)
-    config = dialog.server()
-    assert (config.name, config.host, config.port, config.scheme, config.priority) == (
-        "gpu2",
-        "gpu2.example",
-        9000,
-        "https",
-        2,
-    )
-    dialog.host_edit.setText("10.0.0.9")
-    assert dialog.server().url == "http://10.0.0.9:8188"
 
 
 def test_timer_runs_only_while_visible(qtbot, panel, service):

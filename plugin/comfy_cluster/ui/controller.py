@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_MS = 500
 
 
+def _wall_clock() -> str:
+    """The time of day the status line says it refreshed at."""
+    return time.strftime("%H:%M:%S")
+
+
 class BoundSignal(Protocol):
     """A Qt signal of a live object: all the presenter does with one is connect to it."""
 
@@ -55,6 +60,11 @@ class PanelView(Protocol):
     @property
     def add_requested(self) -> BoundSignal:
         """``(ServerConfig)``."""
+        ...
+
+    @property
+    def edit_requested(self) -> BoundSignal:
+        """``(old name, ServerConfig)``: replace a server with an edited one."""
         ...
 
     @property
@@ -120,12 +130,15 @@ class PanelController(QtCore.QObject):
         service: ClusterServiceProtocol,
         *,
         interval_ms: int = DEFAULT_INTERVAL_MS,
+        clock: Callable[[], str] = _wall_clock,
         parent: Optional[QtCore.QObject] = None,
     ) -> None:
         super().__init__(parent)
         if interval_ms <= 0:
             raise ValueError(f"interval_ms must be positive, got {interval_ms}")
         self.service = service
+        #: Gives the status line's time; the docs' pictures pass a fixed one.
+        self.clock = clock
         self.model = ServerTableModel(self)
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(interval_ms)
@@ -145,6 +158,7 @@ class PanelController(QtCore.QObject):
         view.enable_requested.connect(self.set_enabled)
         view.priority_requested.connect(self.set_priority)
         view.add_requested.connect(self.add_server)
+        view.edit_requested.connect(self.edit_server)
         view.remove_requested.connect(self.remove_server)
         view.refresh_requested.connect(self.refresh_now)
         # Closing the pane deletes the widget (and this controller with it) without a hide event.
@@ -198,7 +212,7 @@ class PanelController(QtCore.QObject):
             return
         self.model.set_rows(rows)
         up = sum(1 for row in rows if row.state in ("READY", "BUSY"))
-        self._show("status", f"{len(rows)} servers, {up} up - {time.strftime('%H:%M:%S')}")
+        self._show("status", f"{len(rows)} servers, {up} up - {self.clock()}")
         self.refreshed.emit(len(rows))
 
     # -- actions (each saves to the user config file through the service) ----------------
@@ -222,6 +236,29 @@ class PanelController(QtCore.QObject):
     def add_server(self, config: ServerConfig) -> None:
         """Add ``config`` to the cluster and persist it."""
         self._act(f"add {config.name}", self.service.add_server, config)
+
+    @Slot(str, object)
+    def edit_server(self, old_name: str, config: ServerConfig) -> None:
+        """Replace ``old_name`` with ``config`` and persist it.
+
+        The service replaces a server of the same name; a renamed server is added under its new
+        name first and the old one removed after, so a failure never loses the server.
+        """
+        if not self._act(f"save {config.name}", self.service.add_server, config):
+            return
+        if config.name != old_name:
+            self._act(f"remove {old_name}", self.service.remove_server, old_name)
+
+    def server_config(self, name: str) -> Optional[ServerConfig]:
+        """The configured server ``name`` (for the edit dialog), or None."""
+        for config in self.service.servers():
+            if config.name == name:
+                return config
+        return None
+
+    def server_names(self) -> tuple[str, ...]:
+        """Names of the configured servers (a new server must not take one)."""
+        return tuple(config.name for config in self.service.servers())
 
     @Slot(str)
     def remove_server(self, name: str) -> None:
