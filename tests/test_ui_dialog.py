@@ -90,6 +90,7 @@ def test_add_with_every_field(qtbot, ca_file):
     dialog.dir_remote_edit.setText("/srv/comfy/")
     dialog.priority_spin.setValue(3)
     dialog.max_in_flight_spin.setValue(4)
+    dialog.max_download_spin.setValue(512)
     dialog.enabled_check.setChecked(False)
     dialog.tags_edit.setText("a100, night")
 
@@ -112,6 +113,7 @@ def test_add_with_every_field(qtbot, ca_file):
         verify_tls=False,
         ca_bundle=str(ca_file),
         max_in_flight=4,
+        max_download_bytes=512 << 20,
         tags=("a100", "night"),
         source="panel",
     )

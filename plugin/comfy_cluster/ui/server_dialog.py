@@ -43,6 +43,7 @@ FIELD_LABELS = {
     "dir_remote": "Server folder",
     "priority": "Priority",
     "max_in_flight": "Max in flight",
+    "max_download_bytes": "Max download (MiB)",
     "enabled": "Enabled",
     "tags": "Tags",
 }
@@ -133,6 +134,11 @@ class ServerDialog(QtWidgets.QDialog):
         self.max_in_flight_spin = _spin(
             1, 999, old.max_in_flight, "How many of our prompts may sit in its queue at once"
         )
+        # MiB on screen (a spin box holds at most 2**31-1); an unchanged value keeps exact bytes.
+        self._old_download_bytes = old.max_download_bytes
+        self.max_download_spin = _spin(
+            1, 1 << 20, max(1, old.max_download_bytes >> 20), "The largest output file accepted"
+        )
         self.enabled_check = QtWidgets.QCheckBox("Use this server for renders")
         self.enabled_check.setChecked(old.enabled)
         self.tags_edit = _line(", ".join(old.tags), "comma separated", "Free labels (tags)")
@@ -180,12 +186,19 @@ class ServerDialog(QtWidgets.QDialog):
             )
         )
         scheduling = [("Priority", self.priority_spin), ("Max in flight", self.max_in_flight_spin)]
+        scheduling += [("Max download (MiB)", self.max_download_spin)]
         scheduling += [("Enabled", self.enabled_check), ("Tags", self.tags_edit)]
         layout.addWidget(_group("Scheduling", scheduling, self.labels))
         layout.addWidget(self.error_label)
         layout.addWidget(buttons)
 
     # -- the JSON object and its validation ------------------------------------------------
+    def _download_bytes(self) -> int:
+        mib = self.max_download_spin.value()
+        return (
+            self._old_download_bytes if mib == max(1, self._old_download_bytes >> 20) else mib << 20
+        )
+
     def server_dict(self) -> dict[str, Any]:
         """The JSON object this entry stands for, secrets included (kept or newly typed)."""
         host = self.host_edit.text().strip()
@@ -201,6 +214,7 @@ class ServerDialog(QtWidgets.QDialog):
             priority=self.priority_spin.value(),
             enabled=self.enabled_check.isChecked(),
             max_in_flight=self.max_in_flight_spin.value(),
+            max_download_bytes=self._download_bytes(),
             verify_tls=self.verify_tls_check.isChecked(),
             dir_local=self.dir_local_edit.text().strip(),
             dir_remote=self.dir_remote_edit.text().strip(),
@@ -271,6 +285,7 @@ class ServerDialog(QtWidgets.QDialog):
             "dir_remote": self.dir_remote_edit,
             "priority": self.priority_spin,
             "max_in_flight": self.max_in_flight_spin,
+            "max_download_bytes": self.max_download_spin,
             "enabled": self.enabled_check,
             "tags": self.tags_edit,
         }
