@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Callable
 
 from rich.progress import BarColumn, ProgressColumn, Task
+from rich.progress_bar import ProgressBar
 from rich.table import Column
 from rich.text import Text
 
@@ -109,7 +110,7 @@ class FittedBarColumn(BarColumn):
         super().__init__(bar_width=BAR_MAX)
         self.layout = layout
 
-    def render(self, task: Task) -> object:
+    def render(self, task: Task) -> ProgressBar:
         self.bar_width = self.layout.bar()
         return super().render(task)
 

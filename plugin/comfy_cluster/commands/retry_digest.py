@@ -8,9 +8,9 @@ identically and then writes one line with the count::
     retry: chunk 0 on a failed 3 times (node 2 (ImageInvert) failed: ...); 1 frame(s) back ...
 
 A held line is written as soon as anything else is printed, when that server fails differently,
-when the job ends, or ``hold_seconds`` after it started, whichever comes first; a log is never
-more than that late. A server's "left the job" line waits for its held retry line, so the log
-still reads in cause-then-effect order.
+when the job ends, or with the first event that comes ``hold_seconds`` after it started
+(running prompts report progress often), whichever is first. A server's "left the job" line
+waits for its held retry line, so the log still reads in cause-then-effect order.
 """
 
 from __future__ import annotations
