@@ -158,12 +158,13 @@ def test_plain_progress_shows_true_percentages() -> None:
     out = io.StringIO()
     view = PlainView(out)
     view(ev.JobStarted(total_frames=4, servers=("a",), **BASE))
-    for f in range(1, 5):
-        view(ev.FrameWritten(frame=f, path=f"/x/{f}", server="a", **BASE))
+    for f, eta in zip(range(1, 5), (90.0, None, 0.04, 0.0)):
+        at = {**BASE, "eta_seconds": eta}
+        view(ev.FrameWritten(frame=f, path=f"/x/{f}", server="a", **at))
     assert out.getvalue().splitlines()[1:] == [
-        "1/4 frames (25%)",
+        "1/4 frames (25%), about 1:30 left",
         "2/4 frames (50%)",
-        "3/4 frames (75%)",
+        "3/4 frames (75%)",  # not "about 0.0 s left"
         "4/4 frames (100%)",
     ]
 

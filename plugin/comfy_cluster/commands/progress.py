@@ -133,6 +133,15 @@ def with_node(message: str, node_id: Optional[str]) -> str:
     return f"{message} (node {node_id})"
 
 
+#: Below this an estimate says nothing ("about 0.0 s left" on the last frames).
+MIN_ETA_SECONDS = 1.0
+
+
+def _worth_saying(event: ev.JobEvent) -> bool:
+    """Whether ``event``'s time-left estimate is known and long enough to be worth printing."""
+    return event.eta_seconds is not None and event.eta_seconds >= MIN_ETA_SECONDS
+
+
 def summary_lines(result: Any) -> list[str]:
     """The text summary of a ``JobResult`` (shared by the plain and rich views)."""
     status = result.status.value
@@ -223,7 +232,7 @@ class PlainView(View):
         if tenth >= self._next_tenth:
             self._next_tenth = tenth + 1
             percent = self.written * 100 // self.total
-            eta = f", about {duration_text(event.eta_seconds)} left" if event.eta_seconds else ""
+            eta = f", about {duration_text(event.eta_seconds)} left" if _worth_saying(event) else ""
             self.write_line(f"{self.written}/{self.total} frames ({percent}%){eta}")
 
 
@@ -294,7 +303,7 @@ class RichView(View):
                 self._task(name)
             return
         if self._overall is not None:
-            eta = f"~{duration_text(event.eta_seconds)} left" if event.eta_seconds else ""
+            eta = f"~{duration_text(event.eta_seconds)} left" if _worth_saying(event) else ""
             p.update(
                 self._overall,
                 completed=min(self.total, event.progress * self.total),
