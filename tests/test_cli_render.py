@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,172 @@ def test_plain_view_prints_tenths_not_frames() -> None:
     assert len(lines) == 11 and lines[-1].startswith("100/100 frames (100%)")
     data = event_to_json(ev.JobDone(frames_written=3, per_server={"a": 3}, **base))
     assert data["type"] == "JobDone" and data["per_server"] == {"a": 3}
+
+
+# --- what a person reads (issue 13) --------------------------------------------------------------
+
+BASE = dict(job_id="j", progress=0.0, eta_seconds=None)
+NODE_2_FAILS = "node 2 (ImageInvert) failed: Exception: SimFault: node 2 (ImageInvert) failed"
+
+
+def test_plain_progress_shows_true_percentages() -> None:
+    out = io.StringIO()
+    view = PlainView(out)
+    view(ev.JobStarted(total_frames=4, servers=("a",), **BASE))
+    for f, eta in zip(range(1, 5), (90.0, None, 0.04, 0.0)):
+        at = {**BASE, "eta_seconds": eta}
+        view(ev.FrameWritten(frame=f, path=f"/x/{f}", server="a", **at))
+    assert out.getvalue().splitlines()[1:] == [
+        "1/4 frames (25%), about 1:30 left",
+        "2/4 frames (50%)",
+        "3/4 frames (75%)",  # not "about 0.0 s left"
+        "4/4 frames (100%)",
+    ]
+
+
+def test_identical_retries_are_one_line_with_the_count_and_the_node_is_named_once() -> None:
+    """The engine's order for a node that always fails: two retries, the server leaves, the
+    third retry, the job fails with a message that already names node 2."""
+    out = io.StringIO()
+    view = PlainView(out)
+    view(ev.JobStarted(total_frames=4, servers=("a",), **BASE))
+    retry = dict(chunk_index=0, server="a", why=NODE_2_FAILS, frames=(1,), **BASE)
+    view(ev.ChunkRetried(**retry))
+    view(ev.ChunkRetried(**retry))
+    view(ev.ServerBlocklisted(server="a", why=f"failed 3 chunks; last: {NODE_2_FAILS}", **BASE))
+    view(ev.ChunkRetried(**retry))
+    message = f"no eligible server left (a: failed 3 chunks; last: {NODE_2_FAILS})"
+    view(ev.JobFailed(message=message, node_id="2", **BASE))
+    lines = out.getvalue().splitlines()
+    assert lines[1:] == [
+        f"retry: chunk 0 on a failed 3 times ({NODE_2_FAILS}); 1 frame(s) back in the queue",
+        f"server a left the job: failed 3 chunks; last: {NODE_2_FAILS}",
+        f"job failed: {message}",
+    ]
+
+
+def test_the_node_suffix_is_added_only_when_the_message_does_not_name_it() -> None:
+    from comfy_cluster.commands.progress import summary_lines
+    from comfy_cluster.core.engine.job import JobResult, JobStatus
+
+    def reason(message: str, node: str) -> str:
+        result = JobResult("j", JobStatus.FAILED, message=message, node_id=node)
+        return next(line for line in summary_lines(result) if line.startswith("  reason:"))
+
+    assert reason("node 2 (ImageInvert) failed", "2") == "  reason: node 2 (ImageInvert) failed"
+    assert reason("node 12 failed", "2") == "  reason: node 12 failed (node 2)"
+    assert reason("bad value", "[/x]") == "  reason: bad value (node [/x])"
+    assert reason("node [/x] (Foo) failed", "[/x]") == "  reason: node [/x] (Foo) failed"
+
+
+def test_a_node_that_always_fails_is_reported_once(shot: dict[str, Any], sim_factory: Any) -> None:
+    failing = sim_factory(name="f", fail_node="2")
+    shot["env"]["NUKE_COMFYUI_SERVERS"] = json.dumps(
+        [{"name": "f", "ip": "127.0.0.1", "port": failing.port}]
+    )
+    code, out, _err = call(shot, frames="1-4")
+    assert code == 1
+    retries = [line for line in out.splitlines() if line.startswith("retry:")]
+    assert len(retries) == 1 and " failed 3 times (node 2 (ImageInvert) failed" in retries[0]
+    assert "(node 2)" not in out
+    assert "frames are in" not in out  # nothing was written
+
+
+def test_render_ends_saying_where_the_frames_are(shot: dict[str, Any]) -> None:
+    code, out, _err = call(shot)
+    assert code == 0
+    assert out.splitlines()[-1] == f"frames are in {shot['out_dir']} (o.####.png, 8 of 8 on disk)"
+    code, out, _err = call(shot, "--json", "--overwrite")
+    assert code == 0 and "frames are in" not in out  # --json stays JSON only
+
+
+def test_set_on_the_save_node_warns_and_output_stays_the_destination(
+    shot: dict[str, Any],
+) -> None:
+    code, _out, err = call(shot, "--set", "3.filename_prefix=elsewhere/shot", frames="1-2")
+    assert code == 0, err
+    warning = next(line for line in err.splitlines() if "warning" in line)
+    assert "--set 3.filename_prefix" in warning and "node 3 (SaveImage)" in warning
+    assert shot["output"] in warning
+    assert (shot["out_dir"] / "o.0001.png").is_file() and (shot["out_dir"] / "o.0002.png").is_file()
+    code, _out, err = call(shot, "--set", '3.images=["2", 0]', "--overwrite", frames="1")
+    assert code == 0 and "warning" not in err  # other inputs of the save node say nothing
+
+
+def test_ctrl_c_says_frames_done_and_the_command_that_finishes_the_job(
+    shot: dict[str, Any], sim_factory: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    import _thread
+    import threading
+    import time
+
+    from comfy_cluster.cli import main
+
+    slow = sim_factory(name="slow", node_seconds=0.1)
+    shot["env"]["NUKE_COMFYUI_SERVERS"] = json.dumps(
+        [{"name": "slow", "ip": "127.0.0.1", "port": slow.port}]
+    )
+    for key, value in shot["env"].items():
+        monkeypatch.setenv(key, value)
+    argv = ["render", shot["workflow"], "--frames", "1-8", "--output", shot["output"]]
+    argv += ["--input", shot["input"], "--overwrite"]
+
+    def press_ctrl_c_after_two_frames() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if len(list(shot["out_dir"].glob("o.*.png"))) >= 2:
+                _thread.interrupt_main()  # what SIGINT does: KeyboardInterrupt in the main thread
+                return
+            time.sleep(0.02)
+
+    presser = threading.Thread(target=press_ctrl_c_after_two_frames, daemon=True)
+    presser.start()
+    code = main(argv)
+    presser.join()
+    err = capsys.readouterr().err
+    assert code == 130
+    done = next(line for line in err.splitlines() if line.startswith("interrupted:"))
+    assert done.startswith("interrupted: job cancelled; ") and done.endswith(" of 8 frame(s) done")
+    rerun = next(line for line in err.splitlines() if line.startswith("to finish the job: "))
+    expected = [arg if arg != "--overwrite" else "--resume" for arg in argv]
+    assert rerun == "to finish the job: comfy-cluster " + shlex.join(expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "replaced"),
+    [
+        (["render", "a.json", "--overwrite"], "comfy-cluster render a.json --resume", True),
+        (["render", "a.json", "--over"], "comfy-cluster render a.json --resume", True),
+        (["render", "a.json", "--resume"], "comfy-cluster render a.json --resume", False),
+        (
+            ["render", "my shot.json", "--output", "o.####.png", "--set", "N.text=it's"],
+            "comfy-cluster render 'my shot.json' --output 'o.####.png' --set 'N.text=it'\"'\"'s' "
+            "--resume",
+            False,
+        ),
+    ],
+)
+def test_resume_command_replaces_overwrite_and_quotes(
+    argv: list[str], command: str, replaced: bool
+) -> None:
+    from comfy_cluster.commands.next_steps import resume_command
+
+    assert resume_command(argv) == (command, replaced)
+    assert shlex.split(command)[-1] == "--resume"
+
+
+def test_the_fold_counts_a_streak_of_identical_failures_per_server() -> None:
+    from comfy_cluster.core.progress import JobProgress, RetryStreak
+
+    progress = JobProgress()
+    retry = dict(server="a", why="boom", **BASE)
+    assert progress.apply(ev.ChunkRetried(chunk_index=0, frames=(1, 2), **retry)).retry == (
+        RetryStreak("a", "boom", 1, (0,), (1, 2))
+    )
+    assert progress.apply(ev.ChunkRetried(chunk_index=1, frames=(3,), **retry)).retry == (
+        RetryStreak("a", "boom", 2, (0, 1), (3,))
+    )
+    other = progress.apply(ev.ChunkRetried(chunk_index=1, server="a", why="other", **BASE))
+    assert other.retry is not None and other.retry.count == 1
+    progress.apply(ev.FrameWritten(frame=3, path="/3", server="a", **BASE))
+    assert "a" not in progress.streaks  # it works again: the next failure starts afresh

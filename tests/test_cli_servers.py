@@ -250,3 +250,18 @@ def test_import_stays_cheap():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_server_disabled_from_the_panel_names_the_user_file_as_the_source_of_that_edit(env):
+    """The panel writes its enable/disable switch to the user file; the row must say so."""
+    path = env["COMFY_CLUSTER_CONFIG"]
+    save_user_config(UserConfig().set_enabled("a", False).set_priority("a", 5), path)
+    code, out, _ = run({**env, "NUKE_COMFYUI_SERVERS": DONE_EXAMPLE})
+    header, row = out.splitlines()
+    assert code == 0 and row.split()[:4] == ["a", "http://10.0.0.5:8188", "5", "no"]
+    assert row[header.index("SOURCE") :] == (
+        f"NUKE_COMFYUI_SERVERS; disabled, priority 5 in user file {path}"
+    )
+    (server,) = json.loads(run({**env, "NUKE_COMFYUI_SERVERS": DONE_EXAMPLE}, "--json")[1])
+    assert server["source"] == "NUKE_COMFYUI_SERVERS" and server["enabled"] is False
+    assert server["edits"] == {"enabled": False, "priority": 5, "source": f"user file {path}"}

@@ -19,7 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.commands.common import ExitCode
+from comfy_cluster.commands.common import (
+    ExitCode,
+    add_command,
+    missing_sim_extra,
+    report_missing_sim_extra,
+)
 
 #: (name, speed) of the demo servers; the second one dies half way.
 SERVERS = (("fast-a", 1.0), ("fast-b", 1.0), ("slow", 0.4))
@@ -29,11 +34,19 @@ DEFAULT_FRAMES = 24
 DEFAULT_NODE_SECONDS = 0.4
 IMAGE_SIZE = (256, 144)
 
+EXAMPLES = """
+comfy-cluster demo
+comfy-cluster demo --frames 48 --out /tmp/cluster-demo
+comfy-cluster demo --json > demo-events.jsonl
+"""
+
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` sub-command to the CLI."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
+        examples=EXAMPLES,
         help="render a short sequence on three local simulated servers (one dies half way)",
         description=(
             "Start three simulated ComfyUI servers on 127.0.0.1 (one slow, one that dies half "
@@ -42,13 +55,13 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--frames", type=int, default=DEFAULT_FRAMES, metavar="N", help="frames to render (24)"
+        "--frames", type=int, default=DEFAULT_FRAMES, metavar="N", help="frames to render"
     )
     parser.add_argument(
         "--out",
         default="comfy_cluster_demo",
         metavar="DIR",
-        help="folder for input/ and output/ (default ./comfy_cluster_demo)",
+        help="folder for input/ and output/",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON event per line")
     parser.add_argument(
@@ -56,7 +69,7 @@ def register(subparsers: Any) -> None:
         type=float,
         default=DEFAULT_NODE_SECONDS,
         metavar="S",
-        help=f"simulated seconds per node at full speed (default {DEFAULT_NODE_SECONDS})",
+        help="simulated seconds per node at full speed",
     )
     parser.set_defaults(func=run)
 
@@ -73,16 +86,11 @@ def run(
     if args.node_seconds < 0:
         print("comfy-cluster demo: --node-seconds must be >= 0", file=err)
         return ExitCode.USAGE
-    try:
-        from comfy_cluster.sim.harness import start_sims, stop_all
-        from comfy_cluster.sim.options import SimOptions
-    except ImportError as exc:
-        print(
-            f"comfy-cluster demo needs the sim extra ({exc.name} is missing): "
-            "python -m pip install 'comfy-cluster[cli,sim]'",
-            file=err,
-        )
-        return ExitCode.USAGE
+    missing = missing_sim_extra()
+    if missing:
+        return report_missing_sim_extra("demo", missing, err)
+    from comfy_cluster.sim.harness import start_sims, stop_all
+    from comfy_cluster.sim.options import SimOptions
 
     root = Path(args.out).expanduser().absolute()
     input_pattern = str(root / "input" / "demo.####.png")

@@ -7,9 +7,12 @@ The counting (frames written, per server, chunks held) is one
 :class:`~comfy_cluster.core.progress.JobProgress` per view; the views only decide what to print.
 
 - :class:`RichView` (stdout is a TTY and rich is installed): one overall bar and one bar per
-  server, each with what that server is doing (its chunk, or why it left the job).
-- :class:`PlainView` (pipes, CI logs): one line per 10 % of frames written, one per finished
-  multi-frame chunk, one per retry or blocklisted server; never one per frame.
+  server, each with what that server is doing (its chunk, or why it left the job). Its columns
+  (:mod:`~comfy_cluster.commands.live_columns`) fit the terminal whatever a message says and
+  show every text literally, never as rich markup.
+- :class:`PlainView` (pipes, CI logs): one line per 10 % of frames written (with the true
+  percentage), one per finished multi-frame chunk, one per run of identical retries
+  (:mod:`~comfy_cluster.commands.retry_digest`) or blocklisted server; never one per frame.
 - :class:`JsonView` (``--json``): one JSON object per event, ``{"type": <class name>, ...fields}``.
 
 rich is imported lazily, inside :class:`RichView`, so the CLI works with the runtime dependencies
@@ -20,16 +23,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
+from comfy_cluster.commands.retry_digest import RetryDigest
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.formatting import duration_text
 from comfy_cluster.core.frames import frames_text
-from comfy_cluster.core.progress import JobProgress, ProgressChange
+from comfy_cluster.core.progress import FINAL_EVENTS, JobProgress, ProgressChange
 
-__all__ = ["JsonView", "PlainView", "RichView", "View", "event_to_json", "make_view"]
+__all__ = [
+    "JsonView",
+    "PlainView",
+    "RichView",
+    "View",
+    "event_to_json",
+    "make_view",
+    "with_node",
+]
 
 
 def event_to_json(event: ev.JobEvent) -> dict[str, Any]:
@@ -110,6 +123,25 @@ class View:
             self.write_line(line)
 
 
+def with_node(message: str, node_id: Optional[str]) -> str:
+    """``message`` plus `` (node ID)``, unless there is no node or the message names it already
+    (the engine's messages often do: "node 2 (ImageInvert) failed ..." needs no "(node 2)")."""
+    if not node_id:
+        return message
+    if re.search(rf"\bnode {re.escape(str(node_id))}(?!\w)", message):
+        return message
+    return f"{message} (node {node_id})"
+
+
+#: Below this an estimate says nothing ("about 0.0 s left" on the last frames).
+MIN_ETA_SECONDS = 1.0
+
+
+def _worth_saying(event: ev.JobEvent) -> bool:
+    """Whether ``event``'s time-left estimate is known and long enough to be worth printing."""
+    return event.eta_seconds is not None and event.eta_seconds >= MIN_ETA_SECONDS
+
+
 def summary_lines(result: Any) -> list[str]:
     """The text summary of a ``JobResult`` (shared by the plain and rich views)."""
     status = result.status.value
@@ -127,8 +159,7 @@ def summary_lines(result: Any) -> list[str]:
         lines.append(f"  {name} left the job: {why}")
     if not result.ok:
         if result.message:
-            node = f" (node {result.node_id})" if result.node_id else ""
-            lines.append(f"  reason: {result.message}{node}")
+            lines.append(f"  reason: {with_node(result.message, result.node_id)}")
         if result.frames_missing:
             lines.append(
                 f"  missing: {len(result.frames_missing)} frame(s): "
@@ -148,13 +179,29 @@ class JsonView(View):
 
 
 class PlainView(View):
-    """Plain lines for logs: every 10 % of frames, each finished multi-frame chunk, each problem."""
+    """Plain lines for logs: every 10 % of frames, each finished multi-frame chunk, each problem.
+
+    The percentage is the true one (1 of 4 frames says 25%), printed when the count crosses a
+    tenth; identical retries of one server are one line with a count (:class:`RetryDigest`).
+    """
 
     def __init__(self, out: TextIO) -> None:
         super().__init__(out)
         self._next_tenth = 1
+        self._retries = RetryDigest()
+
+    def write_line(self, text: str) -> None:
+        """Held retry lines go first, so the log keeps its order."""
+        for line in self._retries.flush():
+            super().write_line(line)
+        super().write_line(text)
+
+    def _write_all(self, lines: list[str]) -> None:
+        for line in lines:
+            super().write_line(line)
 
     def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
+        self._write_all(self._retries.due())
         if isinstance(event, ev.JobStarted):
             skipped = f", {len(event.skipped_frames)} skipped" if event.skipped_frames else ""
             self.write_line(
@@ -164,17 +211,16 @@ class PlainView(View):
         elif isinstance(event, ev.FrameWritten):
             self._frame(event, change)
         elif isinstance(event, ev.ChunkRetried):
-            self.write_line(
-                f"retry: chunk {event.chunk_index} on {event.server} failed ({event.why}); "
-                f"{len(event.frames)} frame(s) back in the queue"
-            )
+            self._write_all(self._retries.retried(event))
         elif isinstance(event, ev.ServerBlocklisted):
-            self.write_line(f"server {event.server} left the job: {event.why}")
+            line = f"server {event.server} left the job: {event.why}"
+            self._write_all(self._retries.left(event.server, line))
         elif isinstance(event, ev.JobFailed):
-            node = f" (node {event.node_id})" if event.node_id else ""
-            self.write_line(f"job failed: {event.message}{node}")
+            self.write_line(f"job failed: {with_node(event.message, event.node_id)}")
         elif isinstance(event, ev.JobCancelled):
             self.write_line("job cancelled")
+        elif isinstance(event, ev.JobDone):
+            self._write_all(self._retries.flush())
 
     def _frame(self, event: ev.FrameWritten, change: ProgressChange) -> None:
         chunk = change.finished
@@ -185,31 +231,41 @@ class PlainView(View):
         tenth = self.written * 10 // self.total
         if tenth >= self._next_tenth:
             self._next_tenth = tenth + 1
-            eta = f", about {duration_text(event.eta_seconds)} left" if event.eta_seconds else ""
-            self.write_line(f"{self.written}/{self.total} frames ({tenth * 10}%){eta}")
+            percent = self.written * 100 // self.total
+            eta = f", about {duration_text(event.eta_seconds)} left" if _worth_saying(event) else ""
+            self.write_line(f"{self.written}/{self.total} frames ({percent}%){eta}")
 
 
 class RichView(View):
-    """Live bars: overall (with ETA) and one per server (frames it wrote, what it does now)."""
+    """Live bars: overall (with ETA) and one per server (frames it wrote, what it does now).
+
+    Notes are kept as a text plus a style, never as markup: failure messages carry brackets.
+    If drawing fails anyway, the view goes quiet and the summary is still printed: a broken
+    display must not end a render.
+    """
 
     def __init__(self, out: TextIO) -> None:
         super().__init__(out)
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
+        from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from comfy_cluster.commands.live_columns import (
+            FittedBarColumn,
+            NameColumn,
+            NoteColumn,
+            RowLayout,
+            name_width,
         )
 
         self.console = Console(file=out)
+        self._layout = RowLayout(lambda: self.console.width, lambda: self.total)
+        self._name_width = name_width
         self.bars = Progress(
-            TextColumn("{task.description:<14}"),
-            BarColumn(),
+            NameColumn(self._layout),
+            FittedBarColumn(self._layout),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
+            NoteColumn(self._layout),
             console=self.console,
             transient=False,
             refresh_per_second=8,
@@ -219,51 +275,76 @@ class RichView(View):
         self._started = False
 
     def _ensure(self) -> None:
-        if not self._started:
+        if not self._started and not self.broken:
             self.bars.start()
             self._started = True
 
     def _task(self, server: str) -> Any:
         task = self._tasks.get(server)
         if task is None:
-            task = self.bars.add_task(server, total=self.total or None, note="waiting")
+            task = self.bars.add_task(server, total=self.total or None, note="waiting", style="dim")
             self._tasks[server] = task
         return task
 
+    def _note(self, server: str, note: str, style: str = "") -> None:
+        self.bars.update(self._task(server), note=note, style=style)
+
     def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
+        if isinstance(event, ev.JobStarted):
+            self._layout.name = self._name_width(tuple(event.servers))
         self._ensure()
         p = self.bars
         if isinstance(event, ev.JobStarted):
             skipped = f"{len(event.skipped_frames)} skipped" if event.skipped_frames else ""
-            self._overall = p.add_task("all frames", total=event.total_frames or 1, note=skipped)
+            self._overall = p.add_task(
+                "all frames", total=event.total_frames or 1, note=skipped, style=""
+            )
             for name in event.servers:
                 self._task(name)
             return
         if self._overall is not None:
-            eta = f"~{duration_text(event.eta_seconds)} left" if event.eta_seconds else ""
+            eta = f"~{duration_text(event.eta_seconds)} left" if _worth_saying(event) else ""
             p.update(
                 self._overall,
                 completed=min(self.total, event.progress * self.total),
                 note=eta,
             )
         if isinstance(event, ev.ChunkAssigned):
-            p.update(self._task(event.server), note=f"frames {frames_text(event.frames)}")
+            self._note(event.server, f"frames {frames_text(event.frames)}")
         elif isinstance(event, ev.FrameWritten):
             p.update(self._task(event.server), completed=self.per_server.get(event.server, 0))
         elif isinstance(event, ev.ChunkRetried):
-            p.update(self._task(event.server), note=f"[yellow]retry: {event.why}")
+            if event.server not in self.progress.blocklisted:  # "out: why" says more
+                streak = change.retry
+                times = f" x{streak.count}" if streak is not None and streak.count > 1 else ""
+                self._note(event.server, f"retry{times}: {event.why}", "yellow")
         elif isinstance(event, ev.ServerBlocklisted):
-            p.update(self._task(event.server), note=f"[red]out: {event.why}")
-        elif isinstance(event, (ev.JobDone, ev.JobFailed, ev.JobCancelled)):
-            note = "done" if isinstance(event, ev.JobDone) else "stopped"
-            for name, task in self._tasks.items():
-                if name not in self.progress.blocklisted:
-                    p.update(task, note=note)
+            self._note(event.server, f"out: {event.why}", "red")
+        elif isinstance(event, FINAL_EVENTS):
+            self._final(event)
+
+    def _final(self, event: ev.JobEvent) -> None:
+        done = isinstance(event, ev.JobDone)
+        for name in self._tasks:
+            if name not in self.progress.blocklisted:
+                self._note(name, "done" if done else "stopped", "green" if done else "")
+        if self._overall is not None and not done:
+            failed = isinstance(event, ev.JobFailed)
+            self.bars.update(
+                self._overall,
+                note="failed" if failed else "cancelled",
+                style="red" if failed else "yellow",
+            )
 
     def close(self) -> None:
         if self._started:
-            self.bars.stop()
             self._started = False
+            try:
+                self.bars.stop()
+            except Exception:
+                # rich's own ``finally`` restores the terminal; a display bug must not cost the
+                # user the summary, nor the render its exit status.
+                pass
 
     def summary(self, result: Any) -> None:
         self.close()

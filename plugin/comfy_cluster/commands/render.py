@@ -28,6 +28,14 @@ HEALTH_TIMEOUT = 2.0
 
 __all__ = ["UsageError", "build_job", "execute", "register", "run"]
 
+EXAMPLES = """
+comfy-cluster render shot.json --frames 1001-1100 --output out/shot.####.png
+comfy-cluster render comp.json --frames 1-100 --input plates/bg.####.png \\
+    --output out/comp.####.png --set KSampler.seed={frame}
+comfy-cluster render shot.json --frames 1001-1100 --output out/shot.####.png --resume
+comfy-cluster render shot.json --frames 1-10 --output out/t.####.png --server gpu1 --json
+"""
+
 
 class UsageError(ValueError):
     """Bad arguments or configuration: the message names what to fix (exit status 2)."""
@@ -35,8 +43,12 @@ class UsageError(ValueError):
 
 def register(subparsers: Any) -> None:
     """Add the ``render`` sub-command to the CLI."""
-    parser = subparsers.add_parser(
+    from comfy_cluster.commands.common import add_command
+
+    parser = add_command(
+        subparsers,
         "render",
+        examples=EXAMPLES,
         help="render a frame range of a workflow on the cluster",
         description=(
             "Render WORKFLOW (ComfyUI API-format JSON) for every frame of --frames across the "
@@ -55,13 +67,17 @@ def register(subparsers: Any) -> None:
         "--input", metavar="PATTERN", default=None, help="input frames bound to the image loader"
     )
     parser.add_argument(
-        "--chunk-size", type=int, default=0, metavar="N", help="frames per chunk (0: automatic)"
+        "--chunk-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="frames per chunk; 0 picks a size for you",
     )
     parser.add_argument(
         "--strategy",
         default="fastest",
         metavar="NAME",
-        help="balancer: fastest (default), least_loaded, round_robin, priority",
+        help="balancer: fastest, least_loaded, round_robin, priority",
     )
     parser.add_argument(
         "--server",
@@ -74,7 +90,7 @@ def register(subparsers: Any) -> None:
         "--mode",
         default="frame",
         metavar="frame|batch",
-        help="frame: one prompt per frame (default); batch: one prompt per chunk",
+        help="frame: one prompt per frame; batch: one prompt per chunk",
     )
     parser.add_argument(
         "--set",
@@ -112,8 +128,17 @@ def run(
     except UsageError as exc:
         print(f"comfy-cluster render: {exc}", file=err)
         return ExitCode.USAGE
+    from comfy_cluster.commands.next_steps import frames_location
+    from comfy_cluster.commands.override_warnings import ignored_override_warnings
+
+    for warning in ignored_override_warnings(job):
+        print(f"comfy-cluster render: warning: {warning}", file=err)
     view = make_view(out, json_lines=bool(args.json))
-    return execute(job, servers, view, err=err)
+    code = execute(job, servers, view, err=err, command_line=getattr(args, "command_line", None))
+    where = frames_location(job.output_pattern, job.frame_range.frames)
+    if where and not args.json and code != ExitCode.INTERRUPTED:
+        view.write_line(where)
+    return code
 
 
 def build_job(args: argparse.Namespace) -> Any:
@@ -228,13 +253,15 @@ def execute(
     err: Optional[TextIO] = None,
     scheduler_options: Optional[Mapping[str, Any]] = None,
     health: bool = True,
+    command_line: Optional[Sequence[str]] = None,
 ) -> int:
     """Run ``job`` on ``servers`` with ``view`` showing events; 0, 1 or 130 (see module doc).
 
     With ``health`` a :class:`HealthMonitor` polls the servers during the job, so a server that
     is down (or lacks one of the workflow's node classes) gets no work instead of failing it.
     Ctrl-C (KeyboardInterrupt on this, the main, thread) cancels the job and waits for the
-    scheduler's sweep, so nothing of ours stays queued or running on any server.
+    scheduler's sweep, so nothing of ours stays queued or running on any server, then says how
+    many frames are done and, given the ``command_line`` that started the job, how to finish it.
     """
     from comfy_cluster.core.engine.scheduler import Scheduler
     from comfy_cluster.core.transfer import frame_path
@@ -258,7 +285,10 @@ def execute(
             if handle.wait(CANCEL_TIMEOUT) is None:
                 print("comfy-cluster: cancel did not finish in time", file=err)
         view.close()
-        print("interrupted: job cancelled", file=err)
+        from comfy_cluster.commands.next_steps import interrupted_lines
+
+        for line in interrupted_lines(job, getattr(view, "progress", None), command_line):
+            print(line, file=err)
         return ExitCode.INTERRUPTED
     finally:
         view.close()

@@ -3,6 +3,10 @@
 Reads the configuration only (never contacts a server), so it is the quick check that the
 environment says what you meant. Tokens and header values are shown as ``***``. A bad
 configuration prints the :class:`ConfigError` message and exits with status 2.
+
+A server from the environment that the user file edits (the Nuke panel writes it when a server
+is disabled or re-prioritised there) names that file as the source of the edit, next to where
+the server itself came from: otherwise "why is this server off?" has no answer on screen.
 """
 
 from __future__ import annotations
@@ -12,17 +16,26 @@ import json
 from collections.abc import Mapping
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.commands.common import ExitCode, io_for, load_servers_or_report
-from comfy_cluster.core.config.loading import user_config_path
+from comfy_cluster.commands.common import ExitCode, add_command, io_for, load_servers_or_report
+from comfy_cluster.core.config.loading import UserConfig, load_user_config, user_config_path
+from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import ServerConfig
 
 _COLUMNS = ("NAME", "URL", "PRI", "ENABLED", "MAX", "DIRS", "AUTH", "SOURCE")
 
+EXAMPLES = """
+comfy-cluster servers
+comfy-cluster servers --json
+NUKE_COMFYUI_SERVERS=/studio/comfy_servers.json comfy-cluster servers
+"""
+
 
 def register(subparsers: Any) -> None:
     """Add the ``servers`` sub-command to the CLI."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "servers",
+        examples=EXAMPLES,
         help="show the configured ComfyUI servers (no network)",
         description=(
             "Show the servers resolved from NUKE_COMFYUI_SERVERS, the numbered or legacy "
@@ -46,21 +59,68 @@ def run(
     servers = load_servers_or_report("servers", io)
     if servers is None:
         return ExitCode.USAGE
+    user = _user_edits(env)
     if args.json:
-        json.dump([server.masked() for server in servers], out, indent=2)
+        json.dump([_record(server, user) for server in servers], out, indent=2)
         out.write("\n")
         return ExitCode.OK
     if not servers:
         print(f"no servers (all removed in {user_config_path(env)})", file=out)
         return ExitCode.OK
-    rows = [_COLUMNS] + [_row(server) for server in servers]
+    rows = [_COLUMNS] + [_row(server, user) for server in servers]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
     return ExitCode.OK
 
 
-def _row(server: ServerConfig) -> tuple[str, ...]:
+def _user_edits(env: Mapping[str, str]) -> UserConfig:
+    """The user file (already read once without error by ``load_servers``)."""
+    try:
+        return load_user_config(user_config_path(env))
+    except ConfigError:
+        return UserConfig()
+
+
+def edit_of(server: ServerConfig, user: UserConfig) -> dict[str, Any]:
+    """What the user file changed on ``server`` (``{"enabled": False}``), empty when nothing.
+
+    Only servers from the environment are edited; servers the user file adds are its own.
+    """
+    edit = user.edits.get(server.name)
+    if edit is None or any(added.name == server.name for added in user.added):
+        return {}
+    changed: dict[str, Any] = {}
+    if edit.enabled is not None:
+        changed["enabled"] = edit.enabled
+    if edit.priority is not None:
+        changed["priority"] = edit.priority
+    return changed
+
+
+def _record(server: ServerConfig, user: UserConfig) -> dict[str, object]:
+    """``--json``: the masked server, plus ``edits`` (with their ``source``) when edited."""
+    record = server.masked()
+    changed = edit_of(server, user)
+    if changed:
+        record["edits"] = {**changed, "source": user.source}
+    return record
+
+
+def source_text(server: ServerConfig, user: UserConfig) -> str:
+    """``NUKE_COMFYUI_SERVERS; disabled in user file /home/me/.nuke/...``"""
+    changed = edit_of(server, user)
+    if not changed:
+        return server.source
+    what = []
+    if "enabled" in changed:
+        what.append("enabled" if changed["enabled"] else "disabled")
+    if "priority" in changed:
+        what.append(f"priority {changed['priority']}")
+    return f"{server.source}; {', '.join(what)} in {user.source}"
+
+
+def _row(server: ServerConfig, user: UserConfig) -> tuple[str, ...]:
     view = server.masked()
     dirs = "-"
     if server.dir_local or server.dir_remote:
@@ -77,5 +137,5 @@ def _row(server: ServerConfig) -> tuple[str, ...]:
         str(server.max_in_flight),
         dirs,
         ",".join(auth) or "-",
-        server.source,
+        source_text(server, user),
     )

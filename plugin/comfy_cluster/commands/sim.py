@@ -1,4 +1,11 @@
-"""``comfy-cluster sim``: run one simulated ComfyUI server in the foreground (Ctrl-C stops it)."""
+"""``comfy-cluster sim``: run one simulated ComfyUI server in the foreground (Ctrl-C stops it).
+
+Two things a first try trips over are answered here rather than by a traceback or silence:
+without the ``sim`` extra (aiohttp, Pillow) the command says in one line how to install it; and
+nodes take :data:`DEFAULT_NODE_SECONDS` each unless told otherwise, so ``--speed`` alone has a
+visible effect (with ``--node-seconds 0`` nodes take no time and ``--speed`` changes nothing,
+which the command says).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,53 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Optional, TextIO
+
+from comfy_cluster.commands.common import (
+    ExitCode,
+    add_command,
+    missing_sim_extra,
+    report_missing_sim_extra,
+)
+
+#: Seconds each executed node takes at speed 1: a three-node frame takes about a second, long
+#: enough to watch progress and to see ``--speed`` act, short enough for trying things out.
+DEFAULT_NODE_SECONDS = 0.3
+
+EXAMPLES = """
+comfy-cluster sim --port 8190
+comfy-cluster sim --port 8191 --name slow --speed 0.5
+comfy-cluster sim --port 8192 --node-seconds 0 --fail-node KSampler
+comfy-cluster sim --port 8193 --die-after-prompts 3
+"""
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "sim",
+        examples=EXAMPLES,
         help="run a simulated ComfyUI server on 127.0.0.1 (tests, demos, benchmarks)",
-        description="Run a ComfyUI-compatible simulator on 127.0.0.1 until Ctrl-C.",
+        description=(
+            "Run a ComfyUI-compatible simulator on 127.0.0.1 until Ctrl-C. Needs the sim extra "
+            "(aiohttp, Pillow)."
+        ),
     )
     parser.add_argument("--port", type=int, default=8188, help="port (0 = any free port)")
     parser.add_argument("--name", default="sim", help="label shown in /sim/state")
-    parser.add_argument("--root", default=None, help="folder for input/output/temp (default: temp)")
-    parser.add_argument("--speed", type=float, default=1.0, help="all work scales as 1/SPEED")
-    parser.add_argument("--node-seconds", type=float, default=0.0, help="seconds per executed node")
+    parser.add_argument(
+        "--root", default=None, help="folder for input/output/temp (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="all work takes 1/SPEED as long (0.5: half speed)"
+    )
+    parser.add_argument(
+        "--node-seconds",
+        type=float,
+        default=DEFAULT_NODE_SECONDS,
+        metavar="S",
+        help="seconds each executed node takes at speed 1",
+    )
     parser.add_argument(
         "--steps", type=int, default=4, help="progress steps of sampling-like nodes"
     )
@@ -69,27 +109,49 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def speed_warning(speed: float, node_seconds: float) -> Optional[str]:
+    """Why ``--speed`` will change nothing, or None: only node time scales with the speed."""
+    if node_seconds == 0 and speed != 1.0:
+        return (
+            f"--speed {speed:g} has no effect with --node-seconds 0 (nodes take no time); "
+            "give --node-seconds a value to simulate slow work"
+        )
+    return None
+
+
+def run(args: argparse.Namespace, err: Optional[TextIO] = None) -> int:
     from pathlib import Path
 
+    err = sys.stderr if err is None else err
+    missing = missing_sim_extra()
+    if missing:
+        return report_missing_sim_extra("sim", missing, err)
     from comfy_cluster.sim.harness import SimServer
     from comfy_cluster.sim.options import SimOptions
 
-    options = SimOptions(
-        node_seconds=args.node_seconds,
-        speed=args.speed,
-        steps=args.steps,
-        refuse_connections=args.refuse_connections,
-        die_after_prompts=args.die_after_prompts,
-        hang_prompts=args.hang_prompts,
-        drop_ws_after_events=args.drop_ws_after_events,
-        fail_prompt_posts=args.fail_prompt_posts,
-        fail_node=args.fail_node,
-        upload_delay=args.upload_delay,
-        missing_classes=tuple(args.missing_class),
-        token=args.token,
-        name=args.name,
-    )
+    warning = speed_warning(args.speed, args.node_seconds)
+    if warning:
+        print(f"comfy-cluster sim: warning: {warning}", file=err)
+
+    try:
+        options = SimOptions(
+            node_seconds=args.node_seconds,
+            speed=args.speed,
+            steps=args.steps,
+            refuse_connections=args.refuse_connections,
+            die_after_prompts=args.die_after_prompts,
+            hang_prompts=args.hang_prompts,
+            drop_ws_after_events=args.drop_ws_after_events,
+            fail_prompt_posts=args.fail_prompt_posts,
+            fail_node=args.fail_node,
+            upload_delay=args.upload_delay,
+            missing_classes=tuple(args.missing_class),
+            token=args.token,
+            name=args.name,
+        )
+    except ValueError as exc:  # --speed 0, --steps 0, ...
+        print(f"comfy-cluster sim: {exc}", file=err)
+        return ExitCode.USAGE
     server = SimServer(options, port=args.port, root=Path(args.root) if args.root else None)
     done = threading.Event()
 
@@ -107,11 +169,11 @@ def run(args: argparse.Namespace) -> int:
         while server.running:
             done.wait(0.2)  # short waits keep Ctrl-C responsive on every platform
         if server.died:
-            print("sim died (die-after-prompts fault)", file=sys.stderr)
-            return 1
-        return 0
+            print("sim died (die-after-prompts fault)", file=err)
+            return ExitCode.FAILED
+        return ExitCode.OK
     except KeyboardInterrupt:
-        return 0
+        return ExitCode.OK
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)

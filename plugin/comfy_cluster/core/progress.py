@@ -3,8 +3,9 @@
 Every view of a running job (the CLI's bars and lines, the render node's status and progress
 knobs, the server panel's Job column) needs the same few facts: how many frames are on disk out
 of how many, which server wrote how many, which chunks each server still holds, the overall
-fraction and the ETA. :class:`JobProgress` counts them from the engine's events in one place, so
-the views only decide how to *show* them and can never disagree about the numbers.
+fraction and the ETA, and whether a server keeps failing the same way. :class:`JobProgress`
+counts them from the engine's events in one place, so the views only decide how to *show* them
+and can never disagree about the numbers.
 
 Pure: no Qt, no ``nuke``, no threads. A ``JobProgress`` is not thread-safe; its owner applies
 events under its own lock (the scheduler already delivers one event at a time).
@@ -27,7 +28,14 @@ from comfy_cluster.core.engine.events import (
     ServerBlocklisted,
 )
 
-__all__ = ["FINAL_EVENTS", "FinishedChunk", "HeldChunk", "JobProgress", "ProgressChange"]
+__all__ = [
+    "FINAL_EVENTS",
+    "FinishedChunk",
+    "HeldChunk",
+    "JobProgress",
+    "ProgressChange",
+    "RetryStreak",
+]
 
 #: The events after which a job does nothing more.
 FINAL_EVENTS = (JobDone, JobFailed, JobCancelled)
@@ -54,6 +62,25 @@ class FinishedChunk:
 
 
 @dataclass(frozen=True)
+class RetryStreak:
+    """A server's chunk attempts that failed one after another with the same ``why``.
+
+    A deterministic error (a node that always fails) fails every attempt identically; counting
+    the repeats lets a view say the error once with how often it happened, instead of once per
+    attempt.
+    """
+
+    server: str
+    why: str
+    #: Failed attempts in a row with this ``why`` (1 for a first failure).
+    count: int
+    #: The chunks those attempts ran, in order of first failure, each once.
+    chunks: tuple[int, ...]
+    #: Frames the latest of those attempts handed back to the queue.
+    frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProgressChange:
     """What one event changed that a view may want to show at once."""
 
@@ -61,6 +88,8 @@ class ProgressChange:
     servers: tuple[str, ...] = ()
     #: The chunk this event completed, if any.
     finished: Optional[FinishedChunk] = None
+    #: For a ``ChunkRetried``: that server's streak of identical failures, this one included.
+    retry: Optional[RetryStreak] = None
 
 
 NO_CHANGE = ProgressChange()
@@ -94,6 +123,8 @@ class JobProgress:
         self.blocklisted: dict[str, str] = {}
         #: The final event, once the job ended.
         self.final: Optional[JobEvent] = None
+        #: Per server, its current streak of identical failures (ended by a frame it writes).
+        self.streaks: dict[str, RetryStreak] = {}
         self._held: dict[str, dict[int, HeldChunk]] = {}
 
     # -- folding ---------------------------------------------------------------------------------
@@ -135,6 +166,7 @@ class JobProgress:
     def _written(self, event: FrameWritten) -> ProgressChange:
         self.done += 1
         self.per_server[event.server] = self.per_server.get(event.server, 0) + 1
+        self.streaks.pop(event.server, None)  # it works again: a later failure starts afresh
         held = self._held.get(event.server, {})
         for chunk in list(held.values()):
             if event.frame in chunk.left:
@@ -149,11 +181,24 @@ class JobProgress:
 
     def _retried(self, event: ChunkRetried) -> ProgressChange:
         self.retries += 1
+        streak = self._streak(event)
         held = self._held.get(event.server, {})
         if held.pop(event.chunk_index, None) is None:
-            return NO_CHANGE
+            return ProgressChange(retry=streak)
         self._forget_idle(event.server)
-        return ProgressChange(servers=(event.server,))
+        return ProgressChange(servers=(event.server,), retry=streak)
+
+    def _streak(self, event: ChunkRetried) -> RetryStreak:
+        last = self.streaks.get(event.server)
+        if last is None or last.why != event.why:
+            streak = RetryStreak(event.server, event.why, 1, (event.chunk_index,), event.frames)
+        else:
+            chunks = last.chunks
+            if event.chunk_index not in chunks:
+                chunks = (*chunks, event.chunk_index)
+            streak = RetryStreak(event.server, event.why, last.count + 1, chunks, event.frames)
+        self.streaks[event.server] = streak
+        return streak
 
     def _blocklisted(self, event: ServerBlocklisted) -> ProgressChange:
         self.blocklisted[event.server] = event.why
