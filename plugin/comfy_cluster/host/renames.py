@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from comfy_cluster.host import knobs as K
 from comfy_cluster.host.dispatch import Dispatcher
+from comfy_cluster.host.graph import find_node
 from comfy_cluster.host.jobs import JobRegistry, RunningJob
-from comfy_cluster.host.settings import knob_text
+from comfy_cluster.host.settings import output_path
 
 __all__ = ["JobRenames"]
 
@@ -83,13 +83,13 @@ class JobRenames:
         orphans = [
             r
             for r in self._jobs.all()
-            if not r.node_gone and self._nuke.toNode(r.node_name) is None
+            if not r.node_gone and find_node(self._nuke, r.node_name) is None
         ]
         if not orphans:
             return None
         name = node.fullName()
         parent, _, leaf = name.rpartition(".")
-        output = knob_text(node, K.OUTPUT)
+        output = output_path(node)
         if renamed:
             candidates = [r for r in orphans if r.node_name.rpartition(".")[0] == parent]
             if len(candidates) > 1:
