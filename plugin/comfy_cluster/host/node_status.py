@@ -41,6 +41,7 @@ __all__ = [
     "show_error",
     "show_loaded",
     "show_starting",
+    "sync_read_range",
 ]
 
 _log = logging.getLogger(__name__)
@@ -99,8 +100,27 @@ def colour_after(before: int) -> int:
 
 def set_read_range(node: Any, frames: FrameRange) -> None:
     """The internal Read covers the frames the node renders (so downstream sees that range)."""
-    node.knob(K.FIRST).setValue(frames.first)
-    node.knob(K.LAST).setValue(frames.last)
+    if (node.knob(K.FIRST).value(), node.knob(K.LAST).value()) != (frames.first, frames.last):
+        node.knob(K.FIRST).setValue(frames.first)
+        node.knob(K.LAST).setValue(frames.last)
+
+
+def sync_read_range(node: Any) -> None:
+    """At load: the Read covers the node's Frame range (or its input's range when that is
+    empty), whatever was saved. A farm renders a script and never saves it again, so a later
+    process rendering downstream must not depend on the range a render once set."""
+    text = node.knob(K.FRAMES).value().strip()
+    try:
+        if text:
+            frames = FrameRange.parse(text)
+        else:
+            source = node.input(0)
+            if source is None:
+                return
+            frames = FrameRange.from_bounds(int(source.firstFrame()), int(source.lastFrame()))
+    except ValueError:  # a bad range is reported when the user presses Render
+        return
+    set_read_range(node, frames)
 
 
 def show_starting(node: Any, frames: FrameRange) -> int:
@@ -157,7 +177,7 @@ def mark_unsaved(node: Any, do_not_write: int) -> None:
 def show_loaded(node: Any) -> None:
     """The node was loaded (script open, paste) and runs no job: a saved status becomes a past
     fact and a colour the host set gives way to the gizmo's own; the Read follows the node's
-    Missing frames choice."""
+    Frame range and Missing frames choice."""
     status = node.knob(K.STATUS)
     if status is not None:
         past = past_status(status.value())
@@ -166,6 +186,7 @@ def show_loaded(node: Any) -> None:
     tile = node.knob(K.TILE_COLOR)
     if tile is not None and int(tile.value()) in K.HOST_COLORS:
         tile.setValue(K.COLOR_GIZMO)
+    sync_read_range(node)
     apply_missing_frames(node, running=False)
 
 

@@ -342,8 +342,10 @@ class RenderController:
             self._release_health(record)
             record.monitor.clear_reports()  # done at the final event already; idempotent
         try:
-            node = None if record is not None and record.node_gone else self._node(node_name)
+            # A node renamed without knobChanged is still found (renames.node_of).
+            node = self._renames.node_of(record) if record is not None else self._node(node_name)
             if node is not None:
+                node_name = node.fullName()
                 self._show_end(node, node_name, record, event)
         finally:
             if record is not None:
