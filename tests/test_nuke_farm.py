@@ -86,7 +86,8 @@ def _save_shot(nuke: Any, tmp: Path, group: Optional[str], missing: str) -> tupl
     node[K.WORKFLOW].setValue(WORKFLOW)
     node[K.OUTPUT].setValue(str(tmp / "comfy" / "inv.####.png"))
     node[K.FRAMES].setValue(f"{FRAMES[0]}-{FRAMES[-1]}")
-    nuke._fake.user_sets(node[K.MISSING_FRAMES], missing)
+    if missing != K.MISSING_ERROR:  # the default: the artist leaves it alone
+        nuke._fake.user_sets(node[K.MISSING_FRAMES], missing)
     comp = nuke.nodes.Write(name="Comp", file=str(tmp / "comp" / "comp.####.png"))
     comp["create_directories"].setValue(True)
     comp.setInput(0, last)

@@ -311,26 +311,10 @@ class RenderController:
             colour=colour_after(colour),
         )
         self.jobs.add(record)
-        self._hold_health(record)
+        _hold_health(record, self.jobs)
         record.start_scheduler(exporter.wait_for)  # renders while the inputs are exported
         exporter.start()
         return record
-
-    # -- health hints while jobs run -------------------------------------------------------------
-
-    def _hold_health(self, record: RunningJob) -> None:
-        """A job starts: poll fast under its id, require its workflow's classes."""
-        health = record.health
-        if health is not None:
-            _hint(health.set_active, True, who=record.job.job_id)
-            _hint(health.require_classes, self.jobs.classes_on(health))
-
-    def _release_health(self, record: RunningJob) -> None:
-        """A job ended (already out of the registry): its id and classes are no longer held."""
-        health = record.health
-        if health is not None:
-            _hint(health.set_active, False, who=record.job.job_id)
-            _hint(health.require_classes, self.jobs.classes_on(health))
 
     # -- job end ---------------------------------------------------------------------------------
 
@@ -339,7 +323,7 @@ class RenderController:
         record = self.jobs.pop(node_name)
         self._dispatcher.discard(node_name)
         if record is not None:
-            self._release_health(record)
+            _release_health(record, self.jobs)
             record.monitor.clear_reports()  # done at the final event already; idempotent
         try:
             # A node renamed without knobChanged is still found (renames.node_of).
@@ -398,6 +382,22 @@ class RenderController:
 
     def _print(self, line: str) -> None:
         self._nuke.tprint(f"comfy_cluster: {line}")
+
+
+def _hold_health(record: RunningJob, jobs: JobRegistry) -> None:
+    """A job starts: poll fast under its id, require its workflow's classes."""
+    health = record.health
+    if health is not None:
+        _hint(health.set_active, True, who=record.job.job_id)
+        _hint(health.require_classes, jobs.classes_on(health))
+
+
+def _release_health(record: RunningJob, jobs: JobRegistry) -> None:
+    """A job ended (already out of the registry): its id and classes are no longer held."""
+    health = record.health
+    if health is not None:
+        _hint(health.set_active, False, who=record.job.job_id)
+        _hint(health.require_classes, jobs.classes_on(health))
 
 
 def _hint(call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
