@@ -36,8 +36,25 @@ class _Node:
         return self._knobs.get(name)
 
 
+class _Root:
+    """The root group: ``begin``/``end`` make it the context ``toNode`` resolves names in."""
+
+    def __init__(self, owner: _Nuke) -> None:
+        self._owner = owner
+
+    def begin(self) -> _Root:
+        self._owner.check_main()
+        self._owner.context.append("root")
+        return self
+
+    def end(self) -> None:
+        self._owner.context.pop()
+
+
 class _Nuke:
-    """Just enough of ``nuke`` for the dispatcher: GUI, executeInMainThread, toNode."""
+    """Just enough of ``nuke`` for the dispatcher: GUI, executeInMainThread, root, toNode.
+    ``toNode`` only finds nodes with the root as the context, as in a button on a gizmo whose
+    context is the gizmo itself (the dispatcher must not rely on the caller's context)."""
 
     def __init__(self, gui: bool = True) -> None:
         self.GUI = gui
@@ -45,6 +62,12 @@ class _Nuke:
         self.requests: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.nodes: dict[str, _Node] = {}
         self.lock = threading.Lock()
+        self.context: list[str] = ["gizmo"]
+        self._root = _Root(self)
+
+    def root(self) -> _Root:
+        self.check_main()
+        return self._root
 
     def check_main(self) -> None:
         if threading.current_thread() is not self.main:
@@ -57,7 +80,7 @@ class _Nuke:
 
     def toNode(self, name: str) -> _Node | None:
         self.check_main()
-        return self.nodes.get(name)
+        return self.nodes.get(name) if self.context[-1] == "root" else None
 
     def pump(self) -> int:
         self.check_main()

@@ -9,146 +9,17 @@ logging handler still fails them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from PIL import Image
+from fixtures_nuke import FRAMES, TIMEOUT, WORKFLOW, Rig
 
-from comfy_cluster.core.engine.scheduler import Scheduler
-from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.install import install_host, uninstall_host
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ROOT / "tests" / "fixtures" / "workflows" / "invert.json"
-FRAMES = range(1, 7)
-TIMEOUT = 20.0
-
-
-def _colour(frame: int) -> tuple[int, int, int]:
-    return (frame * 30 % 256, 200 - frame * 10, 17 * frame % 256)
-
-
-def _colours(path: Path) -> list[tuple[int, ...]]:
-    with Image.open(path) as img:
-        return [colour for _, colour in img.convert("RGB").getcolors()]
-
-
-class Rig:
-    """The session under test: fake nuke, sims, the installed host, a plate Read."""
-
-    def __init__(self, nuke: Any, tmp_path: Path, servers: list[ServerConfig]) -> None:
-        self.nuke = nuke
-        self.tmp = tmp_path
-        self.servers = servers
-        self.plate = tmp_path / "plate"
-        self.out = tmp_path / "out"
-        self.plate.mkdir()
-        for frame in FRAMES:
-            Image.new("RGB", (8, 8), _colour(frame)).save(self.plate / f"plate.{frame:04d}.png")
-        self.read = nuke.nodes.Read(file=str(self.plate / "plate.####.png"))
-        self.read["first"].setValue(FRAMES[0])
-        self.read["last"].setValue(FRAMES[-1])
-
-    def create_node(self) -> Any:
-        before = set(n.name() for n in self.nuke.allNodes())
-        self.nuke._fake.invoke("Nodes", K.MENU_PATH)
-        (name,) = {n.name() for n in self.nuke.allNodes()} - before
-        node = self.nuke.toNode(name)
-        node.setInput(0, self.read)
-        node[K.WORKFLOW].setValue(str(WORKFLOW))
-        node[K.OUTPUT].setValue(str(self.out / "inv.####.png"))
-        return node
-
-    def status(self, node: Any) -> str:
-        return node[K.STATUS].value()
-
-    def wait_status(self, node: Any, prefix: str, timeout: float = TIMEOUT) -> None:
-        name = node.fullName()
-
-        def ended() -> bool:
-            current = self.nuke.toNode(name)
-            return current is not None and current[K.STATUS].value().startswith(prefix)
-
-        self.nuke._fake.pump_until(ended, timeout)
-
-    def assert_inverted(self, frames: Any = FRAMES) -> None:
-        for frame in frames:
-            path = self.out / f"inv.{frame:04d}.png"
-            assert path.is_file(), f"frame {frame} missing"
-            expected = [255 - c for c in _colour(frame)]
-            (got,) = _colours(path)  # one flat colour, like the plate
-            # ComfyUI works in floats: allow the 8-bit round trip to be one step off.
-            assert all(abs(a - b) <= 1 for a, b in zip(got, expected)), (frame, got, expected)
-
-
-@pytest.fixture
-def violations(monkeypatch: pytest.MonkeyPatch, fake_nuke: Any) -> list[str]:
-    """Every FakeThreadViolation raised during the test, even if something swallowed it."""
-    from nuke._state import FakeThreadViolation
-
-    seen: list[str] = []
-    original = FakeThreadViolation.__init__
-
-    def record(self: Any, *args: Any) -> None:
-        seen.append(str(args[0]) if args else "")
-        original(self, *args)
-
-    monkeypatch.setattr(FakeThreadViolation, "__init__", record)
-    return seen
-
-
-def _scheduler(servers: Any, health: Any = None) -> Scheduler:
-    # Short failover timings so the kill test finishes in seconds.
-    return Scheduler(
-        servers,
-        health=health,
-        retry=retry_transient(attempts=2, max_seconds=2.0, initial=0.05, maximum=0.2),
-        stall_timeout=2.0,
-        no_server_timeout=10.0,
-        join_timeout=5.0,
-    )
-
-
-@pytest.fixture
-def rig_factory(
-    fake_nuke: Any, tmp_path: Path, sim_factory: Callable[..., Any], violations: list[str]
-) -> Iterator[Callable[..., Rig]]:
-    fake_nuke.pluginAddPath(str(ROOT / "gizmos"))
-    uninstall_host(fake_nuke)
-
-    def make(*sim_options: dict[str, Any], gui: bool = True) -> Rig:
-        sims = [sim_factory(name=f"sim{i + 1}", **opts) for i, opts in enumerate(sim_options)]
-        servers = [
-            ServerConfig(name=f"sim{i + 1}", host="127.0.0.1", port=s.port)
-            for i, s in enumerate(sims)
-        ]
-        fake_nuke._fake.set_gui(gui)
-        rig = Rig(fake_nuke, tmp_path, servers)
-        rig.sims = sims  # type: ignore[attr-defined]
-        install_host(
-            servers=lambda: rig.servers,
-            scheduler_factory=_scheduler,
-            nuke=fake_nuke,
-            temp_root=str(tmp_path),
-            export_batch=2,
-        )
-        return rig
-
-    yield make
-    uninstall_host(fake_nuke)
-    assert violations == []
-
-
-def _prompts_left(rig: Rig) -> list[str]:
-    left: list[str] = []
-    for sim in rig.sims:  # type: ignore[attr-defined]
-        running, pending = sim.queue_snapshot()
-        left += running + pending
-    return left
 
 
 def test_render_through_the_menu_writes_inverted_frames(rig_factory: Callable[..., Rig]) -> None:
@@ -165,7 +36,7 @@ def test_render_through_the_menu_writes_inverted_frames(rig_factory: Callable[..
     assert node[K.PROGRESS].value() == 100
     status = rig.status(node)
     assert status.startswith(f"Done: {len(FRAMES)} frames"), status
-    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert node[K.TILE_COLOR].value() == K.COLOR_GIZMO
     assert nuke._fake.messages() == []
     # The node's output is the rendered sequence: a Write downstream copies the inverted frames.
     assert node[K.FIRST].value() == FRAMES[0] and node[K.LAST].value() == FRAMES[-1]
@@ -179,7 +50,7 @@ def test_render_through_the_menu_writes_inverted_frames(rig_factory: Callable[..
     # The temporary input Write and its frames are gone; nothing was left queued.
     assert [n.Class() for n in nuke.allNodes()].count("Write") == 1
     assert not any(p.name.startswith("comfy_cluster_in_") for p in rig.tmp.iterdir())
-    assert _prompts_left(rig) == []
+    assert rig.prompts_left() == []
 
 
 def test_progress_updates_are_coalesced(rig_factory: Callable[..., Rig]) -> None:
@@ -221,8 +92,8 @@ def test_cancel_leaves_no_prompt_on_any_sim(rig_factory: Callable[..., Rig]) -> 
     nuke._fake.press(node[K.CANCEL])
     rig.wait_status(node, "Cancelled")
     # An interrupted prompt leaves the sim's "running" slot a moment after the interrupt.
-    nuke._fake.pump_until(lambda: _prompts_left(rig) == [], 5.0)
-    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    nuke._fake.pump_until(lambda: rig.prompts_left() == [], 5.0)
+    assert node[K.TILE_COLOR].value() == K.COLOR_GIZMO
     assert nuke._fake.messages() == []
 
 
@@ -236,7 +107,7 @@ def test_deleting_the_node_mid_job_cancels_quietly(rig_factory: Callable[..., Ri
     nuke._fake.pump_until(lambda: bool(rig.sims[0].prompts_seen), TIMEOUT)  # type: ignore[attr-defined]
     nuke.delete(node)
     nuke._fake.pump_until(lambda: session.controller.jobs.get(name) is None, TIMEOUT)
-    nuke._fake.pump_until(lambda: _prompts_left(rig) == [], 5.0)
+    nuke._fake.pump_until(lambda: rig.prompts_left() == [], 5.0)
     assert nuke._fake.messages() == []
 
 
@@ -419,10 +290,6 @@ def test_scheduler_with_input_hook_starts_before_export_ends(
     assert violations == []
 
 
-def _prompt_count(rig: Rig) -> int:
-    return sum(len(s.prompts_seen) for s in rig.sims)  # type: ignore[attr-defined]
-
-
 @pytest.mark.parametrize("when", ["exporting", "rendering"])
 def test_renaming_the_node_mid_render_follows_the_job(
     rig_factory: Callable[..., Rig], when: str
@@ -438,7 +305,7 @@ def test_renaming_the_node_mid_render_follows_the_job(
     record = session.controller.jobs.get(old)
     assert record is not None
     if when == "rendering":
-        nuke._fake.pump_until(lambda: _prompt_count(rig) >= 2, TIMEOUT)
+        nuke._fake.pump_until(lambda: rig.prompt_count() >= 2, TIMEOUT)
         assert not rig.status(node).startswith("Done")
     # else: no main-thread call ran yet, so no input frame was written under the old name.
     nuke._fake.user_sets(node["name"], "Hero")
@@ -456,10 +323,10 @@ def test_renaming_the_node_mid_render_follows_the_job(
     rig.wait_status(node, "Done")
     assert rig.status(node).startswith(f"Done: {len(FRAMES)} frames"), rig.status(node)
     assert node[K.PROGRESS].value() == 100
-    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert node[K.TILE_COLOR].value() == K.COLOR_GIZMO
     assert session.controller.jobs.names() == ()
     rig.assert_inverted()
-    assert _prompt_count(rig) == len(FRAMES)  # one job: one prompt per frame, no second job
+    assert rig.prompt_count() == len(FRAMES)  # one job: one prompt per frame, no second job
     assert len(nuke._fake.messages()) == 1
 
 
@@ -477,7 +344,7 @@ def test_renaming_onto_a_deleted_rendering_nodes_name(rig_factory: Callable[...,
     nuke._fake.press(second[K.RENDER])
     taken = second.fullName()
     kept, gone = jobs.get(first.fullName()), jobs.get(taken)
-    nuke._fake.pump_until(lambda: _prompt_count(rig) >= 2, TIMEOUT)
+    nuke._fake.pump_until(lambda: rig.prompt_count() >= 2, TIMEOUT)
     nuke.delete(second)
     nuke._fake.user_sets(first["name"], taken)  # before the deleted node's end could run
     assert first.fullName() == taken
@@ -486,7 +353,7 @@ def test_renaming_onto_a_deleted_rendering_nodes_name(rig_factory: Callable[...,
     nuke._fake.pump_until(lambda: jobs.names() == (), TIMEOUT)
     assert rig.status(first).startswith(f"Done: {len(FRAMES)} frames"), rig.status(first)
     assert first[K.PROGRESS].value() == 100
-    assert first[K.TILE_COLOR].value() == K.COLOR_DEFAULT
+    assert first[K.TILE_COLOR].value() == K.COLOR_GIZMO
     rig.assert_inverted()
     assert nuke._fake.messages() == []
 
@@ -501,7 +368,7 @@ def test_a_rename_without_knob_changed_is_adopted_by_render(
     node = rig.create_node()
     session = nuke._comfy_cluster_host
     nuke._fake.press(node[K.RENDER])
-    nuke._fake.pump_until(lambda: _prompt_count(rig) >= 1, TIMEOUT)
+    nuke._fake.pump_until(lambda: rig.prompt_count() >= 1, TIMEOUT)
     node.setName("Quiet")
     nuke._fake.press(node[K.RENDER])
     assert session.controller.jobs.names() == ("Quiet",)
@@ -509,5 +376,5 @@ def test_a_rename_without_knob_changed_is_adopted_by_render(
     assert "already rendering" in message
     rig.wait_status(node, "Done")
     assert node[K.PROGRESS].value() == 100
-    assert node[K.TILE_COLOR].value() == K.COLOR_DEFAULT
-    assert _prompt_count(rig) == len(FRAMES)
+    assert node[K.TILE_COLOR].value() == K.COLOR_GIZMO
+    assert rig.prompt_count() == len(FRAMES)

@@ -24,7 +24,7 @@ from comfy_cluster.ui import qt  # noqa: E402
         (14, {}, ("PySide2",)),
         (None, {}, ("PySide6", "PySide2")),
         (None, {"QT_API": "pyside2"}, ("PySide2",)),
-        (16, {"QT_API": "PySide2"}, ("PySide2",)),
+        (16, {"QT_API": "PySide2"}, ("PySide6",)),  # inside Nuke the version decides
         (14, {"QT_API": "pyqt5"}, ("PySide2",)),  # unknown values are ignored
         (None, {"QT_API": " "}, ("PySide6", "PySide2")),
     ],

@@ -14,8 +14,10 @@ from the main thread itself can hang Nuke. Workers never call ``nuke``; they han
 Knob updates are coalesced (:meth:`Dispatcher.set_knob_later`): the latest value per
 ``(node name, knob name)`` wins and at most one flush is queued at a time, so thousands of progress
 messages cost a handful of main-thread calls. Workers pass node *names*; the flush re-resolves them
-and skips nodes deleted in the meantime. A node renamed while updates are pending has them re-keyed
-by :meth:`Dispatcher.rename` (main thread, from the host's rename handling).
+from the root (whatever the current context: in a terminal session the flush runs inside the
+Render button, whose context is the gizmo) and skips nodes deleted in the meantime. A node renamed
+while updates are pending has them re-keyed by :meth:`Dispatcher.rename` (main thread, from the
+host's rename handling).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import logging
 import queue
 import threading
 from typing import Any, Callable, Optional
+
+from comfy_cluster.host.graph import find_node
 
 _log = logging.getLogger(__name__)
 
@@ -226,7 +230,9 @@ def _on_main_thread() -> bool:
 
 
 def _set_knob(nuke_module: Any, node_name: str, knob_name: str, value: Any) -> None:
-    node = nuke_module.toNode(node_name)
+    # From the root: in a terminal session this runs inside the Render button, whose context
+    # is the gizmo itself.
+    node = find_node(nuke_module, node_name)
     if node is None:
         return
     try:

@@ -1,30 +1,70 @@
 """Writing the render node's input frames to disk with a temporary Write node.
 
-ComfyUI needs files; Nuke's images exist only inside Nuke. :func:`export_frames` renders the node
-connected to the render node's input through a throw-away ``Write`` with ``nuke.execute``, which
-must run on the main thread. :class:`InputExporter` drives it batch by batch from its own worker
-thread through :meth:`Dispatcher.call_sync`, so the main thread stays responsive between batches
-(and, in terminal mode, the blocked caller runs each batch while draining the dispatcher queue)
-and so the frames of the first chunks exist before the later ones are exported.
+ComfyUI needs files; Nuke's images exist only inside Nuke. A throw-away ``Write`` next to the
+render node renders the node's input with ``nuke.execute``, which must run on the main thread.
+:class:`InputExporter` drives it batch by batch from its own worker thread through
+:meth:`Dispatcher.call_sync`, so the first chunks render while later input frames are still being
+exported and, in the GUI, Nuke stays responsive between batches.
+
+What the artist sees and what the script keeps (:class:`ExportSession`, main thread):
+
+* **one** ``nuke.ProgressTask`` for the whole export (GUI only), with a Cancel button that
+  cancels the render; every ``nuke.execute`` call is also a modal progress dialog of Nuke's own,
+  so batches are as large as the chunking allows: a chunk's worth of frames when the node's
+  Chunk size is set, else a first small batch (the first chunk starts early) followed by batches
+  that double up to :data:`MAX_BATCH_FACTOR` times it;
+* **one** temporary Write per job, made in the render node's own group (explicitly, not in
+  whatever group is the current context) and deleted at the end, both with undo disabled
+  (``nuke.Undo.disable()``), so the artist's undo history gets no entries. Its own Python render
+  callbacks (``beforeRender`` ... ``afterRender``, which studios fill through
+  ``nuke.knobDefault``) are emptied, so a studio's Write hooks (publish, version checks) do not
+  run on it. Callbacks registered with ``nuke.addBeforeRender`` & co. cannot be skipped from
+  Python: they see a node named ``ComfyClusterExport...``, which studio hooks can recognise.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional
 
 from comfy_cluster.core.frames import format_frame_path
 from comfy_cluster.host.dispatch import Dispatcher, DispatchTimeout
+from comfy_cluster.host.graph import find_node, inside
 
-__all__ = ["ExportError", "InputExporter", "export_frames", "frame_runs"]
+__all__ = [
+    "EXPORT_NODE_NAME",
+    "ExportCancelled",
+    "ExportError",
+    "ExportSession",
+    "InputExporter",
+    "batch_sizes",
+    "frame_runs",
+]
 
 #: PNG keeps 8 bits per channel, which is what ComfyUI's LoadImage reads.
 FILE_TYPE = "png"
+#: Name of the temporary Write (Nuke appends a number when it is taken).
+EXPORT_NODE_NAME = "ComfyClusterExport"
+#: The Write's own render callback knobs, emptied on the temporary Write.
+WRITE_CALLBACK_KNOBS = (
+    "beforeRender",
+    "beforeFrameRender",
+    "afterFrameRender",
+    "afterRender",
+    "renderProgress",
+)
+#: Automatic chunking: later batches grow up to this many times the first one.
+MAX_BATCH_FACTOR = 8
+PROGRESS_TITLE = "ComfyUI Cluster: writing input frames"
 
 
 class ExportError(RuntimeError):
     """The input frames could not be written (no input, node deleted, Nuke render error)."""
+
+
+class ExportCancelled(ExportError):
+    """The artist pressed Cancel on the export's progress task."""
 
 
 def frame_runs(frames: Iterable[int]) -> list[tuple[int, int, int]]:
@@ -46,49 +86,132 @@ def frame_runs(frames: Iterable[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def export_frames(nuke: Any, node_name: str, frames: Sequence[int], pattern: str) -> None:
-    """Render ``node_name``'s input 0 for ``frames`` into ``pattern``. Main thread only.
+def batch_sizes(total: int, first: int, chunk_size: int = 0) -> Iterator[int]:
+    """How many frames each main-thread block writes: ``chunk_size`` when the node has one (a
+    chunk's inputs in one block), else ``first`` and then doubling up to
+    ``first * MAX_BATCH_FACTOR``. Sums to ``total``."""
+    first = max(1, first)
+    size = chunk_size if chunk_size > 0 else first
+    cap = chunk_size if chunk_size > 0 else first * MAX_BATCH_FACTOR
+    left = total
+    while left > 0:
+        step = min(size, left)
+        yield step
+        left -= step
+        size = min(size * 2, cap)
 
-    The temporary Write is created next to the render node (same group), connected to its input,
-    executed, and deleted again even when the render fails. Raises :class:`ExportError`.
+
+class ExportSession:
+    """One job's export state on the main thread: the temporary Write and the progress task.
+
+    Every method runs on the main thread (the exporter calls them through the dispatcher); the
+    worker thread never touches this object's nodes. :meth:`close` is idempotent.
     """
-    node = nuke.toNode(node_name)
-    if node is None:
-        raise ExportError(f"{node_name} was deleted")
-    source = node.input(0)
-    if source is None:
-        raise ExportError(f"{node_name} has no input connected")
-    parent_name, _, _ = node_name.rpartition(".")
-    parent = nuke.toNode(parent_name) if parent_name else None
-    if parent is not None:
-        parent.begin()
+
+    def __init__(self, nuke: Any, *, total: int, gui: bool) -> None:
+        self._nuke = nuke
+        self._total = max(1, total)
+        self._gui = gui
+        self._written = 0
+        self._write: Optional[Any] = None
+        self._task: Optional[Any] = None
+        self.closed = False
+
+    def write(self, node_name: str, frames: Sequence[int], pattern: str) -> None:
+        """Render ``node_name``'s input 0 for ``frames`` into ``pattern``. Raises
+        :class:`ExportError` (:class:`ExportCancelled` when the artist cancelled)."""
+        if self.closed:
+            raise ExportCancelled("the export was closed")
+        self._check_cancel()
+        node = find_node(self._nuke, node_name)
+        if node is None:
+            raise ExportError(f"{node_name} was deleted")
+        source = node.input(0)
+        if source is None:
+            raise ExportError(f"{node_name} has no input connected")
+        write = self._write_node(node, source, pattern)
+        if self._gui and self._task is None:
+            self._task = self._nuke.ProgressTask(PROGRESS_TITLE)
+        try:
+            for first, last, step in frame_runs(frames):
+                self._nuke.execute(write, first, last, step)
+        except ExportError:
+            raise
+        except Exception as exc:  # Nuke raises RuntimeError for render errors
+            raise ExportError(f"writing input frames of {node_name} failed: {exc}") from exc
+        self._written += len(frames)
+        self._show_progress(node_name)
+        self._check_cancel()
+
+    def close(self) -> None:
+        """Delete the temporary Write (no undo entry) and close the progress task."""
+        self.closed = True
+        write, self._write = self._write, None
+        self._task = None  # Nuke closes a ProgressTask when it is released
+        if write is None:
+            return
+        nuke = self._nuke
+        nuke.Undo.disable()
+        try:
+            nuke.delete(write)
+        except ValueError:  # already deleted (the artist, or the node's group was)
+            pass
+        finally:
+            nuke.Undo.enable()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _write_node(self, node: Any, source: Any, pattern: str) -> Any:
+        """The job's temporary Write, made on first use in ``node``'s group, wired to
+        ``source``; all of it with undo disabled."""
+        nuke = self._nuke
+        nuke.Undo.disable()
+        try:
+            write = self._write
+            if write is None or not _alive(write):
+                with inside(node.parent()):
+                    write = nuke.nodes.Write()
+                self._write = write
+                write.setName(EXPORT_NODE_NAME)
+                for name in WRITE_CALLBACK_KNOBS:
+                    knob = write.knob(name)
+                    if knob is not None and knob.value():
+                        knob.setValue("")
+                write["file"].setValue(pattern)
+                write["file_type"].setValue(FILE_TYPE)
+            if write.input(0) is not source and not write.setInput(0, source):
+                raise ExportError(f"cannot connect the temporary Write to {source.fullName()}")
+            return write
+        finally:
+            nuke.Undo.enable()
+
+    def _show_progress(self, node_name: str) -> None:
+        if self._task is None:
+            return
+        self._task.setMessage(f"{node_name}: {self._written}/{self._total} frames")
+        self._task.setProgress(int(100 * self._written / self._total))
+
+    def _check_cancel(self) -> None:
+        if self._task is not None and self._task.isCancelled():
+            raise ExportCancelled("cancelled while writing the input frames")
+
+
+def _alive(node: Any) -> bool:
     try:
-        write = nuke.nodes.Write()
-    finally:
-        if parent is not None:
-            parent.end()
-    try:
-        write.setInput(0, source)
-        write["file"].setValue(pattern)
-        write["file_type"].setValue(FILE_TYPE)
-        for first, last, step in frame_runs(frames):
-            nuke.execute(write, first, last, step)
-    except ExportError:
-        raise
-    except Exception as exc:  # Nuke raises RuntimeError for render errors
-        raise ExportError(f"writing input frames of {node_name} failed: {exc}") from exc
-    finally:
-        nuke.delete(write)
+        node.name()
+    except ValueError:  # "A PythonObject is not attached to a node"
+        return False
+    return True
 
 
 class InputExporter:
     """Exports a job's input frames in order, one batch per main-thread call, on its own thread.
 
     ``on_end(error, stopped)`` is called once on the exporter thread when it ends: ``error`` is
-    the exception that stopped it (None when every frame is written), ``stopped`` whether
-    :meth:`stop` ended it early. :meth:`wait_for` lets another thread block until a
-    frame's file exists. :meth:`stop` ends the thread after the current batch. Any thread may call
-    ``wait_for``, ``ready`` and ``stop``.
+    the exception that stopped it (None when every frame is written), ``stopped`` whether it
+    ended early (:meth:`stop`, or the artist's Cancel: then :attr:`cancelled_by_user` is set).
+    :meth:`wait_for` lets another thread block until a frame's file exists. Any thread may call
+    ``wait_for``, ``ready`` and ``stop``; :meth:`close` and :meth:`rename` run on the main thread.
     """
 
     def __init__(
@@ -100,19 +223,21 @@ class InputExporter:
         pattern: str,
         *,
         batch_size: int = 4,
+        chunk_size: int = 0,
         on_end: Optional[Callable[[Optional[BaseException], bool], None]] = None,
     ) -> None:
-        self._nuke = nuke
         self._dispatcher = dispatcher
         self._node_name = node_name
         self._frames = tuple(frames)
         self._pattern = pattern
-        self._batch_size = max(1, batch_size)
+        self._batches = list(batch_sizes(len(self._frames), batch_size, chunk_size))
         self._on_end = on_end
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._ready: set[int] = set()
         self._failed: Optional[BaseException] = None
+        self.cancelled_by_user = False
+        self._session = ExportSession(nuke, total=len(self._frames), gui=dispatcher.gui)
         self._thread = threading.Thread(
             target=self._run, name=f"comfy-cluster-export-{node_name}", daemon=True
         )
@@ -120,6 +245,11 @@ class InputExporter:
     @property
     def pattern(self) -> str:
         return self._pattern
+
+    @property
+    def batches(self) -> list[int]:
+        """The size of each main-thread batch, in order."""
+        return list(self._batches)
 
     def path(self, frame: int) -> str:
         return format_frame_path(self._pattern, frame)
@@ -137,6 +267,11 @@ class InputExporter:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+
+    def close(self) -> None:
+        """Main thread: stop, and remove the temporary Write and the progress task now."""
+        self.stop()
+        self._session.close()
 
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread.is_alive():
@@ -170,6 +305,9 @@ class InputExporter:
             self._export_all()
         except DispatchTimeout:
             pass  # stopped while waiting for the main thread
+        except ExportCancelled:
+            self.cancelled_by_user = True
+            self.stop()
         except BaseException as exc:
             error = exc
             with self._cond:
@@ -179,17 +317,27 @@ class InputExporter:
             self._on_end(error, self._stop.is_set() and error is None)
 
     def _export_all(self) -> None:
-        frames = self._frames
-        for start in range(0, len(frames), self._batch_size):
+        start = 0
+        for size in self._batches:
             if self._stop.is_set():
                 return
-            batch = frames[start : start + self._batch_size]
-            self._dispatcher.call_sync(self._export_batch, batch, cancel=self._stop)
+            batch = self._frames[start : start + size]
+            start += size
+            last = start >= len(self._frames)
+            self._dispatcher.call_sync(self._export_batch, batch, last, cancel=self._stop)
             with self._cond:
                 self._ready.update(batch)
                 self._cond.notify_all()
 
-    def _export_batch(self, batch: Sequence[int]) -> None:
-        """Main thread: skip the batch if the job was cancelled while it waited in the queue."""
-        if not self._stop.is_set():
-            export_frames(self._nuke, self._node_name, batch, self._pattern)
+    def _export_batch(self, batch: Sequence[int], last: bool) -> None:
+        """Main thread: skip the batch if the job was cancelled while it waited in the queue;
+        close the session after the last batch or a failure."""
+        if self._stop.is_set():
+            return
+        try:
+            self._session.write(self._node_name, batch, self._pattern)
+        except BaseException:
+            self._session.close()
+            raise
+        if last:
+            self._session.close()

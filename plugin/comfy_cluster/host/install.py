@@ -205,6 +205,7 @@ def install_host(
     nuke: Any = None,
     export_batch: int = 4,
     temp_root: Optional[str] = None,
+    reload_interval: Optional[float] = None,
 ) -> HostSession:
     """Install the callbacks (and, with a GUI, the Nodes menu entry); idempotent. Main thread.
 
@@ -212,8 +213,9 @@ def install_host(
     ``ClusterService`` from the environment and user file); the render node takes its servers
     and health from it. ``servers`` (tests) instead gives the render node a fixed server list
     and the session no service at all (no health, no job reports); give one or the other.
-    ``scheduler_factory(servers, health)`` builds the render engine. If already installed,
-    returns the existing session unchanged.
+    ``scheduler_factory(servers, health)`` builds the render engine. ``reload_interval``: seconds
+    between two reloads of a node's Read while frames land (tests shorten it). If already
+    installed, returns the existing session unchanged.
     """
     if servers is not None and service_factory is not None:
         raise TypeError("install_host takes servers or service_factory, not both")
@@ -234,6 +236,7 @@ def install_host(
         scheduler_factory or _default_scheduler,
         export_batch=export_batch,
         temp_root=temp_root,
+        **({} if reload_interval is None else {"reload_interval": reload_interval}),
     )
     session = HostSession(nuke, dispatcher, controller, clusters)
     session.install()

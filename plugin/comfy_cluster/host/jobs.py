@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
@@ -44,6 +45,10 @@ _log = logging.getLogger(__name__)
 
 #: ``on_end(node_name, final_event)``: the job ended; called once, on the main thread.
 OnEnd = Callable[[str, JobEvent], None]
+#: ``on_frames(node_name)``: new frames landed; called on the main thread, throttled.
+OnFrames = Callable[[str], None]
+#: Seconds between two "frames landed" calls of one job (the Read reload as frames land).
+RELOAD_INTERVAL = 2.0
 
 
 @dataclass
@@ -69,6 +74,8 @@ class RunningJob:
     classes: frozenset[str] = frozenset()
     #: Set once the node is deleted: the end of the job must not touch it.
     node_gone: bool = False
+    #: The tile colour to give the node back at the end (what it had before the job).
+    colour: int = K.COLOR_GIZMO
     finished: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _cancelled: bool = False
@@ -97,6 +104,8 @@ class RunningJob:
                 handle = self.handle
             if handle is None:
                 self.monitor.cancelled()
+            elif self.exporter.cancelled_by_user:  # Cancel on the export's progress task
+                handle.cancel()
 
     def cancel(self) -> None:
         """Ask the job to stop; returns at once (the end is reported by an event)."""
@@ -175,6 +184,10 @@ class JobMonitor:
     to ``on_end`` (main thread); events after it are ignored so a late progress update can never
     overwrite the final status.
 
+    ``on_frames(node_name)`` (optional) is posted to the main thread when frames land, at most
+    once per ``reload_interval`` seconds and never twice in the queue at once: the node's Read
+    looks at its files again, so the frames come back as they land (the first frame at once).
+
     ``cluster`` (optional, the Job column): each server's chunks of this job are reported with
     ``report_job(server, text, job=job_id)`` as they are assigned and delivered, and cleared with
     ``clear_job(job_id)`` at the final event. Reports are made under this monitor's lock, so they
@@ -191,6 +204,9 @@ class JobMonitor:
         print_line: Optional[Callable[[str], None]] = None,
         job_id: str = "",
         cluster: Optional[JobBoard] = None,
+        on_frames: Optional[OnFrames] = None,
+        reload_interval: float = RELOAD_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_name = node_name
         self.job_id = job_id
@@ -203,6 +219,11 @@ class JobMonitor:
         self._lock = threading.Lock()
         self._ended = False
         self._last_decile = -1
+        self._on_frames = on_frames
+        self._reload_interval = reload_interval
+        self._clock = clock
+        self._last_reload = float("-inf")
+        self._reload_queued = False
 
     @property
     def total(self) -> int:
@@ -224,11 +245,15 @@ class JobMonitor:
                 return
             change = self.progress.apply(event)
             final = self._ended = self.progress.ended
+            look_again = False
             if final:
                 self._clear_reports()
             else:
                 self._report(change.servers)
                 self._show(event)
+                look_again = isinstance(event, FrameWritten) and self._reload_due()
+        if look_again:
+            self._dispatcher.post(self._frames_landed)
         if final:
             # Outside the lock: on the main thread the end runs at once and reads this monitor.
             # The node name is read when the end runs (main thread), not now: a rename between
@@ -251,6 +276,25 @@ class JobMonitor:
         self._dispatcher.set_knob_later(self.node_name, K.STATUS, status)
         if line is not None and self._print_line is not None:
             self._dispatcher.post(self._print_line, line)
+
+    def _reload_due(self) -> bool:
+        """Lock held: whether a frame that just landed should make the Read look again."""
+        if self._on_frames is None or self._reload_queued:
+            return False
+        now = self._clock()
+        if now - self._last_reload < self._reload_interval:
+            return False
+        self._last_reload = now
+        self._reload_queued = True
+        return True
+
+    def _frames_landed(self) -> None:
+        """Main thread: frames landed since the last look (the end reloads by itself)."""
+        with self._lock:
+            self._reload_queued = False
+            name, ended = self.node_name, self._ended
+        if not ended and self._on_frames is not None:
+            self._on_frames(name)
 
     def _end(self, event: JobEvent) -> None:
         """Main thread: hand the final event to ``on_end`` under the node's current name."""

@@ -24,6 +24,8 @@ CHUNK_SIZE = "cc_chunk_size"
 STRATEGY = "cc_strategy"
 #: Enumeration: what a render does with output frames already on disk (see EXISTING_MODES).
 EXISTING = "cc_existing"
+#: Enumeration: what the node's output shows for a frame not on disk (see MISSING_FRAMES_MODES).
+MISSING_FRAMES = "cc_missing_frames"
 SERVER = "cc_server"
 #: Invisible String knob holding the user's server choice: the enumeration's items come back from
 #: the .gizmo file on load, so the choice itself must live in a knob whose value always persists.
@@ -46,6 +48,7 @@ ALL_KNOBS = (
     CHUNK_SIZE,
     STRATEGY,
     EXISTING,
+    MISSING_FRAMES,
     SERVER,
     SERVER_CHOICE,
     RENDER,
@@ -61,10 +64,14 @@ INTERNAL_READ = "cc_read"
 
 #: Built-in knob used to colour the node on error.
 TILE_COLOR = "tile_color"
-#: Tile colours (0xRRGGBBAA); 0 means "the class default".
-COLOR_DEFAULT = 0
+#: Tile colours (0xRRGGBBAA). The gizmo's own colour (its ``tile_color`` in the .gizmo file; a
+#: test keeps them equal) is what the node goes back to after a render: 0 would be Nuke's
+#: default node colour, not the gizmo's.
+COLOR_GIZMO = 0x5A4A8CFF
 COLOR_ERROR = 0xB0302CFF
 COLOR_RUNNING = 0x3A7BBFFF
+#: Colours the host sets while or after rendering; any other colour is the user's own choice.
+HOST_COLORS = (COLOR_ERROR, COLOR_RUNNING)
 
 AUTO = "Auto"
 MISSING_SUFFIX = " (missing)"
@@ -74,5 +81,13 @@ MODES = ("frame", "batch")
 EXISTING_OVERWRITE = "overwrite"
 EXISTING_RESUME = "skip existing (resume)"
 EXISTING_MODES = {EXISTING_OVERWRITE: "overwrite", EXISTING_RESUME: "resume"}
+#: ``cc_missing_frames`` items (as in the .gizmo's ``M {...}``), which are also the internal
+#: Read's ``on_error`` items. The first is the default: a frame that is not on disk fails the
+#: render downstream (a farm must not silently write black). While the node's own job runs, an
+#: ``error`` choice reads as ``black`` so the viewer shows the frames as they land.
+MISSING_ERROR = "error"
+MISSING_BLACK = "black"
+MISSING_NEAREST = "nearest frame"
+MISSING_FRAMES_MODES = (MISSING_ERROR, MISSING_BLACK, MISSING_NEAREST)
 #: Must match ``comfy_cluster.core.balance.STRATEGIES`` (checked by a test).
 STRATEGIES = ("fastest", "least_loaded", "round_robin", "priority")

@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.dispatch import Dispatcher
+from comfy_cluster.host.graph import at_root, find_node
 from comfy_cluster.host.jobs import JobRegistry, RunningJob
-from comfy_cluster.host.settings import knob_text
+from comfy_cluster.host.settings import output_path
 
 __all__ = ["JobRenames"]
 
@@ -56,6 +57,23 @@ class JobRenames:
             self.rename_job(record.node_name, name)
         return record
 
+    def node_of(self, record: RunningJob) -> Optional[Any]:
+        """The node a job (already out of the registry: it ended) belongs to: the one with its
+        name, else, when that name is gone and the node was not deleted, the one node of the
+        class that runs no job and writes the job's Output (renamed without knobChanged: a
+        ``setValue`` on "name" in a Nuke that reports only user edits, or a Group renamed)."""
+        node = find_node(self._nuke, record.node_name)
+        if node is not None or record.node_gone:
+            return node
+        with at_root(self._nuke):
+            nodes = self._nuke.allNodes(K.GIZMO_CLASS, self._nuke.root(), recurseGroups=True)
+        candidates = [
+            n
+            for n in nodes
+            if self._jobs.get(n.fullName()) is None and output_path(n) == record.job.output_pattern
+        ]
+        return candidates[0] if len(candidates) == 1 else None
+
     def rename_job(self, old_name: str, new_name: str) -> Optional[RunningJob]:
         """Move the job of node ``old_name`` to ``new_name``; it keeps running.
 
@@ -83,13 +101,13 @@ class JobRenames:
         orphans = [
             r
             for r in self._jobs.all()
-            if not r.node_gone and self._nuke.toNode(r.node_name) is None
+            if not r.node_gone and find_node(self._nuke, r.node_name) is None
         ]
         if not orphans:
             return None
         name = node.fullName()
         parent, _, leaf = name.rpartition(".")
-        output = knob_text(node, K.OUTPUT)
+        output = output_path(node)
         if renamed:
             candidates = [r for r in orphans if r.node_name.rpartition(".")[0] == parent]
             if len(candidates) > 1:

@@ -8,19 +8,23 @@ scheduler's worker threads only ever see node *names*, a
 
 Render, step by step:
 
-1. main thread: read and check the knobs (:mod:`~comfy_cluster.host.settings`), resolve the
-   frame range and the servers;
+1. main thread: check that the runtime packages are installed
+   (:mod:`~comfy_cluster.host.deps`), read and check the knobs
+   (:mod:`~comfy_cluster.host.settings`), resolve the frame range and the servers;
 2. an :class:`~comfy_cluster.host.export.InputExporter` thread asks the main thread to write the
-   input frames batch by batch (temporary Write + ``nuke.execute``);
+   input frames batch by batch (one temporary Write + ``nuke.execute``, one progress task);
 3. the scheduler starts at once with the exporter's ``wait_for`` as its ``wait_for_input`` hook,
    so the first chunks render while later input frames are still being exported. It renders on
    its worker threads; every event becomes coalesced knob updates (``cc_progress``,
-   ``cc_status``) through the dispatcher; the end of the job is posted once;
+   ``cc_status``) through the dispatcher, and landing frames make the internal Read look again
+   (throttled); the end of the job is posted once, and reloads the Read whatever the outcome;
 4. GUI: the button returns at once. Terminal (``nuke -t``): the button blocks, draining the
    dispatcher's queue (export batches, knob updates, progress lines) until the job ends.
 
-Jobs are keyed by node name; a node renamed while it renders takes its job along
-(:mod:`~comfy_cluster.host.renames`).
+Jobs are keyed by node *full* name; a node renamed while it renders takes its job along
+(:mod:`~comfy_cluster.host.renames`). Names are always resolved from the root
+(:mod:`~comfy_cluster.host.graph`): the Render button runs with the gizmo itself as Nuke's current
+context, and in a terminal session the whole job runs inside that button.
 
 The controller's collaborators are handed to it, typed by the protocols in
 :mod:`~comfy_cluster.host.collaborators`:
@@ -54,19 +58,31 @@ from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.workflow import Workflow
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.collaborators import ClusterSource, RenderCluster, SchedulerFactory
+from comfy_cluster.host.deps import missing_dependencies, missing_from_error, missing_message
 from comfy_cluster.host.dispatch import Dispatcher
 from comfy_cluster.host.export import InputExporter
-from comfy_cluster.host.jobs import JobMonitor, JobRegistry, RunningJob
+from comfy_cluster.host.graph import find_node
+from comfy_cluster.host.jobs import RELOAD_INTERVAL, JobMonitor, JobRegistry, RunningJob
 from comfy_cluster.host.node_status import (
+    apply_missing_frames,
+    colour_after,
+    mark_unsaved,
+    reload_read,
     set_read_range,
     show_cancelled,
     show_done,
     show_error,
+    show_loaded,
     show_starting,
 )
 from comfy_cluster.host.renames import JobRenames
 from comfy_cluster.host.schedulers import SchedulerCache
-from comfy_cluster.host.server_knob import refresh_server_knob, remember_choice, saved_choice
+from comfy_cluster.host.server_knob import (
+    adopt_menu_choice,
+    refresh_server_knob,
+    remember_choice,
+    saved_choice,
+)
 from comfy_cluster.host.settings import RenderSettingsError, read_settings
 
 __all__ = ["RenderController"]
@@ -90,12 +106,14 @@ class RenderController:
         *,
         export_batch: int = 4,
         temp_root: Optional[str] = None,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         self._nuke = nuke
         self._dispatcher = dispatcher
         self._clusters = clusters
         self._export_batch = export_batch
         self._temp_root = temp_root
+        self._reload_interval = reload_interval
         self.schedulers = SchedulerCache(scheduler_factory)
         self.jobs = JobRegistry()
         self._renames = JobRenames(nuke, self.jobs, dispatcher)
@@ -129,12 +147,19 @@ class RenderController:
     # -- callbacks -------------------------------------------------------------------------------
 
     def on_create(self, node: Any) -> None:
-        """onCreate (create, script load, paste): only idempotent refreshes, no prompts."""
+        """onCreate (create, script load, paste): only idempotent refreshes, no prompts. A node
+        that runs no job shows a saved status as a past fact, gets its colour back, and its
+        Read follows Missing frames."""
+        mark_unsaved(node, self._nuke.DO_NOT_WRITE)
         self.refresh_server_knob(node)
+        if self.jobs.get(node.fullName()) is None:
+            show_loaded(node)
 
     def on_knob_changed(self, node: Any, knob: Any) -> None:
         """knobChanged: follow a rename; remember the server choice; refresh the menu when the
-        panel opens; show the Frames range on the internal Read."""
+        panel opens; show the Frames range and the Missing frames choice on the internal Read.
+        Idempotent and cheap for every other knob: a Nuke may call it for every programmatic
+        ``setValue`` too (the progress updates included)."""
         name = knob.name()
         if name == "name":
             # Nuke fires knobChanged with the "name" knob after a rename: move the node's running
@@ -152,6 +177,8 @@ class RenderController:
                     set_read_range(node, FrameRange.parse(text))
                 except ValueError:
                     pass  # reported when the user presses Render
+        elif name == K.MISSING_FRAMES:
+            apply_missing_frames(node, running=self.jobs.get(node.fullName()) is not None)
 
     def on_destroy(self, node: Any) -> None:
         """onDestroy: a deleted node cancels its job; the job's end then touches nothing."""
@@ -168,10 +195,16 @@ class RenderController:
         if self.job_for(node) is not None:
             self._report(f"{name} is already rendering; cancel it first", error=False)
             return
+        missing = missing_dependencies()
+        if missing:
+            self._fail(name, missing_message(self._nuke, missing))
+            return
         try:
             record = self._start(node)
         except Exception as exc:
-            self._fail(name, str(exc) or type(exc).__name__)
+            missing = missing_from_error(exc)
+            message = missing_message(self._nuke, missing) if missing else str(exc)
+            self._fail(name, message or type(exc).__name__)
             return
         if not self._dispatcher.gui:
             self._dispatcher.run_until(record.finished.is_set)
@@ -208,6 +241,7 @@ class RenderController:
         """(enabled servers, the allow-list of a pinned server or None for Auto, the cluster)."""
         servers, cluster = self.configured(render=True)
         enabled = [s for s in servers if s.enabled]
+        adopt_menu_choice(node)  # a menu item set without knobChanged
         refresh_server_knob(node, [s.name for s in enabled])
         choice = saved_choice(node)
         if not enabled:
@@ -238,7 +272,7 @@ class RenderController:
             servers=allow,
             existing=settings.existing,
         )
-        show_starting(node, settings.frames)
+        colour = show_starting(node, settings.frames)
         monitor = JobMonitor(
             name,
             self._dispatcher,
@@ -247,6 +281,8 @@ class RenderController:
             print_line=None if self._dispatcher.gui else self._print,
             job_id=job.job_id,
             cluster=cluster,
+            on_frames=self._frames_landed,
+            reload_interval=self._reload_interval,
         )
         try:
             scheduler = self.schedulers.get(servers, health)
@@ -260,6 +296,7 @@ class RenderController:
             tuple(settings.frames),
             input_pattern,
             batch_size=self._export_batch,
+            chunk_size=settings.chunk_size,
             on_end=lambda error, stopped: record.inputs_finished(error, stopped),
         )
         record = RunningJob(
@@ -271,28 +308,13 @@ class RenderController:
             scheduler,
             health=health,
             classes=_workflow_classes(settings.workflow) if health is not None else frozenset(),
+            colour=colour_after(colour),
         )
         self.jobs.add(record)
-        self._hold_health(record)
+        _hold_health(record, self.jobs)
         record.start_scheduler(exporter.wait_for)  # renders while the inputs are exported
         exporter.start()
         return record
-
-    # -- health hints while jobs run -------------------------------------------------------------
-
-    def _hold_health(self, record: RunningJob) -> None:
-        """A job starts: poll fast under its id, require its workflow's classes."""
-        health = record.health
-        if health is not None:
-            _hint(health.set_active, True, who=record.job.job_id)
-            _hint(health.require_classes, self.jobs.classes_on(health))
-
-    def _release_health(self, record: RunningJob) -> None:
-        """A job ended (already out of the registry): its id and classes are no longer held."""
-        health = record.health
-        if health is not None:
-            _hint(health.set_active, False, who=record.job.job_id)
-            _hint(health.require_classes, self.jobs.classes_on(health))
 
     # -- job end ---------------------------------------------------------------------------------
 
@@ -301,30 +323,39 @@ class RenderController:
         record = self.jobs.pop(node_name)
         self._dispatcher.discard(node_name)
         if record is not None:
-            self._release_health(record)
+            _release_health(record, self.jobs)
             record.monitor.clear_reports()  # done at the final event already; idempotent
         try:
-            node = None if record is not None and record.node_gone else self._nuke.toNode(node_name)
+            # A node renamed without knobChanged is still found (renames.node_of).
+            node = self._renames.node_of(record) if record is not None else self._node(node_name)
             if node is not None:
+                node_name = node.fullName()
                 self._show_end(node, node_name, record, event)
         finally:
             if record is not None:
-                record.exporter.stop()
+                record.exporter.close()  # main thread: the temporary Write goes now
                 if record.temp_dir:
                     shutil.rmtree(record.temp_dir, ignore_errors=True)
                 record.finished.set()
 
+    def _frames_landed(self, node_name: str) -> None:
+        """Frames landed (main thread, throttled by the monitor): the Read looks again."""
+        node = self._node(node_name)
+        if node is not None:
+            reload_read(node)
+
     def _show_end(
         self, node: Any, node_name: str, record: Optional[RunningJob], event: JobEvent
     ) -> None:
+        colour = record.colour if record is not None else K.COLOR_GIZMO
         if isinstance(event, JobDone):
-            text = show_done(node, event)
+            text = show_done(node, event, colour)
             if not self._dispatcher.gui:
                 self._print(f"{node_name}: {text}")
         elif isinstance(event, JobCancelled):
             done = record.monitor.done if record is not None else 0
             total = record.monitor.total if record is not None else 0
-            show_cancelled(node, done, total)
+            show_cancelled(node, done, total, colour)
             if not self._dispatcher.gui:
                 self._print(f"{node_name}: cancelled at {done}/{total} frames")
         else:
@@ -333,10 +364,14 @@ class RenderController:
 
     def _fail(self, node_name: str, message: str) -> None:
         """Put an error on the node (status, red tile) and report it once."""
-        node = self._nuke.toNode(node_name)
+        node = self._node(node_name)
         if node is not None:
             show_error(node, message)
         self._report(f"{node_name}: {message}", error=True)
+
+    def _node(self, node_name: str) -> Optional[Any]:
+        """The node called ``node_name``, found from the root (never the current context)."""
+        return find_node(self._nuke, node_name)
 
     def _report(self, text: str, *, error: bool) -> None:
         """A message the artist must see: a dialog in the GUI, a printed line in a terminal."""
@@ -347,6 +382,22 @@ class RenderController:
 
     def _print(self, line: str) -> None:
         self._nuke.tprint(f"comfy_cluster: {line}")
+
+
+def _hold_health(record: RunningJob, jobs: JobRegistry) -> None:
+    """A job starts: poll fast under its id, require its workflow's classes."""
+    health = record.health
+    if health is not None:
+        _hint(health.set_active, True, who=record.job.job_id)
+        _hint(health.require_classes, jobs.classes_on(health))
+
+
+def _release_health(record: RunningJob, jobs: JobRegistry) -> None:
+    """A job ended (already out of the registry): its id and classes are no longer held."""
+    health = record.health
+    if health is not None:
+        _hint(health.set_active, False, who=record.job.job_id)
+        _hint(health.require_classes, jobs.classes_on(health))
 
 
 def _hint(call: Callable[..., object], *args: Any, **kwargs: Any) -> None:

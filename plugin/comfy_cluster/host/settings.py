@@ -2,6 +2,13 @@
 
 Every check happens here, before anything starts (no temporary folder, no export, no prompt), and
 each failure names the knob to fix, because the message is what the artist sees on the node.
+
+Paths are read as Nuke reads them: studio templates put TCL in them
+(``[file dirname [value root.name]]/comfy/[file rootname [file tail [value root.name]]].####.png``),
+so a path with ``[`` or ``$`` is evaluated by its own knob (``knob.evaluate()``, which knows the
+node it belongs to) instead of being used raw. The frame token must survive the evaluation: if a
+Nuke ever substituted the current frame number into it, the render refuses with a message rather
+than writing every frame to one file.
 """
 
 from __future__ import annotations
@@ -13,7 +20,14 @@ from typing import Any
 from comfy_cluster.core.frames import FrameRange, has_frame_token
 from comfy_cluster.host import knobs as K
 
-__all__ = ["RenderSettings", "RenderSettingsError", "knob_text", "read_settings"]
+__all__ = [
+    "RenderSettings",
+    "RenderSettingsError",
+    "evaluated_path",
+    "knob_text",
+    "output_path",
+    "read_settings",
+]
 
 
 class RenderSettingsError(ValueError):
@@ -59,8 +73,40 @@ def knob_text(node: Any, knob_name: str) -> str:
     return str(knob.value()).strip() if knob is not None else ""
 
 
+def evaluated_path(node: Any, knob_name: str, label: str) -> str:
+    """The knob's text with its TCL evaluated (raw when it has none); stripped.
+
+    Raises :class:`RenderSettingsError` naming ``label`` when the TCL does not evaluate or the
+    evaluation lost the frame token the raw text has."""
+    knob = node.knob(knob_name)
+    raw = str(knob.value()).strip() if knob is not None else ""
+    if "[" not in raw and "$" not in raw:
+        return raw
+    evaluate = getattr(knob, "evaluate", None)
+    if evaluate is None:
+        return raw
+    try:
+        text = str(evaluate()).strip()
+    except Exception as exc:  # Nuke raises for a TCL error; the artist must see which knob
+        raise RenderSettingsError(f"{label} ({knob_name}): cannot evaluate {raw}: {exc}") from exc
+    if has_frame_token(raw) and not has_frame_token(text):
+        raise RenderSettingsError(
+            f"{label} ({knob_name}): evaluating {raw} replaced the frame number ({text})"
+        )
+    return text
+
+
+def output_path(node: Any) -> str:
+    """The node's Output as a render would use it; the raw text if it does not evaluate (for
+    matching a running job to its node, never for rendering)."""
+    try:
+        return evaluated_path(node, K.OUTPUT, "Output")
+    except RenderSettingsError:
+        return knob_text(node, K.OUTPUT)
+
+
 def _workflow(node: Any) -> str:
-    workflow = node.knob(K.WORKFLOW).value().strip()
+    workflow = evaluated_path(node, K.WORKFLOW, "Workflow")
     if not workflow:
         raise RenderSettingsError("Workflow (cc_workflow) is empty: pick a workflow JSON file")
     if not os.path.isfile(workflow):
@@ -69,7 +115,7 @@ def _workflow(node: Any) -> str:
 
 
 def _output(node: Any) -> str:
-    output = node.knob(K.OUTPUT).value().strip()
+    output = evaluated_path(node, K.OUTPUT, "Output")
     if not output:
         raise RenderSettingsError("Output (cc_output) is empty: e.g. /renders/shot.####.png")
     if not has_frame_token(output):

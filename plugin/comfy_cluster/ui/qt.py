@@ -2,8 +2,10 @@
 
 Inside Nuke the binding is chosen by ``nuke.NUKE_VERSION_MAJOR`` and nothing else: a binding that
 happens to be installed in the wrong interpreter can import "successfully" and crash later, so we
-never fall back blindly (Foundry's Katana Qt6 guide says the same). Outside Nuke (tests, the CLI)
-whichever binding imports is used, PySide6 first; ``QT_API=pyside2|pyside6`` forces one.
+never fall back blindly (Foundry's Katana Qt6 guide says the same). ``QT_API`` is ignored there:
+studios set it for qtpy (``QT_API=pyside2`` for Nuke 13-15 tools), and honouring it would load
+PySide2 into Nuke 16 and lose the panel. Outside Nuke (tests, the CLI) whichever binding imports is
+used, PySide6 first; ``QT_API=pyside2|pyside6`` forces one.
 
 Everything else in ``comfy_cluster.ui`` imports Qt names from here::
 
@@ -31,15 +33,16 @@ def candidate_bindings(
 ) -> tuple[str, ...]:
     """The bindings to try, in order.
 
-    ``QT_API`` wins when set to a known value; inside Nuke (``nuke_major`` not None) exactly one
-    binding is allowed; outside Nuke PySide6 is preferred, then PySide2. Pure function.
+    Inside Nuke (``nuke_major`` not None) exactly one binding, the one that Nuke version ships,
+    whatever ``QT_API`` says. Outside Nuke ``QT_API`` wins when set to a known value, else
+    PySide6 is preferred, then PySide2. Pure function.
     """
+    if nuke_major is not None:
+        return (PYSIDE6,) if nuke_major >= 16 else (PYSIDE2,)
     env = os.environ if environ is None else environ
     forced = _BY_ENV.get(env.get("QT_API", "").strip().lower())
     if forced:
         return (forced,)
-    if nuke_major is not None:
-        return (PYSIDE6,) if nuke_major >= 16 else (PYSIDE2,)
     return (PYSIDE6, PYSIDE2)
 
 

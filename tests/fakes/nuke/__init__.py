@@ -56,6 +56,7 @@ from ._api import (
     addOnScriptSave,
     addOnUserCreate,
     addUpdateUI,
+    knobDefault,
     modified,
     nodeCopy,
     nodePaste,
@@ -180,6 +181,7 @@ from ._threads import (
     executeInMainThread,
     executeInMainThreadWithResult,
 )
+from ._undo import Undo
 
 nodes = Nodes()
 render = execute

@@ -129,6 +129,18 @@ def nodePaste(s: str) -> Any:
     return top[-1] if top else None
 
 
+# -- knob defaults -----------------------------------------------------------------------------
+@main_only
+def knobDefault(classknob: str, value: str | None = None) -> str | None:
+    """Get (one argument) or set the value every new ``Class.knob`` starts with."""
+    if value is None:
+        return current().knob_defaults.get(classknob)
+    if not isinstance(value, str):
+        raise TypeError("knobDefault value must be a str (TCL text)")
+    current().knob_defaults[classknob] = value
+    return None
+
+
 # -- plugin path -------------------------------------------------------------------------------
 def _plugin_paths(args: Any) -> list[str]:
     items = [args] if isinstance(args, str) else list(args)

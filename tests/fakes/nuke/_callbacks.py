@@ -105,5 +105,16 @@ def run_node_knob(node: Any, knob_name: str, knob: Any = None) -> None:
             record_error(exc)
 
 
+def fire_knob_changed(knob: Any) -> None:
+    """knobChanged for ``knob``: the node's own ``knobChanged`` knob, then the registered
+    callbacks, with thisNode/thisKnob set (what Nuke does after a user edit)."""
+    node = knob.node()
+    if node is None:
+        return
+    if hasattr(node, "_builtin"):
+        run_node_knob(node, "knobChanged", knob)
+    run("knobChanged", node, knob)
+
+
 def default_class(kind: str) -> str:
     return "Root" if kind in _ROOT_KINDS else "*"

@@ -3,8 +3,11 @@
 Supported (anything else raises ValueError naming the unsupported part):
 
 * TCL substitutions inside strings (``File_Knob.evaluate()``, Write rendering, expressions):
-  ``[value REF]`` (the referenced knob's ``value()`` as text), ``[frame]``,
-  ``[python EXPR]`` / ``[python {EXPR}]`` (a Python expression with ``nuke`` in scope).
+  ``[value REF]`` (the referenced knob's ``value()`` as text; ``[value root.name]`` is the
+  script's path), ``[frame]``, ``[python EXPR]`` / ``[python {EXPR}]`` (a Python expression
+  with ``nuke`` in scope), ``[file dirname|tail|rootname|extension PATH]``,
+  ``[file join A B ...]`` and ``[getenv NAME]``, innermost brackets first. ``####``/``%04d``
+  are left alone (frame numbers are substituted by the Read or Write that uses the path).
 * Numeric expressions (``knob.setExpression``): Python-syntax arithmetic (``+ - * / // % **``,
   comparisons, ``and``/``or``/``not``, ``a if c else b``), numbers, ``frame``/``t``, ``pi``,
   calls to ``abs min max int float round floor ceil``, and knob references.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import os
 import re
 import sys
 from typing import Any
@@ -101,6 +105,10 @@ def expand(text: str, knob: Any) -> str:
             return str(resolve_knob(arg, knob).value())
         if word == "frame" and not arg:
             return str(_state.current().frame)
+        if word == "file" and arg:
+            return _file_command(arg, cmd)
+        if word == "getenv" and arg:
+            return os.environ.get(arg, "")
         if word == "python" and arg:
             if arg.startswith("{") and arg.endswith("}"):
                 arg = arg[1:-1]
@@ -114,6 +122,23 @@ def expand(text: str, knob: Any) -> str:
         previous = text
         text = _BRACKET.sub(sub, text)
     return text
+
+
+def _file_command(arg: str, cmd: str) -> str:
+    """TCL's ``file`` subcommands that path templates use."""
+    sub, _, path = arg.partition(" ")
+    path = path.strip()
+    if sub == "dirname" and path:
+        return os.path.dirname(path) or "."
+    if sub == "tail" and path:
+        return os.path.basename(path)
+    if sub == "rootname" and path:
+        return os.path.splitext(path)[0]
+    if sub == "extension" and path:
+        return os.path.splitext(path)[1]
+    if sub == "join" and path:
+        return os.path.join(*path.split())
+    raise ValueError(f"fake nuke: unsupported TCL command [{cmd}]")
 
 
 def evaluate(expression: str, knob: Any) -> float:

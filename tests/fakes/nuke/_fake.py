@@ -21,6 +21,7 @@ __all__ = [
     "cancel_progress",
     "dropped",
     "errors",
+    "executions",
     "invoke",
     "load_warnings",
     "logs",
@@ -34,15 +35,19 @@ __all__ = [
     "queue_answer",
     "queue_modal_result",
     "queued",
+    "reloads",
     "rendered",
     "reset",
     "session",
     "set_gui",
+    "set_knob_changed",
     "set_result_timeout",
     "set_version",
+    "substituted",
     "swallowed",
     "take_errors",
     "tprints",
+    "undo_log",
     "user_sets",
 ]
 
@@ -95,6 +100,14 @@ def set_version(major: int, minor: int = 0, release: int = 0) -> None:
         NukeVersionRelease=release,
         NukeVersionString=nuke.NUKE_VERSION_STRING,
     )
+
+
+def set_knob_changed(*, on_set: bool) -> None:
+    """Which Nuke's knobChanged the session has. ``on_set=False`` (the default): only user
+    edits (``user_sets``, ``press``, ``open_panel``) fire it, as older Foundry docs promise.
+    ``on_set=True``: a programmatic ``setValue`` on a node's knob fires it too, as Foundry's
+    current docs say. Code that reacts to knob changes must work under both."""
+    current().knob_changed_on_set = bool(on_set)
 
 
 def set_result_timeout(seconds: float) -> None:
@@ -181,6 +194,28 @@ def rendered() -> list[tuple[str, int, str]]:
     return list(current().rendered)
 
 
+def executions() -> list[tuple[str, tuple[int, ...], bool]]:
+    """(write full name, frames, GUI?) for every nuke.execute call: in the GUI each is one
+    modal progress dialog that blocks the user interface."""
+    return list(current().executions)
+
+
+def substituted() -> list[tuple[str, int, str]]:
+    """(read full name, frame, "black"/"checkerboard"/"nearest"): frames a render made up
+    because the Read's file was missing and its ``on_error`` said not to fail."""
+    return list(current().substituted)
+
+
+def reloads() -> list[str]:
+    """Full names of the Read nodes whose Reload button ran, in order."""
+    return list(current().reloads)
+
+
+def undo_log() -> list[str]:
+    """Undo entries recorded ("create Write1", "delete Write1"); see ``nuke.Undo``."""
+    return list(current().undo_log)
+
+
 def main_namespace() -> dict[str, Any]:
     """The ``__main__``-like namespace PyScript knobs, menu strings and PyCustom_Knob
     expressions run in; tests may add names (as Nuke's script editor would have them)."""
@@ -215,7 +250,12 @@ def user_sets(knob: K.Knob, value: Any) -> None:
     """What a user editing a knob does: set the value, then fire knobChanged (the node's own
     ``knobChanged`` knob, then nuke.addKnobChanged callbacks) with thisNode/thisKnob set."""
     check_main("nuke._fake.user_sets()")
-    knob.setValue(value)
+    session = current()
+    session.set_depth += 1  # one knobChanged, whichever behaviour the session has
+    try:
+        knob.setValue(value)
+    finally:
+        session.set_depth -= 1
     _fire_knob_changed(knob)
 
 
@@ -247,9 +287,4 @@ def invoke(menu_name: str, path: str) -> None:
 
 
 def _fire_knob_changed(knob: K.Knob) -> None:
-    node = knob.node()
-    if node is None:
-        return
-    if hasattr(node, "_builtin"):
-        _callbacks.run_node_knob(node, "knobChanged", knob)
-    _callbacks.run("knobChanged", node, knob)
+    _callbacks.fire_knob_changed(knob)

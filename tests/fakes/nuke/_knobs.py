@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable
 
 from . import _expr
 from ._state import current, guarded
@@ -297,12 +298,18 @@ class Script_Knob(String_Knob):
         return self._value
 
     def execute(self) -> None:
-        from . import _callbacks
+        """Run the command. Like Nuke, a button on a Group or gizmo runs *inside* that group
+        (``thisGroup()``, ``toNode`` and ``nodes.X()`` resolve there); any other node's button
+        runs in the node's parent group."""
+        from . import _callbacks, _nodes
 
         code = self._value
         if not code.strip():
             return
-        with _callbacks.this_context(self._node, self):
+        with (
+            _callbacks.this_context(self._node, self),
+            _nodes.running_in(_nodes.button_group(self._node)),
+        ):
             exec(compile(code, f"<knob {self._name}>", "exec"), current().namespace)
 
 
@@ -600,3 +607,40 @@ USER_KNOB_TYPES: dict[int, type] = {
     52: PythonKnob,
 }
 TYPE_IDS: dict[type, int] = {cls: tid for tid, cls in USER_KNOB_TYPES.items()}
+
+
+# -- knobChanged on programmatic changes -------------------------------------------------------
+def _notifying(set_value: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a ``setValue`` so that, when the session asks for it
+    (``nuke._fake.set_knob_changed(on_set=True)``), a programmatic change fires knobChanged
+    like a user edit. Only the outermost call notifies (subclasses call their base's setValue)."""
+
+    @functools.wraps(set_value)
+    def setValue(self: Knob, *args: Any, **kwargs: Any) -> Any:
+        session = current()
+        session.set_depth += 1
+        try:
+            result = set_value(self, *args, **kwargs)
+        finally:
+            session.set_depth -= 1
+        if session.set_depth == 0 and session.knob_changed_on_set and self._node is not None:
+            from . import _callbacks
+
+            _callbacks.fire_knob_changed(self)
+        return result
+
+    setValue._notifies = True  # type: ignore[attr-defined]
+    return setValue
+
+
+def notify_on_set(cls: type) -> type:
+    """Class decorator: the class's own ``setValue`` (if any) may fire knobChanged."""
+    set_value = vars(cls).get("setValue")
+    if set_value is not None and not getattr(set_value, "_notifies", False):
+        cls.setValue = _notifying(set_value)  # type: ignore[attr-defined]
+    return cls
+
+
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, Knob):
+        notify_on_set(_cls)

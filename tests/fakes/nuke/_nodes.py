@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -548,10 +549,14 @@ def _read_knobs(n: Node) -> None:
     for name in ("first", "last", "origfirst", "origlast"):
         knob = add(K.Int_Knob(name))
         knob.setValue(1)
-    add(K.Enumeration_Knob("on_error", "missing frames", ["error", "black", "checkerboard"]))
+    add(
+        K.Enumeration_Knob(
+            "on_error", "missing frames", ["error", "black", "checkerboard", "nearest frame"]
+        )
+    )
     add(K.String_Knob("colorspace", "colorspace", "default"))
     add(K.Boolean_Knob("raw", "raw data"))
-    add(K.PyScript_Knob("reload", "Reload", ""))
+    add(_ReloadKnob("reload", "Reload", ""))
 
 
 def _write_knobs(n: Node) -> None:
@@ -566,6 +571,27 @@ def _write_knobs(n: Node) -> None:
     for name in ("first", "last"):
         add(K.Int_Knob(name)).setValue(1)
     add(K.Int_Knob("render_order", "render order")).setValue(1)
+    # The Python tab: code nuke.execute runs around the render (studios set these with
+    # nuke.knobDefault("Write.beforeRender", ...)).
+    for name in WRITE_RENDER_KNOBS:
+        add(K.PythonKnob(name, name, ""))
+
+
+#: The Write's own render callback knobs, in the order nuke.execute runs them.
+WRITE_RENDER_KNOBS = ("beforeRender", "beforeFrameRender", "afterFrameRender", "afterRender")
+
+
+@guarded(K._alive)
+class _ReloadKnob(K.PyScript_Knob):
+    """The Read's Reload button: makes the Read look at its files again (recorded in
+    ``nuke._fake.reloads()``)."""
+
+    def Class(self) -> str:
+        return "PyScript_Knob"
+
+    def execute(self) -> None:
+        node = self._node
+        current().reloads.append(node.fullName() if node is not None else "")
 
 
 def _input_knobs(n: Node) -> None:
@@ -617,6 +643,7 @@ def _common_knobs(n: Node) -> None:
         add(K.PythonKnob(name, name, "")).setFlag(K.INVISIBLE)
 
 
+@K.notify_on_set
 @guarded(K._alive)
 class _NameKnob(K.String_Knob):
     """The ``name`` knob mirrors ``node.name()``."""
@@ -646,12 +673,27 @@ class _NameKnob(K.String_Knob):
         self.setValue(str(text))
 
 
+@K.notify_on_set
+@guarded(K._alive)
+class _RootNameKnob(_NameKnob):
+    """The root's ``name`` knob is the script's path ("" while untitled): ``[value root.name]``
+    is how studio path templates find the script."""
+
+    def value(self, oc: Any = None) -> str:
+        return current().script_name
+
+    def setValue(self, val: Any, view: Any = None) -> None:
+        if not isinstance(val, str):
+            raise TypeError(f"String_Knob.setValue() expects a str, not {type(val).__name__}")
+        current().script_name = val
+
+
 def make_root() -> Root:
     root = object.__new__(Root)
     root._setup("Root", None, 0)
     root._name = "root"
     add = root._builtin_knob
-    add(_NameKnob("name", "name", ""))
+    add(_RootNameKnob("name", "name", ""))
     add(K.Double_Knob("first_frame", "frame range")).setValue(1)
     add(K.Double_Knob("last_frame", "")).setValue(100)
     add(K.Double_Knob("fps", "fps")).setValue(24)
@@ -691,6 +733,7 @@ def instantiate(cls: str, group: Group | None = None, *, run_callbacks: bool = T
         node._setup(cls, group, max_inputs)
         _common_knobs(node)
         builder(node)
+        _apply_knob_defaults(node)
         path = None
     else:
         path = gizmo_file(cls)
@@ -710,6 +753,47 @@ def instantiate(cls: str, group: Group | None = None, *, run_callbacks: bool = T
         node._knobs["number"].setValue(sum(1 for n in group._children if n._cls == "Input") - 1)
         group._refresh_inputs()
     return node
+
+
+def _apply_knob_defaults(node: Node) -> None:
+    """``nuke.knobDefault("Class.knob", value)``: every new node of the class starts with it."""
+    prefix = node._cls + "."
+    for key, value in current().knob_defaults.items():
+        if key.startswith(prefix):
+            knob = node._knobs.get(key[len(prefix) :])
+            if isinstance(knob, K.Script_Knob):
+                knob._init_value(value)
+            elif knob is not None:
+                knob._load_value(value)
+
+
+def record_undo(what: str) -> None:
+    """Add an undo entry (node created or deleted from Python) unless undo is disabled."""
+    session = current()
+    if not session.undo_disabled:
+        session.undo_log.append(what)
+
+
+def button_group(node: Any) -> Group | None:
+    """The group a Python button on ``node`` runs in: the node itself when it is a Group or a
+    gizmo, else the group holding it (None for panel nodes and the root)."""
+    if isinstance(node, Group) and not isinstance(node, Root):
+        return node
+    return getattr(node, "_parent", None)
+
+
+@contextlib.contextmanager
+def running_in(group: Group | None) -> Iterator[None]:
+    """Make ``group`` the current context while the block runs (what Nuke does around a
+    button's code); the context is restored even if the code left a ``begin()`` open."""
+    stack = current().group_stack
+    depth = len(stack)
+    if group is not None:
+        stack.append(group)
+    try:
+        yield
+    finally:
+        del stack[depth:]
 
 
 def run_on_create(node: Node, user: bool) -> None:
@@ -735,6 +819,7 @@ def createNode(node: str, knobs: str = "", inpanel: bool = True) -> Node:
     for n in group._children:
         n._selected = False
     new._selected = True
+    record_undo(f"create {new.fullName()}")
     run_on_create(new, user=True)
     return new
 
@@ -756,6 +841,7 @@ class NodeConstructor:
             knob.setValue(value)
         for i, upstream in enumerate(inputs or ()):
             node.setInput(i, upstream)
+        record_undo(f"create {node.fullName()}")
         run_on_create(node, user=False)
         return node
 
@@ -840,6 +926,7 @@ def delete(n: Node | None) -> None:
         raise ValueError(DETACHED)
     _callbacks.run_node_knob(n, "onDestroy")
     _callbacks.run("onDestroy", n)
+    record_undo(f"delete {n.fullName()}")
     _detach(n)
 
 

@@ -5,6 +5,14 @@ The upstream walk follows input 0 through nodes that pass images unchanged, ``Sw
 ``Input`` nodes back out to the group's inputs). A Read holds its first/last frame outside its
 range (Nuke's default ``before``/``after`` = hold). Paths are TCL-expanded (``[value ...]``,
 ``[frame]``), then ``#``-runs and ``%0Nd`` are replaced by the frame number.
+
+A source frame missing on disk follows the Read's ``on_error``: ``error`` raises (the render
+fails), ``black`` and ``checkerboard`` write a small flat PNG instead, ``nearest frame`` copies the
+closest frame that exists; substitutions are recorded in ``nuke._fake.substituted()``. Each call
+is recorded in ``nuke._fake.executions()`` (in the GUI every call is one modal progress dialog, a
+block of the user interface). The Write's own ``beforeRender``/``beforeFrameRender``/
+``afterFrameRender``/``afterRender`` knobs run around the render, like the callbacks registered
+with ``nuke.addBeforeRender`` and friends.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
+import zlib
 from typing import Any
 
 from . import _callbacks, _nodes
-from ._state import DETACHED, current, main_only
+from ._state import DETACHED, current, gui, main_only
 
 _HASHES = re.compile(r"#+")
 _PRINTF = re.compile(r"%(0?)(\d*)d")
@@ -86,23 +96,31 @@ def execute(
     if start is None:
         start, end = node.firstFrame(), node.lastFrame()
     session = current()
+    frames = _targets(start, end, incr)
+    session.executions.append((node.fullName(), tuple(frames), gui()))
     saved_frame = session.frame
     session.executing = True
     try:
-        _callbacks.run("beforeRender", node)
-        for frame in _targets(start, end, incr):
+        _render_callbacks("beforeRender", node)
+        for frame in frames:
             session.frame = frame
-            _callbacks.run("beforeFrameRender", node)
+            _render_callbacks("beforeFrameRender", node)
             try:
                 _render_frame(node, frame)
             except Exception:
                 if not continueOnError:
                     raise
-            _callbacks.run("afterFrameRender", node)
-        _callbacks.run("afterRender", node)
+            _render_callbacks("afterFrameRender", node)
+        _render_callbacks("afterRender", node)
     finally:
         session.executing = False
         session.frame = saved_frame
+
+
+def _render_callbacks(kind: str, write: Any) -> None:
+    """The Write's own ``kind`` knob, then the callbacks registered for it."""
+    _callbacks.run_node_knob(write, kind)
+    _callbacks.run(kind, write)
 
 
 def _render_frame(write: Any, frame: int) -> None:
@@ -114,15 +132,69 @@ def _render_frame(write: Any, frame: int) -> None:
     if not dest_pattern:
         raise RuntimeError(f"{write.name()}: no file name specified")
     dest = frame_path(dest_pattern, frame)
-    if not os.path.isfile(src):
-        raise RuntimeError(f"{read.name()}: Read error: No such file or directory: {src}")
     folder = os.path.dirname(dest)
     if folder and not os.path.isdir(folder):
         if not write["create_directories"].value():
             raise RuntimeError(f"{write.name()}: Can't write {dest}: No such file or directory")
         os.makedirs(folder, exist_ok=True)
-    shutil.copyfile(src, dest)
+    if os.path.isfile(src):
+        shutil.copyfile(src, dest)
+    else:
+        _missing_frame(read, source_frame, src, dest)
     current().rendered.append((write.fullName(), frame, dest))
+
+
+def _missing_frame(read: Any, frame: int, src: str, dest: str) -> None:
+    """The Read's ``on_error`` decides what a missing source frame becomes."""
+    mode = read["on_error"].value()
+    if mode == "nearest frame":
+        nearest = _nearest_frame(read, frame)
+        if nearest is not None:
+            shutil.copyfile(nearest, dest)
+            current().substituted.append((read.fullName(), frame, "nearest"))
+            return
+    elif mode in ("black", "checkerboard"):
+        with open(dest, "wb") as fh:
+            fh.write(flat_png(checker=mode == "checkerboard"))
+        current().substituted.append((read.fullName(), frame, mode))
+        return
+    raise RuntimeError(f"{read.name()}: Read error: No such file or directory: {src}")
+
+
+def _nearest_frame(read: Any, frame: int) -> str | None:
+    first, last = read._frame_range()
+    pattern = read["file"].evaluate()
+    candidates = sorted(range(first, last + 1), key=lambda f: (abs(f - frame), f))
+    for candidate in candidates:
+        path = frame_path(pattern, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def flat_png(checker: bool = False, size: int = 8) -> bytes:
+    """A small RGB PNG: black, or a black/grey checkerboard (what a Read shows for a missing
+    frame when told to)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b""
+    for y in range(size):
+        row = bytes(
+            v
+            for x in range(size)
+            for v in ((128,) * 3 if checker and (x // 4 + y // 4) % 2 else (0,) * 3)
+        )
+        rows += b"\x00" + row
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def executing(f: Any = None) -> bool:

@@ -212,14 +212,17 @@ class _Loader:
         stack: list[Any] = []
         groups: list[tuple[Any, list[Any]]] = []
         gizmo_open = False
+        opened: Any = None  # a Group whose block just ended: its own stack is still empty
         for st in statements:
             head = str(st[0])
             if head in _IGNORED_STATEMENTS:
                 continue
+            just_opened, opened = opened, None
             if head == "push" and len(st) == 2:
                 stack.append(None if st[1] == "0" else self._var(st[1]))
             elif head == "set" and len(st) == 3:
-                self.vars[str(st[1])] = stack[-1] if stack else None
+                # ``set N [stack 0]`` right after a Group's block names the group itself.
+                self.vars[str(st[1])] = stack[-1] if stack else just_opened
             elif head == "end_group":
                 if not groups:
                     if gizmo_open:
@@ -253,6 +256,7 @@ class _Loader:
                     self.pending[id(node)] = wired
                     groups.append((group, stack))
                     group, stack = node, []
+                    opened = node
                 else:
                     _wire(node, wired)
                 if self.run_callbacks:

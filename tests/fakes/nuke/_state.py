@@ -60,6 +60,17 @@ class Session:
         self.clipboard = ""
         self.sys_path_added: list[str] = []
         self.rendered: list[tuple[str, int, str]] = []
+        #: knobChanged also fires for programmatic ``setValue`` (see ``_fake.set_knob_changed``).
+        self.knob_changed_on_set = False
+        self.set_depth = 0  # nesting of setValue calls (only the outermost one notifies)
+        self.undo_disabled = 0  # nesting of nuke.Undo.disable()
+        self.undo_log: list[str] = []
+        self.knob_defaults: dict[str, str] = {}
+        #: (write full name, frames, GUI?) for every nuke.execute call (one UI block each).
+        self.executions: list[tuple[str, tuple[int, ...], bool]] = []
+        #: (read full name, frame, what was written instead: "black", "checkerboard", "nearest")
+        self.substituted: list[tuple[str, int, str]] = []
+        self.reloads: list[str] = []  # full names of Read nodes whose Reload ran
 
 
 _CURRENT: list[Session] = []
