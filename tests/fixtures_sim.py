@@ -59,20 +59,32 @@ class ReadWithoutCap(BaseException):
 
 @pytest.fixture
 def read_meter(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """``meter["bytes"]``: body bytes urllib3 handed out since the test set it to 0."""
+    """``meter["bytes"]``: body bytes urllib3 handed out since the test set it to 0, by
+    ``read`` or ``read_chunked`` (requests' ``iter_content`` uses the latter for chunked bodies).
+    Past ``meter["interrupt_at"]`` bytes (if set > 0) the next read raises KeyboardInterrupt."""
     import urllib3
 
-    meter = {"bytes": 0}
-    original = urllib3.HTTPResponse.read
+    meter = {"bytes": 0, "interrupt_at": 0}
 
-    def read(self: Any, *args: Any, **kwargs: Any) -> bytes:
-        data = original(self, *args, **kwargs)
+    def count(data: Any) -> Any:
         meter["bytes"] += len(data or b"")
         if meter["bytes"] > 256 << 20:
             raise ReadWithoutCap(f"read {meter['bytes']} bytes and still going")
+        if 0 < meter["interrupt_at"] < meter["bytes"]:
+            raise KeyboardInterrupt
         return data
 
-    monkeypatch.setattr(urllib3.HTTPResponse, "read", read)
+    read, read_chunked = urllib3.HTTPResponse.read, urllib3.HTTPResponse.read_chunked
+
+    def counted_read(self: Any, *args: Any, **kwargs: Any) -> bytes:
+        return count(read(self, *args, **kwargs))
+
+    def counted_chunks(self: Any, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        for chunk in read_chunked(self, *args, **kwargs):
+            yield count(chunk)
+
+    monkeypatch.setattr(urllib3.HTTPResponse, "read", counted_read)
+    monkeypatch.setattr(urllib3.HTTPResponse, "read_chunked", counted_chunks)
     return meter
 
 
