@@ -25,7 +25,7 @@ from comfy_cluster.core.image_check import (
 )
 from comfy_cluster.core.protocol import ImageRef
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.transfer import SharedTransfer
+from comfy_cluster.core.transfer import SharedTransfer, existing_frames
 from comfy_cluster.sim.harness import SimServer
 
 FAST = Timeouts(connect=1.0, read=5.0)
@@ -114,6 +114,15 @@ def test_image_file_ok_reads_only_the_ends_of_a_huge_file(tmp_path: Path) -> Non
     with path.open("r+b") as fh:
         fh.truncate((8 << 30) - 1)  # the end cut off
     assert not image_file_ok(path)
+
+
+def test_existing_frames_can_count_only_whole_images(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "shot.####.png")
+    (tmp_path / "shot.0001.png").write_bytes(GOOD["PNG"])
+    (tmp_path / "shot.0002.png").write_bytes(HTML)
+    (tmp_path / "shot.0003.png").write_bytes(GOOD["PNG"][:-1])
+    assert existing_frames(pattern, range(1, 5)) == (1, 2, 3)
+    assert existing_frames(pattern, range(1, 5), whole_images=True) == (1,)
 
 
 # --- downloads from a server --------------------------------------------------------------------

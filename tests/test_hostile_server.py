@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 import pytest
@@ -315,6 +316,20 @@ def test_a_401_that_echoes_the_request_shows_no_secret(
     assert "Authorization: Bearer ***" in message and "X-Api-Key: ***" in message
     assert_clean(message)
     assert TOKEN not in caplog.text and API_KEY not in caplog.text
+
+
+def test_a_websocket_401_that_echoes_the_request_shows_no_secret_even_in_a_traceback(
+    sim_factory: SimFactory,
+) -> None:
+    """websocket-client's exception quotes the refusal's headers and body; our error's cause is a
+    cleaned copy, so no traceback of it (``log.exception``...) prints the token."""
+    sim = sim_factory(token="the-server-wants-another", echo_401=True)
+    client = ComfyClient(cfg(sim, **SECRETS), timeouts=FAST)
+    with client, pytest.raises(AuthenticationFailed) as info:
+        client.probe_websocket(2.0)
+    printed = "".join(traceback.format_exception(info.type, info.value, info.tb))
+    assert "Your request was" in printed  # the cause is there, cleaned
+    assert TOKEN not in printed and API_KEY not in printed and "\x1b" not in printed
 
 
 def test_a_500_body_with_escape_sequences_is_shown_as_one_clean_line(

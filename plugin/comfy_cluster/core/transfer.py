@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Protocol
 from comfy_cluster.core.errors import ProtocolError
 from comfy_cluster.core.frames import format_frame_path
 from comfy_cluster.core.image_check import (
+    image_file_ok,
     image_file_problem,
     image_kind,
     kind_problem,
@@ -59,9 +60,17 @@ def frame_path(pattern: str, frame: int) -> Path:
     return Path(format_frame_path(pattern, frame)).expanduser().absolute()
 
 
-def existing_frames(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
-    """Frames of ``frames`` whose output file already exists (the resume/overwrite check)."""
-    return tuple(f for f in frames if frame_path(pattern, f).is_file())
+def existing_frames(
+    pattern: str, frames: Iterable[int], *, whole_images: bool = False
+) -> tuple[int, ...]:
+    """Frames of ``frames`` whose output file already exists (the resume/overwrite check).
+
+    ``whole_images``: count only files that are a whole image of the kind their name says
+    (``image_check.image_file_ok``: reads 64 bytes at each end), so that an HTML page or half a
+    PNG is rendered again rather than skipped.
+    """
+    exists = image_file_ok if whole_images else Path.is_file
+    return tuple(f for f in frames if exists(frame_path(pattern, f)))
 
 
 def atomic_write(dest: Path, produce: Callable[[Path], Any]) -> Path:

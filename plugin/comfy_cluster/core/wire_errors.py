@@ -225,9 +225,24 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+class LibraryFailure(Exception):
+    """The ``__cause__`` of our translated errors: the library's exception, its text cleaned.
+
+    Never the original itself: its message may quote what the server sent (websocket-client's
+    bad-status exception quotes the answer's headers and body, http.client a malformed status
+    line), and every traceback prints the cause. Keeps the original's type name and traceback.
+    """
+
+
+def _cause(exc: BaseException, text: ServerText) -> LibraryFailure:
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return LibraryFailure(f"{kind}: {text.clean(str(exc))}").with_traceback(exc.__traceback__)
+
+
 @contextlib.contextmanager
 def map_errors(server: str, what: str, text: ServerText = PLAIN) -> Iterator[None]:
-    """Translate any library exception raised inside into our error tree (chained as __cause__).
+    """Translate any library exception raised inside into our error tree, chained to a cleaned
+    copy of it (:class:`LibraryFailure`).
 
     Except ``InvalidHeader``: its message quotes the header value, which may be a secret.
     ``text`` cleans whatever of the server's the library's message quotes.
@@ -240,9 +255,9 @@ def map_errors(server: str, what: str, text: ServerText = PLAIN) -> Iterator[Non
         # Not chained: the original's message holds the (possibly secret) header value.
         raise translate_error(exc, server, what, text) from None
     except (requests.RequestException, websocket.WebSocketException, OSError) as exc:
-        raise translate_error(exc, server, what, text) from exc
+        raise translate_error(exc, server, what, text) from _cause(exc, text)
     except rex.BaseHTTPError as exc:  # urllib3, when a body is read from response.raw
-        raise translate_error(exc, server, what, text) from exc
+        raise translate_error(exc, server, what, text) from _cause(exc, text)
 
 
 def raise_for_status(
