@@ -74,7 +74,7 @@ def test_whole_images_of_each_kind_pass(kind: str) -> None:
         ("JPEG", GOOD["JPEG"][:-10], "end-of-image"),
         ("JPEG", b'{"error": "no such file"}', "JSON, not a JPEG image"),
         ("WebP", GOOD["WebP"][:-4], "truncated"),
-        ("EXR", GOOD["PNG"], "a PNG image, not a EXR image"),
+        ("EXR", GOOD["PNG"], "a PNG image, not an EXR image"),
         ("TIFF", b"hello world", "not an image we know"),
     ],
 )

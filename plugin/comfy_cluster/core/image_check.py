@@ -84,11 +84,16 @@ def _signature_kind(head: bytes) -> Optional[str]:
     return None
 
 
+def _a(kind: str) -> str:
+    """``"a PNG"``, ``"an EXR"``."""
+    return f"an {kind}" if kind[0] in "AEIOU" else f"a {kind}"
+
+
 def _looks_like(head: bytes) -> str:
     """What a wrong start looks like, for the message: "an HTML page", "a JPEG image"..."""
     kind = _signature_kind(head)
     if kind is not None:
-        return f"a {kind} image"
+        return f"{_a(kind)} image"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
         return "an HTML page"
@@ -101,7 +106,7 @@ def _looks_like(head: bytes) -> str:
 
 def _start_problem(kind: str, head: bytes) -> Optional[str]:
     if _signature_kind(head) != kind:
-        return f"{_looks_like(head)}, not a {kind} image"
+        return f"{_looks_like(head)}, not {_a(kind)} image"
     if kind == "PNG" and not head.startswith(_PNG_START):
         return "a PNG signature without its IHDR header"
     return None
