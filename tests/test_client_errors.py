@@ -7,6 +7,7 @@ Runs without a server: statuses come from a stub transport adapter (httpx's Mock
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import socket
 import ssl
@@ -16,6 +17,7 @@ import pytest
 import requests
 import requests.adapters
 import requests.exceptions
+import urllib3
 import websocket._exceptions
 
 from comfy_cluster.core import wire_errors
@@ -78,8 +80,11 @@ def test_every_library_exception_is_explicitly_mapped(klass: type) -> None:
     if klass is requests.exceptions.InvalidHeader:
         # Its message quotes the header value (maybe a token): deliberately not chained.
         assert info.value.__cause__ is None and info.value.__suppress_context__
-    else:
-        assert info.value.__cause__ is original
+    else:  # a cleaned copy: the original's message may quote the server (see test_hostile_server)
+        cause = info.value.__cause__
+        assert isinstance(cause, wire_errors.LibraryFailure) and info.value.__suppress_context__
+        assert str(cause).startswith(f"{klass.__module__}.{klass.__qualname__}: ")
+        assert cause.__traceback__ is original.__traceback__
     assert info.value.server == "r1" and "GET /x" in str(info.value)
 
 
@@ -146,7 +151,9 @@ def test_names_that_moved_out_of_client_are_still_importable_from_it() -> None:
 
 
 #: The client's transport modules: the only core modules that may import requests / websocket.
-TRANSPORT_MODULES = frozenset({"client.py", "event_stream.py", "http_session.py", "wire_errors.py"})
+TRANSPORT_MODULES = frozenset(
+    {"client.py", "event_stream.py", "http_session.py", "wire_errors.py", "ws_limits.py"}
+)
 
 
 def test_only_wire_errors_names_library_exceptions() -> None:
@@ -187,12 +194,12 @@ class StubAdapter(requests.adapters.BaseAdapter):
         self.requests.append(request)
         self.timeouts.append(kwargs.get("timeout"))
         status, body = self.handler(request)
-        response = requests.Response()
-        response.status_code = status
-        response._content = body if isinstance(body, bytes) else json.dumps(body).encode()  # type: ignore[attr-defined]
-        response.url = request.url or ""
-        response.request = request
-        return response
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        # A streamed urllib3 response, as the real transport gives (the client reads it in caps).
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(data), status=status, preload_content=False, decode_content=False
+        )
+        return requests.adapters.HTTPAdapter().build_response(request, raw)
 
     def close(self) -> None:
         pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import time
 from typing import Any
 
@@ -201,3 +203,86 @@ def test_ws_same_client_id_reconnect_pitfall(sim: SimServer) -> None:
     with pytest.raises(websocket.WebSocketTimeoutException):
         new.recv()  # not even the status broadcast
     new.close()
+
+
+# --- a hostile or broken server (sim/hostile.py) -------------------------------------------------
+
+
+def _output_file(sim: SimServer) -> tuple[dict, bytes]:
+    """A file the sim rendered, as its history names it, and its bytes."""
+    ws = ws_open(sim.url)
+    pid = submit(sim.url, INVERT_PROMPT, ws.client_id).json()["prompt_id"]
+    ws_until_done(ws, pid)
+    ws.close()
+    (image,) = next(iter(history(sim, pid)[pid]["outputs"].values()))["images"]
+    return image, (sim.output_dir / image["subfolder"] / image["filename"]).read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["html", "empty", "truncated", "jpeg"])
+def test_view_faults_answer_200_with_something_else(sim_factory: Any, fault: str) -> None:
+    sim = sim_factory()
+    image, data = _output_file(sim)
+    sim.set_faults(view_fault=fault)
+    r = requests.get(sim.url + "/view", params=image, timeout=5)
+    assert r.status_code == 200
+    expected = {
+        "html": lambda b: b.startswith(b"<!DOCTYPE html>"),
+        "empty": lambda b: b == b"",
+        "truncated": lambda b: b == data[: len(data) // 2],
+        "jpeg": lambda b: b.startswith(b"\xff\xd8\xff"),
+    }
+    assert expected[fault](r.content)
+
+
+def test_endless_answers_never_end(sim_factory: Any) -> None:
+    sim = sim_factory(endless_route="/system_stats")
+    image, data = _output_file(sim)
+    for path, params, start in (
+        ("/api/system_stats", None, b'{"system": {"pad": "'),
+        ("/view", image, data[:64]),
+    ):
+        if path == "/view":
+            sim.set_faults(view_fault="endless")
+        with requests.get(sim.url + path, params=params, stream=True, timeout=5) as r:
+            assert r.status_code == 200 and "Content-Length" not in r.headers
+            first = r.raw.read(len(start))
+            assert first == start
+            assert len(r.raw.read(8 << 20)) == 8 << 20  # and more, and more...
+
+
+def test_redirect_echo_401_and_error_text(sim_factory: Any) -> None:
+    sim = sim_factory(redirect_to="http://127.0.0.1:1/base/")
+    r = requests.get(sim.url + "/queue?x=1", allow_redirects=False, timeout=5)
+    assert r.status_code == 302 and r.headers["Location"] == "http://127.0.0.1:1/base/queue?x=1"
+    assert requests.get(sim.url + "/sim/state", timeout=5).status_code == 200  # never /sim/*
+    sim.set_faults(redirect_to=None, error_text="\x1b[2Jboom\r\n")
+    r = requests.get(sim.url + "/queue", timeout=5)
+    assert (r.status_code, r.text) == (500, "\x1b[2Jboom\r\n")
+    sim.set_faults(error_text=None, token="right", echo_401=True)
+    r = requests.get(sim.url + "/queue", headers={"Authorization": "Bearer wrong"}, timeout=5)
+    assert r.status_code == 401 and "Authorization: Bearer wrong" in r.text
+
+
+@pytest.mark.parametrize("size", [3000, (64 << 20) + 1])
+def test_ws_message_bytes_sends_a_giant_first_frame(sim_factory: Any, size: int) -> None:
+    sim = sim_factory(ws_message_bytes=size)
+    ws = websocket.create_connection(sim.url.replace("http", "ws") + "/ws?clientId=g", timeout=5)
+    try:
+        header = ws.sock.recv(10, socket.MSG_PEEK)
+        assert header[0] == 0x81  # a final text frame
+        announced = struct.unpack("!H", header[2:4])[0] if size < 1 << 16 else None
+        if announced is None:
+            announced = struct.unpack("!Q", header[2:10])[0]
+        assert announced == size
+        if size == 3000:
+            assert json.loads(ws.recv())["type"] == "sim_padding"
+            assert json.loads(ws.recv())["type"] == "status"  # then the greeting
+    finally:
+        ws.close(timeout=0.1)
+
+
+def test_hostile_options_are_checked(sim: SimServer) -> None:
+    r = requests.post(sim.url + "/sim/faults", json={"view_fault": "nonsense"}, timeout=5)
+    assert r.status_code == 400 and "view_fault" in r.json()["error"]
+    r = requests.post(sim.url + "/sim/faults", json={"ws_message_bytes": 0}, timeout=5)
+    assert r.status_code == 400

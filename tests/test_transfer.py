@@ -19,6 +19,7 @@ from comfy_cluster.core.transfer import (
     frame_path,
     make_transfer,
 )
+from comfy_cluster.sim.harness import make_test_image
 
 SERVER = ServerConfig(name="r1", host="127.0.0.1", port=1)
 
@@ -127,10 +128,10 @@ def test_shared_storage_maps_paths_and_stages_inputs(tmp_path: Path) -> None:
     assert value.startswith("comfy_cluster/") and value.endswith(".png")
     assert (local / "input" / value).read_bytes() == b"plate"
     assert transfer.prepare_input(None, server, outside) == value
-    (local / "output" / "job" / "x_00001_.png").write_bytes(b"result")
+    result = make_test_image(local / "output" / "job" / "x_00001_.png").read_bytes()
     dest = tmp_path / "out" / "o.0001.png"
     transfer.fetch_output(None, server, ImageRef("x_00001_.png", "job"), dest)
-    assert dest.read_bytes() == b"result"
+    assert dest.read_bytes() == result
     with pytest.raises(ProtocolError):
         transfer.fetch_output(None, server, ImageRef("missing.png"), dest)
     with pytest.raises(ConfigError):

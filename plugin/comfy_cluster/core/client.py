@@ -6,6 +6,10 @@ The pieces, each in its own module: :mod:`.connection_settings` (timeouts, TLS, 
 :mod:`.event_stream` (the websocket). :class:`ComfyClient` composes them; its methods raise only
 ``core/errors.py`` types.
 
+A server is not trusted (docs/trust.md): every answer is read up to its cap (:mod:`.limits`),
+redirects are never followed, downloads are checked (:mod:`.image_check`) and server text is
+cleaned (:mod:`.server_text`) before it is part of an error or event.
+
 Threads: a :class:`ComfyClient` holds one ``requests.Session`` and is meant for one thread at a
 time (requests does not promise a thread-safe Session); create one client per server per worker.
 :class:`EventListener` is its own named daemon thread; ``close()`` may be called from any thread.
@@ -38,10 +42,12 @@ from comfy_cluster.core.connection_settings import (
 from comfy_cluster.core.errors import ClosedError, ProtocolError, UnexpectedStatus, WorkflowRejected
 from comfy_cluster.core.event_stream import EventListener, probe_greeting
 from comfy_cluster.core.http_session import HttpSession
-from comfy_cluster.core.protocol import Event, ImageRef, QueueState
+from comfy_cluster.core.limits import DEFAULT_LIMITS, RECENT_HISTORY_ITEMS, Limits, is_too_large
+from comfy_cluster.core.protocol import Event, HistoryResult, ImageRef, QueueState
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.server_files import ServerFiles, UploadCache, file_sha256
-from comfy_cluster.core.wire_errors import ERROR_MAP, map_errors, raise_for_status, translate_error
+from comfy_cluster.core.server_text import ServerText
+from comfy_cluster.core.wire_errors import ERROR_MAP, map_errors, translate_error
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,8 @@ class ComfyClient:
     One thread at a time (one client per server per worker thread); ``close()`` from any thread.
     Methods raise only ``core/errors.py`` types: ServerUnreachable / ServerTimeout (transient),
     WorkflowRejected, AuthenticationFailed, UnexpectedStatus / ProtocolError, ClosedError.
+    An answer over its cap (``limits``) is a ProtocolError for which ``limits.is_too_large`` is
+    true; a redirect is an UnexpectedStatus (3xx).
     """
 
     #: :meth:`download` writes a temporary file and renames it onto ``dest`` (callers need not).
@@ -87,15 +95,18 @@ class ComfyClient:
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         client_id: Optional[str] = None,
         upload_cache: Optional[UploadCache] = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.server = server
         self.timeouts = timeouts
+        #: The caps on what this server may send (downloads: ``server.max_download_bytes``).
+        self.limits = limits
         #: Sent with every prompt and as the websocket ``clientId``: routes per-prompt events to us.
         self.client_id = client_id or uuid.uuid4().hex
         self._lock = threading.Lock()
         self._state = ClientState.OPEN
         self._listeners: list[EventListener] = []
-        self._http = HttpSession(server, timeouts, self._check_open)
+        self._http = HttpSession(server, timeouts, self._check_open, limits)
         uploads = upload_cache if upload_cache is not None else UploadCache()
         self._files = ServerFiles(self._http, uploads)
 
@@ -108,6 +119,11 @@ class ComfyClient:
     @property
     def name(self) -> str:
         return self.server.name
+
+    @property
+    def server_text(self) -> ServerText:
+        """How this server's text is cleaned (pass it to ``protocol.parse_*(..., text=)``)."""
+        return self._http.text
 
     def close(self) -> None:
         """Close the session and any listener this client started. Idempotent; any thread."""
@@ -149,34 +165,60 @@ class ComfyClient:
             return int(body["exec_info"]["queue_remaining"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(
-                f"GET /prompt: unexpected body {str(body)[:80]!r}", server=self.name
+                f"GET /prompt: unexpected body {self.server_text.clean(body, 80)}",
+                server=self.name,
             ) from exc
 
     def queue(self, *, timeouts: Optional[Timeouts] = None) -> QueueState:
         """GET /queue: running and pending prompt ids (positions 0-4 of each item only)."""
         body = self._http.json("GET", "/queue", timeouts=timeouts)
         try:
-            return protocol.parse_queue(body)
+            return protocol.parse_queue(body, text=self.server_text)
         except ProtocolError as exc:
             exc.server = self.name
             raise
 
     def object_info(self, *, timeouts: Optional[Timeouts] = None) -> dict[str, Any]:
-        """GET /object_info: node class name -> info (about 0.5 MB on a stock install)."""
-        body = self._http.json("GET", "/object_info", timeouts=timeouts)
+        """GET /object_info: node class name -> info (about 0.5 MB on a stock install, over
+        100 MB on some; capped by ``limits.object_info_bytes``)."""
+        limit = self.limits.object_info_bytes
+        body = self._http.json("GET", "/object_info", timeouts=timeouts, limit=limit)
         if not isinstance(body, dict):
             raise ProtocolError("GET /object_info: not an object", server=self.name)
         return body
 
     def features(self) -> Optional[dict[str, Any]]:
-        """GET /features, or None on servers older than mid-2025 (404)."""
+        """GET /features, or None on servers older than mid-2025 (404) and when the answer is
+        over its cap (an optional read: skipped, not held against the server)."""
         try:
             body = self._http.json("GET", "/features")
         except UnexpectedStatus as exc:
             if exc.status == 404:
                 return None
             raise
+        except ProtocolError as exc:
+            return self._skipped(exc)
         return body if isinstance(body, dict) else None
+
+    def recent_history(self, max_items: int = RECENT_HISTORY_ITEMS) -> dict[str, Any]:
+        """GET /history?max_items=N: the newest N entries, prompt id -> entry.
+
+        An optional read: an answer over its cap gives ``{}`` (logged, not held against the
+        server). Raises like every call otherwise.
+        """
+        try:
+            body = self._http.json("GET", f"/history?max_items={int(max_items)}")
+        except ProtocolError as exc:
+            return self._skipped(exc) or {}
+        if not isinstance(body, dict):
+            raise ProtocolError("GET /history: not an object", server=self.name)
+        return body
+
+    def _skipped(self, exc: ProtocolError) -> None:
+        """Skip an optional read whose answer is over its cap; re-raise any other error."""
+        if not is_too_large(exc):
+            raise exc
+        log.warning("%s: optional answer skipped: %s", self.name, exc)
 
     def history(self, prompt_id: str) -> Optional[dict[str, Any]]:
         """GET /history/{id}: the entry, or None while unknown, queued or running."""
@@ -189,6 +231,13 @@ class ComfyClient:
         if not isinstance(entry, dict):
             raise ProtocolError(f"GET /history: no entry for {prompt_id}", server=self.name)
         return entry
+
+    def history_result(self, prompt_id: str) -> Optional[HistoryResult]:
+        """:meth:`history` parsed, its error texts cleaned with this server's secrets masked."""
+        entry = self.history(prompt_id)
+        if entry is None:
+            return None
+        return protocol.parse_history_entry(prompt_id, entry, text=self.server_text)
 
     # prompts --------------------------------------------------------------------------------------
 
@@ -218,21 +267,21 @@ class ComfyClient:
         response = self._http.send("POST", "/prompt", what=what, json=payload)
         if response.status_code == 400:
             raise self._rejection(response, what, prompt_id)
-        raise_for_status(response, what, self.name)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise ProtocolError(f"{what}: answer is not JSON", server=self.name) from exc
+        self._http.check_status(response, what)
+        body = self._http.read_json(response, what)
         returned = body.get("prompt_id") if isinstance(body, dict) else None
         if returned is not None and str(returned) != prompt_id:
             # Servers before mid-2025 ignore our id; events would be routed under theirs.
+            returned = self.server_text.clean(returned, 80)
             raise ProtocolError(
                 f"{what}: server assigned prompt id {returned} instead of ours ({prompt_id}); "
                 "it is too old (needs ComfyUI >= mid-2025)",
                 server=self.name,
             )
         if isinstance(body, dict) and body.get("node_errors"):
-            rejected = protocol.parse_node_errors(body, server=self.name, prompt_id=prompt_id)
+            rejected = protocol.parse_node_errors(
+                body, server=self.name, prompt_id=prompt_id, text=self.server_text
+            )
             log.warning(
                 "%s: prompt %s queued with some outputs dropped: %s", self.name, prompt_id, rejected
             )
@@ -242,13 +291,15 @@ class ComfyClient:
         self, response: requests.Response, what: str, prompt_id: str
     ) -> WorkflowRejected:
         """The WorkflowRejected a 400 on /prompt carries (its body names the bad nodes)."""
-        with map_errors(self.name, what):
-            text = response.text
+        with response:
+            data = b"".join(self._http.body(response, what, self.limits.json_bytes))
         try:
-            body = json.loads(text)
+            body = json.loads(data)
         except ValueError:
-            body = text
-        return protocol.parse_node_errors(body, server=self.name, prompt_id=prompt_id)
+            body = data.decode("utf-8", "replace")
+        return protocol.parse_node_errors(
+            body, server=self.name, prompt_id=prompt_id, text=self.server_text
+        )
 
     def interrupt(self, prompt_id: str) -> bool:
         """Interrupt ``prompt_id`` if and only if /queue shows it running; True if we sent it.
@@ -306,6 +357,7 @@ class ComfyClient:
         ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`.
         """
         self._check_open()
+        options.setdefault("limits", self.limits)
         listener = EventListener(
             self.server, self.client_id, on_event, stop=stop, timeouts=self.timeouts, **options
         )
@@ -321,4 +373,4 @@ class ComfyClient:
         Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError.
         """
         self._check_open()
-        return probe_greeting(self.server, timeout or self.timeouts.connect)
+        return probe_greeting(self.server, timeout or self.timeouts.connect, self.limits)

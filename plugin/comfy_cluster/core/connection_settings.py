@@ -108,10 +108,13 @@ def websocket_options(server: ServerConfig) -> dict[str, Any]:
     headers = [f"{k}: {v}" for k, v in server.request_headers().items()]
     # UTF-8 is checked by json.loads in protocol.parse_message (a bad frame is skipped there);
     # websocket-client's own check is a pure-Python loop over every byte of every message.
+    # redirect_limit 0: websocket-client would otherwise follow a redirect with our headers
+    # (token included) to wherever it points; now it raises, and wire_errors says why.
     options: dict[str, Any] = {
         "header": headers,
         "enable_multithread": True,
         "skip_utf8_validation": True,
+        "redirect_limit": 0,
     }
     if server.scheme == "https" and not server.verify_tls:
         options["sslopt"] = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}

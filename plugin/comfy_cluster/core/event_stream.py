@@ -1,8 +1,11 @@
 """ComfyUI's websocket: the long-lived event listener thread and the one-shot greeting probe.
 
-Frames become :mod:`~comfy_cluster.core.protocol` events; socket failures are translated by
+Frames become :mod:`~comfy_cluster.core.protocol` events (the server's text cleaned with its
+secrets masked); socket failures are translated by
 :func:`~comfy_cluster.core.wire_errors.map_errors` like every other client failure. Sockets are
 always closed for certain (:func:`close_websocket`) before a new one opens with the same clientId.
+Each socket refuses a message over ``limits.ws_message_bytes`` before reading it
+(:mod:`.ws_limits`): the listener then drops that socket with a clear error and reconnects.
 """
 
 from __future__ import annotations
@@ -19,34 +22,55 @@ import websocket
 from comfy_cluster.core import protocol
 from comfy_cluster.core.connection_settings import DEFAULT_TIMEOUTS, Timeouts, websocket_options
 from comfy_cluster.core.errors import ComfyClusterError, ProtocolError, ServerTimeout
+from comfy_cluster.core.limits import DEFAULT_LIMITS, Limits, is_too_large
 from comfy_cluster.core.protocol import Event
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.wire_errors import map_errors
+from comfy_cluster.core.server_text import ServerText
+from comfy_cluster.core.wire_errors import map_errors, raise_for_handshake
+from comfy_cluster.core.ws_limits import bound_messages
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EventListener", "close_websocket", "probe_greeting"]
+__all__ = ["EventListener", "close_websocket", "open_websocket", "probe_greeting"]
 
 
-def probe_greeting(server: ServerConfig, timeout: float) -> float:
+def open_websocket(
+    connect: Callable[..., Any], url: str, timeout: float, server: ServerConfig, limits: Limits
+) -> Any:
+    """``connect(url, ...)`` with our options, refusing a redirect, messages bounded.
+
+    Call inside ``map_errors``; the socket is closed again if it cannot be used.
+    """
+    ws = connect(url, timeout=timeout, **websocket_options(server))
+    try:
+        raise_for_handshake(ws, "websocket", server.name, ServerText.of(server, limits.text_chars))
+        return bound_messages(ws, limits.ws_message_bytes, server.name)
+    except BaseException:
+        close_websocket(ws, min(timeout, 1.0))
+        raise
+
+
+def probe_greeting(server: ServerConfig, timeout: float, limits: Limits = DEFAULT_LIMITS) -> float:
     """Open a websocket with a throwaway clientId, wait for the greeting; return seconds taken.
 
     A fresh id never collides with a listener (see the same-clientId reconnect pitfall).
-    Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError.
+    Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError (also for a
+    message over ``limits.ws_message_bytes`` or a redirect).
     """
     start = time.monotonic()
     url = f"{server.ws_url}/ws?clientId=probe-{uuid.uuid4().hex}"
+    text = ServerText.of(server, limits.text_chars)
     ws = None
-    with map_errors(server.name, "websocket"):
+    with map_errors(server.name, "websocket", text):
         try:
-            ws = websocket.create_connection(url, timeout=timeout, **websocket_options(server))
+            ws = open_websocket(websocket.create_connection, url, timeout, server, limits)
             opcode, data = ws.recv_data()
             while opcode != websocket.ABNF.OPCODE_TEXT:
                 opcode, data = ws.recv_data()
         finally:
             if ws is not None:
                 close_websocket(ws, min(timeout, 1.0))
-    event = protocol.parse_message(data)
+    event = protocol.parse_message(data, text=text)
     if not isinstance(event, protocol.StatusEvent):
         raise ProtocolError(
             f"websocket greeting was {type(event).__name__}, not status", server=server.name
@@ -74,7 +98,9 @@ class EventListener(threading.Thread):
     same clientId (ComfyUI keys sockets by clientId, and a late close of the old socket would
     unregister the new one). Emits :class:`~protocol.Connected` / :class:`~protocol.Disconnected`;
     after a reconnect, missed events are gone: re-sync from /queue and /history. Binary frames
-    (previews, text) are skipped. Exceptions raised by ``on_event`` are logged, not fatal.
+    (previews, text) are skipped. Exceptions raised by ``on_event`` are logged, not fatal. A
+    message over ``limits.ws_message_bytes`` is refused unread: the socket is dropped, the
+    ``Disconnected`` reason and ``last_error`` say why, and the listener reconnects.
 
     ``on_event`` runs on this thread. ``close()`` and ``stop`` may be used from any thread.
     """
@@ -91,6 +117,7 @@ class EventListener(threading.Thread):
         reconnect_initial: float = 0.2,
         reconnect_max: float = 5.0,
         connect: Optional[Callable[..., Any]] = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__(name=f"comfy-cluster-ws-{server.name}", daemon=True)
         self.server = server
@@ -100,6 +127,8 @@ class EventListener(threading.Thread):
         self.poll_interval = poll_interval
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
+        self.limits = limits
+        self._text = ServerText.of(server, limits.text_chars)
         self._connect = connect or websocket.create_connection
         self._stop_event = stop or threading.Event()
         self._closing = threading.Event()
@@ -147,9 +176,9 @@ class EventListener(threading.Thread):
         while not self._stopping():
             attempt += 1
             try:
-                with map_errors(self.server.name, "websocket connect"):
-                    ws = self._connect(
-                        self.url, timeout=self.timeouts.connect, **websocket_options(self.server)
+                with map_errors(self.server.name, "websocket connect", self._text):
+                    ws = open_websocket(
+                        self._connect, self.url, self.timeouts.connect, self.server, self.limits
                     )
             except ComfyClusterError as exc:
                 self.last_error = exc
@@ -185,16 +214,18 @@ class EventListener(threading.Thread):
         ws.settimeout(self.poll_interval)
         while not self._stopping():
             try:
-                with map_errors(self.server.name, "websocket"):
+                with map_errors(self.server.name, "websocket", self._text):
                     opcode, data = ws.recv_data()
             except ServerTimeout:
                 continue  # no message within poll_interval: check stop and wait again
             except ComfyClusterError as exc:
                 self.last_error = exc
+                if is_too_large(exc):
+                    log.warning("%s: dropping the websocket: %s", self.server.name, exc)
                 return str(exc)
             if opcode == websocket.ABNF.OPCODE_TEXT:
                 try:
-                    event = protocol.parse_message(data)
+                    event = protocol.parse_message(data, text=self._text)
                 except ProtocolError as exc:
                     log.warning("%s: skipping bad websocket frame: %s", self.server.name, exc)
                     continue

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from comfy_cluster.core.errors import ComfyClusterError
 from comfy_cluster.core.health_status import ServerState, ServerStatus
+from comfy_cluster.core.limits import is_too_large
 from comfy_cluster.core.server import ServerConfig
 
 __all__ = ["PollFacts", "derive_state", "initial_status", "next_status", "rederive_status"]
@@ -29,8 +30,14 @@ class PollFacts:
 
 
 def derive_state(facts: PollFacts, required: frozenset) -> tuple[ServerState, Optional[str]]:
-    """State and reason for one enabled server."""
+    """State and reason for one enabled server.
+
+    An answer over its cap (``limits.too_large``) means the server is there but talks nonsense:
+    DEGRADED with that reason, not OFFLINE.
+    """
     if facts.http_error is not None:
+        if is_too_large(facts.http_error):
+            return ServerState.DEGRADED, f"answer too large: {facts.http_error.message}"
         return ServerState.OFFLINE, None
     if facts.ws_error is not None:
         return ServerState.DEGRADED, f"websocket fails: {facts.ws_error}"

@@ -22,6 +22,7 @@ from comfy_cluster.core.errors import ComfyClusterError
 from comfy_cluster.core.health_facts import PollFacts
 from comfy_cluster.core.protocol import parse_system_stats
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.server_text import ServerText
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class ServerPoller:
         self.client_factory = client_factory
         self.clock = clock
         self.timeouts = Timeouts(connect=settings.timeout, read=settings.timeout)
+        #: Cleans the device name, versions... the server reports (its secrets masked).
+        self.text = ServerText.of(server)
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(
@@ -154,7 +157,7 @@ class ServerPoller:
         prev = self.host.facts_of(self.server.name)
         try:
             t0 = time.perf_counter()
-            info = parse_system_stats(client.system_stats())
+            info = parse_system_stats(client.system_stats(), text=self.text)
             rtt = (time.perf_counter() - t0) * 1000.0
             queue = client.queue()
         except ComfyClusterError as exc:

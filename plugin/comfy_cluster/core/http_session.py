@@ -2,13 +2,17 @@
 
 The client's request plumbing, kept apart from what the requests mean (``client.py``): every call
 goes through :meth:`HttpSession.send`, inside :func:`~comfy_cluster.core.wire_errors.map_errors`,
-so no ``requests`` exception escapes. One thread at a time (requests does not promise a
-thread-safe Session); ``close()`` from any thread.
+so no ``requests`` exception escapes. Every answer is streamed and read through :meth:`body`,
+which stops at its cap (``core/limits.py``): nothing reads an unbounded body. Redirects are never
+followed (they would carry the token and headers to another host). One thread at a time (requests
+does not promise a thread-safe Session); ``close()`` from any thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
 
 import requests
@@ -20,26 +24,40 @@ from comfy_cluster.core.connection_settings import (
     tls_verify,
 )
 from comfy_cluster.core.errors import ProtocolError
+from comfy_cluster.core.limits import DEFAULT_LIMITS, Limits, too_large
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.server_text import ServerText
 from comfy_cluster.core.wire_errors import map_errors, raise_for_status
 
-__all__ = ["HttpSession"]
+__all__ = ["BODY_CHUNK", "HttpSession"]
+
+#: Bytes asked of the socket per read: large, so reading in pieces costs no measurable CPU.
+BODY_CHUNK = 1 << 20
 
 
 class HttpSession:
     """A ``requests.Session`` bound to one server, checked open before each call.
 
     ``check_open`` raises ClosedError once the owner is closed; it runs before any request, so a
-    closed client never touches the network.
+    closed client never touches the network. ``limits`` caps every answer; ``text`` cleans the
+    server's text in our errors.
     """
 
     def __init__(
-        self, server: ServerConfig, timeouts: Timeouts, check_open: Callable[[], None]
+        self,
+        server: ServerConfig,
+        timeouts: Timeouts,
+        check_open: Callable[[], None],
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.server = server
         self.timeouts = timeouts
+        self.limits = limits
+        self.text = ServerText.of(server, limits.text_chars)
         self._check_open = check_open
         session = requests.Session()
+        # Compressed answers could inflate past a cap inside urllib3 before we count them.
+        session.headers["Accept-Encoding"] = "identity"
         session.headers.update(server.request_headers())
         # Passed again on every call: a session-level False (or CA path) loses to
         # REQUESTS_CA_BUNDLE, which many studios set (requests merges the environment over the
@@ -50,6 +68,10 @@ class HttpSession:
 
     def close(self) -> None:
         self.session.close()
+
+    def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """:func:`map_errors` for this server: library exceptions become our errors."""
+        return map_errors(self.server.name, what, self.text)
 
     def _verify(self) -> Union[bool, str]:
         """requests' ``verify=`` for this server, after the local checks of its configuration.
@@ -69,19 +91,21 @@ class HttpSession:
         timeouts: Optional[Timeouts] = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """The response whatever its status (failures to get one are translated)."""
+        """The response whatever its status, body not read yet (the caller closes it)."""
         self._check_open()
         t = timeouts or self.timeouts
-        with map_errors(self.server.name, what):
+        with self.errors(what):
             return self.session.request(
                 method,
                 self.server.url + path,
                 timeout=t.as_requests(),
                 verify=self._verify(),
+                stream=True,
+                allow_redirects=False,
                 **kwargs,
             )
 
-    def request(
+    def open(
         self,
         method: str,
         path: str,
@@ -90,21 +114,70 @@ class HttpSession:
         timeouts: Optional[Timeouts] = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """A 2xx response; any other status raises (see ``raise_for_status``)."""
+        """A 2xx response, body not read yet (the caller closes it); any other status raises."""
         what = what or f"{method} {path.split('?')[0]}"
         response = self.send(method, path, what=what, timeouts=timeouts, **kwargs)
-        raise_for_status(response, what, self.server.name)
+        self.check_status(response, what)
         return response
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The decoded JSON body of a 2xx response; ProtocolError if it is not JSON."""
+    def check_status(self, response: requests.Response, what: str) -> None:
+        """Raise our error for a non-2xx ``response`` (see ``raise_for_status``)."""
+        raise_for_status(response, what, self.server.name, self.text, self.limits.error_body_bytes)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> None:
+        """A call whose answer only needs to be 2xx (its body is read up to a small cap and
+        dropped, so the connection can be used again)."""
         what = kwargs.pop("what", None) or f"{method} {path.split('?')[0]}"
-        response = self.request(method, path, what=what, **kwargs)
-        with map_errors(self.server.name, what):
-            text = response.text
+        response = self.open(method, path, what=what, **kwargs)
+        with response, contextlib.suppress(ProtocolError):
+            for _ in self.body(response, what, self.limits.error_body_bytes):
+                pass
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The decoded JSON body of a 2xx response (``limit=`` bytes at most, default the JSON
+        cap); ProtocolError if it is not JSON or is over the cap."""
+        what = kwargs.pop("what", None) or f"{method} {path.split('?')[0]}"
+        limit = kwargs.pop("limit", None)
+        response = self.open(method, path, what=what, **kwargs)
+        return self.read_json(response, what, limit)
+
+    def read_json(self, response: requests.Response, what: str, limit: Optional[int] = None) -> Any:
+        """Read, close and decode ``response``'s JSON body (at most ``limit`` bytes)."""
+        with response:
+            data = b"".join(self.body(response, what, limit or self.limits.json_bytes))
         try:
-            return json.loads(text)
+            return json.loads(data)
         except ValueError as exc:
+            start = self.text.clean(data[:400].decode("utf-8", "replace"), 120)
             raise ProtocolError(
-                f"{what}: answer is not JSON: {text[:80]!r}", server=self.server.name
+                f"{what}: answer is not JSON: {start!r}", server=self.server.name
             ) from exc
+
+    def body(
+        self, response: requests.Response, what: str, limit: int, chunk: int = BODY_CHUNK
+    ) -> Iterator[bytes]:
+        """``response``'s body in blocks, refused (``limits.too_large``) once it passes ``limit``.
+
+        The announced ``Content-Length`` is checked first; then no more than ``limit + 1`` bytes
+        are ever read, however much the server sends.
+        """
+        announced = _content_length(response)
+        if announced is not None and announced > limit:
+            raise too_large(what, limit, server=self.server.name, announced=announced)
+        raw = response.raw
+        total = 0
+        while True:
+            with self.errors(what):
+                block = raw.read(min(chunk, limit + 1 - total), decode_content=True)
+            if not block:
+                return
+            total += len(block)
+            if total > limit:
+                raise too_large(what, limit, server=self.server.name)
+            yield block
+
+
+def _content_length(response: requests.Response) -> Optional[int]:
+    """The announced body size, or None when absent or not a number."""
+    value = response.headers.get("Content-Length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None

@@ -10,6 +10,13 @@ optional, and queue/history tuples are read by position 0-4 only.
 
 Raises :class:`~comfy_cluster.core.errors.ProtocolError` for frames that are not ComfyUI's protocol
 (bad JSON, no ``type``, wrong field types). Unknown message types become :class:`UnknownEvent`.
+
+Server text is cleaned here, where it becomes our events and errors: every string field of an
+event, a NodeError or a SystemInfo, and any server data quoted in a ProtocolError, goes through
+the caller's ``text`` (a :class:`~comfy_cluster.core.server_text.ServerText`: no control
+characters, no secret values, at most 500 characters). Data that is not text (``Executed.output``,
+``UnknownEvent.data``, ``FeatureFlags.flags``) is kept as sent; output file names are checked where
+they are used (``core/transfer.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from comfy_cluster.core.errors import (
     ProtocolError,
     WorkflowRejected,
 )
+from comfy_cluster.core.limits import MAX_TRACEBACK_LINES
+from comfy_cluster.core.server_text import PLAIN, ServerText
 
 log = logging.getLogger(__name__)
 
@@ -204,133 +213,154 @@ class Disconnected(Event):
 # --- text frames --------------------------------------------------------------------------------
 
 
-def _str_or_none(value: Any) -> Optional[str]:
-    return None if value is None else str(value)
+def _text_or_none(value: Any, text: ServerText) -> Optional[str]:
+    return None if value is None else text.clean(str(value))
 
 
-def _ids(value: Any) -> tuple[str, ...]:
+def _text(value: Any, text: ServerText) -> str:
+    """A string field, cleaned; ``None`` (and other empty values) are ``""``."""
+    return text.clean(str(value or ""))
+
+
+def _ids(value: Any, text: ServerText) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
         raise ProtocolError(f"expected a list of node ids, got {type(value).__name__}")
-    return tuple(str(v) for v in value)
+    return tuple(text.clean(str(v)) for v in value)
 
 
-def _number(value: Any, name: str) -> float:
+def _number(value: Any, name: str, text: ServerText) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError(f"{name}: expected a number, got {value!r}")
+        raise ProtocolError(f"{name}: expected a number, got {text.clean(value, 80)}")
     return float(value)
 
 
-def _status(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+def _status(data: Mapping[str, Any], pid: Optional[str], text: ServerText) -> Event:
     try:
         remaining = data["status"]["exec_info"]["queue_remaining"]
     except (KeyError, TypeError) as exc:
-        raise ProtocolError(f"status message without queue_remaining: {data!r}") from exc
+        shown = text.clean(data, 120)
+        raise ProtocolError(f"status message without queue_remaining: {shown}") from exc
     return StatusEvent(
         prompt_id=pid,
-        queue_remaining=int(_number(remaining, "queue_remaining")),
-        sid=_str_or_none(data.get("sid")),
+        queue_remaining=int(_number(remaining, "queue_remaining", text)),
+        sid=_text_or_none(data.get("sid"), text),
     )
 
 
-def _progress_state(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+def _progress_state(data: Mapping[str, Any], pid: Optional[str], text: ServerText) -> Event:
     nodes = data.get("nodes") or {}
     if not isinstance(nodes, Mapping):
         raise ProtocolError("progress_state.nodes is not an object")
     parsed: dict[str, NodeProgress] = {}
     for key, info in nodes.items():
+        node_id = text.clean(str(key))
         if not isinstance(info, Mapping):
-            raise ProtocolError(f"progress_state node {key!r} is not an object")
-        parsed[str(key)] = NodeProgress(
-            node_id=str(info.get("node_id", key)),
-            value=_number(info.get("value", 0.0), "value"),
-            max=_number(info.get("max", 1.0), "max"),
-            state=str(info.get("state", "")),
+            raise ProtocolError(f"progress_state node {node_id!r} is not an object")
+        parsed[node_id] = NodeProgress(
+            node_id=text.clean(str(info.get("node_id", key))),
+            value=_number(info.get("value", 0.0), "value", text),
+            max=_number(info.get("max", 1.0), "max", text),
+            state=_text(info.get("state", ""), text),
         )
     return ProgressState(prompt_id=pid, nodes=MappingProxyType(parsed))
 
 
-def _executed(data: Mapping[str, Any], pid: Optional[str]) -> Event:
+def _executed(data: Mapping[str, Any], pid: Optional[str], text: ServerText) -> Event:
     output = data.get("output") or {}
     if not isinstance(output, Mapping):
         raise ProtocolError("executed.output is not an object")
     return Executed(
         prompt_id=pid,
-        node=str(data.get("node", "")),
+        node=text.clean(str(data.get("node", ""))),
         output=_frozen(output),
-        display_node=_str_or_none(data.get("display_node")),
+        display_node=_text_or_none(data.get("display_node"), text),
     )
 
 
-def _execution_error(data: Mapping[str, Any], pid: Optional[str]) -> Event:
-    tb = data.get("traceback") or ()
+def _traceback(value: Any, text: ServerText) -> tuple[str, ...]:
+    lines = value if isinstance(value, (list, tuple)) else (value,)
+    return tuple(text.clean(str(line)) for line in lines[-MAX_TRACEBACK_LINES:])
+
+
+def _execution_error(data: Mapping[str, Any], pid: Optional[str], text: ServerText) -> Event:
     return ExecutionErrorEvent(
         prompt_id=pid,
-        node_id=_str_or_none(data.get("node_id")),
-        node_type=str(data.get("node_type") or ""),
-        exception_type=str(data.get("exception_type") or ""),
-        exception_message=str(data.get("exception_message") or ""),
-        executed=_ids(data.get("executed")),
-        traceback=tuple(str(line) for line in tb) if isinstance(tb, (list, tuple)) else (str(tb),),
+        node_id=_text_or_none(data.get("node_id"), text),
+        node_type=_text(data.get("node_type"), text),
+        exception_type=_text(data.get("exception_type"), text),
+        exception_message=_text(data.get("exception_message"), text),
+        executed=_ids(data.get("executed"), text),
+        traceback=_traceback(data.get("traceback") or (), text),
     )
 
 
-_Parser = Callable[[Mapping[str, Any], Optional[str]], Event]
+_Parser = Callable[[Mapping[str, Any], Optional[str], ServerText], Event]
 
-#: Message type -> parser; read-only.
+#: Message type -> parser ``(data, prompt_id, text)``; read-only.
 _PARSERS: Mapping[str, _Parser] = MappingProxyType(
     {
         "status": _status,
-        "execution_start": lambda d, p: ExecutionStart(prompt_id=p, timestamp=d.get("timestamp")),
-        "execution_cached": lambda d, p: ExecutionCached(
-            prompt_id=p, nodes=_ids(d.get("nodes")), timestamp=d.get("timestamp")
+        "execution_start": lambda d, p, t: ExecutionStart(
+            prompt_id=p, timestamp=d.get("timestamp")
         ),
-        "executing": lambda d, p: Executing(
-            prompt_id=p,
-            node=_str_or_none(d.get("node")),
-            display_node=_str_or_none(d.get("display_node")),
+        "execution_cached": lambda d, p, t: ExecutionCached(
+            prompt_id=p, nodes=_ids(d.get("nodes"), t), timestamp=d.get("timestamp")
         ),
-        "progress": lambda d, p: ProgressEvent(
+        "executing": lambda d, p, t: Executing(
             prompt_id=p,
-            node=_str_or_none(d.get("node")),
-            value=_number(d.get("value", 0), "value"),
-            max=_number(d.get("max", 1), "max"),
+            node=_text_or_none(d.get("node"), t),
+            display_node=_text_or_none(d.get("display_node"), t),
+        ),
+        "progress": lambda d, p, t: ProgressEvent(
+            prompt_id=p,
+            node=_text_or_none(d.get("node"), t),
+            value=_number(d.get("value", 0), "value", t),
+            max=_number(d.get("max", 1), "max", t),
         ),
         "progress_state": _progress_state,
         "executed": _executed,
-        "execution_success": lambda d, p: ExecutionSuccess(
+        "execution_success": lambda d, p, t: ExecutionSuccess(
             prompt_id=p, timestamp=d.get("timestamp")
         ),
         "execution_error": _execution_error,
-        "execution_interrupted": lambda d, p: ExecutionInterrupted(
+        "execution_interrupted": lambda d, p, t: ExecutionInterrupted(
             prompt_id=p,
-            node_id=_str_or_none(d.get("node_id")),
-            node_type=str(d.get("node_type") or ""),
-            executed=_ids(d.get("executed")),
+            node_id=_text_or_none(d.get("node_id"), t),
+            node_type=_text(d.get("node_type"), t),
+            executed=_ids(d.get("executed"), t),
         ),
-        "feature_flags": lambda d, p: FeatureFlags(prompt_id=p, flags=_frozen(d)),
+        "feature_flags": lambda d, p, t: FeatureFlags(prompt_id=p, flags=_frozen(d)),
     }
 )
 
 
-def parse_message(text: Union[str, bytes]) -> Event:
+def parse_message(frame: Union[str, bytes], *, text: ServerText = PLAIN) -> Event:
     """Parse one websocket text frame ``{"type": ..., "data": {...}}`` into an :class:`Event`.
 
+    ``text`` cleans the server's strings (pass ``ServerText.of(server)`` to mask its secrets).
     Raises ProtocolError if it is not JSON or not shaped like a ComfyUI message.
     """
     try:
-        msg = json.loads(text)
+        msg = json.loads(frame)
     except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"websocket frame is not JSON: {str(text)[:80]!r}") from exc
-    return parse_message_obj(msg)
+        raise ProtocolError(f"websocket frame is not JSON: {_start(frame, text)}") from exc
+    return parse_message_obj(msg, text=text)
 
 
-def parse_message_obj(msg: Any) -> Event:
+def _start(frame: Union[str, bytes], text: ServerText) -> str:
+    """The start of a frame, cleaned, for a message."""
+    if isinstance(frame, (bytes, bytearray)):
+        frame = bytes(frame[:400]).decode("utf-8", "replace")
+    return repr(text.clean(frame[:400], 80))
+
+
+def parse_message_obj(msg: Any, *, text: ServerText = PLAIN) -> Event:
     """Like :func:`parse_message` for an already-decoded object (e.g. a recorded transcript)."""
     if not isinstance(msg, Mapping) or not isinstance(msg.get("type"), str):
-        raise ProtocolError(f"websocket message without a type: {str(msg)[:80]!r}")
-    kind = msg["type"]
+        raise ProtocolError(f"websocket message without a type: {text.clean(msg, 80)}")
+    kind = text.clean(msg["type"], 80)
     data = msg.get("data")
     if data is None:
         data = {}
@@ -338,15 +368,15 @@ def parse_message_obj(msg: Any) -> Event:
     if parser is None:
         pid = data.get("prompt_id") if isinstance(data, Mapping) else None
         log.debug("ignoring unknown ComfyUI message type %r", kind)
-        return UnknownEvent(prompt_id=_str_or_none(pid), type=kind, data=data)
+        return UnknownEvent(prompt_id=_text_or_none(pid, text), type=kind, data=data)
     if not isinstance(data, Mapping):
         raise ProtocolError(f"{kind}: data is not an object")
     try:
-        return parser(data, _str_or_none(data.get("prompt_id")))
+        return parser(data, _text_or_none(data.get("prompt_id"), text), text)
     except ProtocolError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(f"{kind}: malformed data: {exc}") from exc
+        raise ProtocolError(f"{kind}: malformed data: {text.clean(str(exc))}") from exc
 
 
 # --- binary frames ------------------------------------------------------------------------------
@@ -376,7 +406,8 @@ def describe_binary(data: bytes) -> BinaryFrame:
     try:
         if kind == TEXT and size >= 8:
             (n,) = struct.unpack(">I", data[4:8])
-            return BinaryFrame(kind, size, node_id=data[8 : 8 + n].decode("utf-8", "replace"))
+            node_id = PLAIN.clean(data[8 : 8 + min(n, 400)].decode("utf-8", "replace"))
+            return BinaryFrame(kind, size, node_id=node_id)
         if kind == PREVIEW_IMAGE_WITH_METADATA and size >= 8:
             (n,) = struct.unpack(">I", data[4:8])
             meta = json.loads(data[8 : 8 + n].decode("utf-8"))
@@ -384,8 +415,8 @@ def describe_binary(data: bytes) -> BinaryFrame:
                 return BinaryFrame(
                     kind,
                     size,
-                    prompt_id=_str_or_none(meta.get("prompt_id")),
-                    node_id=_str_or_none(meta.get("node_id")),
+                    prompt_id=_text_or_none(meta.get("prompt_id"), PLAIN),
+                    node_id=_text_or_none(meta.get("node_id"), PLAIN),
                 )
     except (ValueError, struct.error):
         pass
@@ -398,44 +429,28 @@ _NODE_ID_IN_DETAILS = re.compile(r"Node ID '#?([^']+)'")
 
 
 def parse_node_errors(
-    body: Any, *, server: Optional[str] = None, prompt_id: Optional[str] = None
+    body: Any,
+    *,
+    server: Optional[str] = None,
+    prompt_id: Optional[str] = None,
+    text: ServerText = PLAIN,
 ) -> WorkflowRejected:
     """Turn a POST /prompt 400 body into a :class:`WorkflowRejected` with one NodeError per error.
 
     Never raises: an unexpected body still gives a WorkflowRejected (with the raw text as message).
+    ``text`` cleans every string the server sent.
     """
     if not isinstance(body, Mapping):
         return WorkflowRejected(
-            f"workflow rejected: {str(body)[:200]}", server=server, prompt_id=prompt_id
+            f"workflow rejected: {text.clean(body)}", server=server, prompt_id=prompt_id
         )
     error = body.get("error")
     if not isinstance(error, Mapping):
-        error = {"message": str(error)} if error else {}
-    error_type = str(error.get("type") or "")
-    message = str(error.get("message") or "workflow rejected")
-    details = str(error.get("details") or "")
-    node_errors = []
-    raw = body.get("node_errors")
-    if isinstance(raw, Mapping):
-        for node_id, entry in raw.items():
-            if not isinstance(entry, Mapping):
-                continue
-            class_type = str(entry.get("class_type") or "")
-            for err in entry.get("errors") or ():
-                if not isinstance(err, Mapping):
-                    continue
-                extra = err.get("extra_info")
-                input_name = extra.get("input_name") if isinstance(extra, Mapping) else None
-                node_errors.append(
-                    NodeError(
-                        node_id=str(node_id),
-                        class_type=class_type,
-                        type=str(err.get("type") or ""),
-                        message=str(err.get("message") or ""),
-                        details=str(err.get("details") or ""),
-                        input_name=None if input_name is None else str(input_name),
-                    )
-                )
+        error = {"message": error} if error else {}
+    error_type = _text(error.get("type"), text)
+    message = _text(error.get("message"), text) or "workflow rejected"
+    details = _text(error.get("details"), text)
+    node_errors = _node_errors(body.get("node_errors"), text)
     if not node_errors and error_type == "invalid_prompt":
         # "Cannot execute because node X does not exist." + "Node ID '#1'": still name the node.
         match = _NODE_ID_IN_DETAILS.search(details)
@@ -450,18 +465,45 @@ def parse_node_errors(
                     message=message,
                 )
             )
-    text = message
+    summary = message
     if node_errors:
-        text += ": " + "; ".join(e.describe() for e in node_errors)
+        summary += ": " + "; ".join(e.describe() for e in node_errors)
     elif details:
-        text += f" ({details})"
+        summary += f" ({details})"
     return WorkflowRejected(
-        text,
+        summary,
         server=server,
         error_type=error_type,
         node_errors=tuple(node_errors),
         prompt_id=prompt_id,
     )
+
+
+def _node_errors(raw: Any, text: ServerText) -> list[NodeError]:
+    """One NodeError per error of ``node_errors`` ``{node_id: {class_type, errors: [...]}}``."""
+    found: list[NodeError] = []
+    if not isinstance(raw, Mapping):
+        return found
+    for node_id, entry in raw.items():
+        if not isinstance(entry, Mapping):
+            continue
+        class_type = _text(entry.get("class_type"), text)
+        for err in entry.get("errors") or ():
+            if not isinstance(err, Mapping):
+                continue
+            extra = err.get("extra_info")
+            input_name = extra.get("input_name") if isinstance(extra, Mapping) else None
+            found.append(
+                NodeError(
+                    node_id=text.clean(str(node_id)),
+                    class_type=class_type,
+                    type=_text(err.get("type"), text),
+                    message=_text(err.get("message"), text),
+                    details=_text(err.get("details"), text),
+                    input_name=_text_or_none(input_name, text),
+                )
+            )
+    return found
 
 
 @dataclass(frozen=True)
@@ -529,7 +571,7 @@ class QueueState:
         return len(self.running) + len(self.pending)
 
 
-def _queue_items(items: Any, name: str) -> list:
+def _queue_items(items: Any, name: str, text: ServerText) -> list:
     if not isinstance(items, list):
         raise ProtocolError(f"/queue: {name} is not a list")
     parsed = []
@@ -539,16 +581,21 @@ def _queue_items(items: Any, name: str) -> list:
             raise ProtocolError(f"/queue: malformed {name} item")
         number = item[0] if isinstance(item[0], (int, float)) else 0
         extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
-        parsed.append((number, str(item[1]), _str_or_none(extra.get("client_id"))))
+        parsed.append(
+            (number, text.clean(str(item[1])), _text_or_none(extra.get("client_id"), text))
+        )
     return parsed
 
 
-def parse_queue(body: Any) -> QueueState:
-    """Parse GET /queue. Raises ProtocolError on a body that is not a queue."""
+def parse_queue(body: Any, *, text: ServerText = PLAIN) -> QueueState:
+    """Parse GET /queue (prompt and client ids cleaned by ``text``).
+
+    Raises ProtocolError on a body that is not a queue.
+    """
     if not isinstance(body, Mapping):
         raise ProtocolError("/queue: body is not an object")
-    running = _queue_items(body.get("queue_running", []), "queue_running")
-    pending = sorted(_queue_items(body.get("queue_pending", []), "queue_pending"))
+    running = _queue_items(body.get("queue_running", []), "queue_running", text)
+    pending = sorted(_queue_items(body.get("queue_pending", []), "queue_pending", text))
     owners = {pid: owner for _, pid, owner in running + pending}
     return QueueState(
         running=tuple(pid for _, pid, _ in running),
@@ -586,8 +633,11 @@ class HistoryResult:
             )
 
 
-def parse_history_entry(prompt_id: str, entry: Any) -> HistoryResult:
-    """Parse one history ENTRY. Servers without ``status`` (pre-2024) count as success."""
+def parse_history_entry(prompt_id: str, entry: Any, *, text: ServerText = PLAIN) -> HistoryResult:
+    """Parse one history ENTRY. Servers without ``status`` (pre-2024) count as success.
+
+    ``text`` cleans the texts of its error (pass ``ServerText.of(server)`` to mask its secrets).
+    """
     if not isinstance(entry, Mapping):
         raise ProtocolError(f"history entry for {prompt_id} is not an object")
     status = entry.get("status")
@@ -598,7 +648,7 @@ def parse_history_entry(prompt_id: str, entry: Any) -> HistoryResult:
         for item in status.get("messages") or ():
             if not isinstance(item, (list, tuple)) or len(item) < 2:
                 continue
-            event = parse_message_obj({"type": item[0], "data": item[1]})
+            event = parse_message_obj({"type": item[0], "data": item[1]}, text=text)
             if isinstance(event, ExecutionErrorEvent):
                 error = event
             elif isinstance(event, ExecutionInterrupted):
@@ -631,8 +681,11 @@ class SystemInfo:
     vram_free: Optional[int] = None
 
 
-def parse_system_stats(body: Any) -> SystemInfo:
-    """Parse GET /system_stats. Raises ProtocolError unless it has a ``system`` object."""
+def parse_system_stats(body: Any, *, text: ServerText = PLAIN) -> SystemInfo:
+    """Parse GET /system_stats, its strings cleaned by ``text``.
+
+    Raises ProtocolError unless it has a ``system`` object.
+    """
     if not isinstance(body, Mapping) or not isinstance(body.get("system"), Mapping):
         raise ProtocolError("/system_stats: no 'system' object (is this a ComfyUI server?)")
     system = body["system"]
@@ -648,11 +701,11 @@ def parse_system_stats(body: Any) -> SystemInfo:
         return int(value) if math.isfinite(value) else None
 
     return SystemInfo(
-        os=_str_or_none(system.get("os")),
-        comfyui_version=_str_or_none(system.get("comfyui_version")),
-        python_version=_str_or_none(system.get("python_version")),
-        device=_str_or_none(device.get("name")),
-        device_type=_str_or_none(device.get("type")),
+        os=_text_or_none(system.get("os"), text),
+        comfyui_version=_text_or_none(system.get("comfyui_version"), text),
+        python_version=_text_or_none(system.get("python_version"), text),
+        device=_text_or_none(device.get("name"), text),
+        device_type=_text_or_none(device.get("type"), text),
         vram_total=as_int(device.get("vram_total")),
         vram_free=as_int(device.get("vram_free")),
     )

@@ -3,7 +3,10 @@
 Uploads are deduplicated by content: :class:`UploadCache` remembers which bytes (by sha256) a
 server already holds, so a frame used by many prompts is sent once. Downloads are streamed to a
 hidden temporary file beside the destination and renamed onto it, so a reader never sees half an
-image. Only network failures are translated; a local disk error stays an ``OSError``.
+image; and only once they are checked (``core/image_check.py``): the image kind the server named,
+whole, not empty, within ``ServerConfig.max_download_bytes``. Anything else raises and leaves
+nothing behind, not even the temporary file. Only network failures are translated; a local disk
+error stays an ``OSError``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from comfy_cluster.core.errors import ConfigError, ProtocolError
 from comfy_cluster.core.http_session import HttpSession
+from comfy_cluster.core.image_check import HeadTail, image_kind, kind_problem, refused_download
 from comfy_cluster.core.protocol import ImageRef
-from comfy_cluster.core.wire_errors import map_errors
 
 __all__ = ["ServerFiles", "UploadCache", "file_sha256"]
 
@@ -91,7 +94,8 @@ class ServerFiles:
             )
         if not isinstance(body, dict) or not body.get("name"):
             raise ProtocolError(
-                f"POST /upload/image: unexpected answer {str(body)[:80]!r}", server=self.name
+                f"POST /upload/image: unexpected answer {self._http.text.clean(body, 80)}",
+                server=self.name,
             )
         stored_sub = str(body.get("subfolder") or "")
         value = f"{stored_sub}/{body['name']}" if stored_sub else str(body["name"])
@@ -101,36 +105,60 @@ class ServerFiles:
     def download(
         self, image_ref: Union[ImageRef, Mapping[str, Any]], dest: Union[str, Path]
     ) -> Path:
-        """GET /view, streamed to a hidden temporary file beside ``dest``, then renamed onto it."""
-        if isinstance(image_ref, Mapping):
-            image_ref = ImageRef(
-                filename=str(image_ref["filename"]),
-                subfolder=str(image_ref.get("subfolder") or ""),
-                type=str(image_ref.get("type") or "output"),
-            )
+        """GET /view, streamed to a hidden temporary file beside ``dest``, then renamed onto it.
+
+        Only a whole image of the kind its name says, within the server's
+        ``max_download_bytes``, reaches ``dest``; otherwise ProtocolError (naming the server, the
+        file and what was wrong), and nothing is left behind (also on KeyboardInterrupt).
+        """
+        ref = _image_ref(image_ref)
+        shown = self._http.text.clean(ref.relpath, 200)
+        what = f"GET /view {shown}"
+        kind = image_kind(ref.filename)
+        if kind is None:
+            raise refused_download(self.name, what, kind_problem(shown))
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
-        params = {
-            "filename": image_ref.filename,
-            "subfolder": image_ref.subfolder,
-            "type": image_ref.type,
-        }
-        what = "GET /view"
-        response = self._http.request("GET", "/view", what=what, params=params, stream=True)
+        params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+        response = self._http.open("GET", "/view", what=what, params=params)
         try:
-            blocks = response.iter_content(chunk_size=1 << 20)
-            # Only the network side is translated: a local disk error stays an OSError.
+            probe = HeadTail()
+            # Only reads are translated: a local disk error stays an OSError.
             with open(tmp, "wb") as fh:
-                while True:
-                    with map_errors(self.name, what):
-                        block = next(blocks, None)
-                    if block is None:
-                        break
+                for block in self._checked_blocks(response, what, kind, probe):
                     fh.write(block)
+            problem = probe.problem(kind)
+            if problem is not None:
+                raise refused_download(self.name, what, problem)
             os.replace(tmp, dest)
         finally:
-            response.close()
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+            response.close()
         return dest
+
+    def _checked_blocks(
+        self, response: Any, what: str, kind: str, probe: HeadTail
+    ) -> Iterator[bytes]:
+        """The body's blocks, each seen by ``probe``; a wrong start is refused before any write."""
+        limit = self._http.server.max_download_bytes
+        checked = False
+        for block in self._http.body(response, what, limit):
+            probe.feed(block)
+            if not checked and probe.head_complete:
+                problem = probe.start_problem(kind)
+                if problem is not None:
+                    raise refused_download(self.name, what, problem)
+                checked = True
+            yield block
+
+
+def _image_ref(value: Union[ImageRef, Mapping[str, Any]]) -> ImageRef:
+    if isinstance(value, Mapping):
+        return ImageRef(
+            filename=str(value["filename"]),
+            subfolder=str(value.get("subfolder") or ""),
+            type=str(value.get("type") or "output"),
+        )
+    return value

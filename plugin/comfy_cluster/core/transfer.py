@@ -12,6 +12,9 @@ never branches on which one it holds:
 Either way a frame file is finished or absent: bytes go to a hidden temporary file in the target
 folder and are renamed into place (:func:`atomic_write`). Names returned by a server are never used
 as paths: :func:`check_image_ref` refuses anything but a plain file name in a relative subfolder.
+And either way only a whole image of the kind the server named, within its
+``max_download_bytes``, is written (``core/image_check.py``; the HTTP client checks its downloads,
+:class:`SharedTransfer` the files it copies).
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ from typing import Any, Callable, Optional, Protocol
 
 from comfy_cluster.core.errors import ProtocolError
 from comfy_cluster.core.frames import format_frame_path
+from comfy_cluster.core.image_check import (
+    image_file_ok,
+    image_file_problem,
+    image_kind,
+    kind_problem,
+    refused_download,
+)
+from comfy_cluster.core.limits import size_text
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.server_text import PLAIN
 
 __all__ = [
     "HttpTransfer",
@@ -48,9 +60,17 @@ def frame_path(pattern: str, frame: int) -> Path:
     return Path(format_frame_path(pattern, frame)).expanduser().absolute()
 
 
-def existing_frames(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
-    """Frames of ``frames`` whose output file already exists (the resume/overwrite check)."""
-    return tuple(f for f in frames if frame_path(pattern, f).is_file())
+def existing_frames(
+    pattern: str, frames: Iterable[int], *, whole_images: bool = False
+) -> tuple[int, ...]:
+    """Frames of ``frames`` whose output file already exists (the resume/overwrite check).
+
+    ``whole_images``: count only files that are a whole image of the kind their name says
+    (``image_check.image_file_ok``: reads 64 bytes at each end), so that an HTML page or half a
+    PNG is rendered again rather than skipped.
+    """
+    exists = image_file_ok if whole_images else Path.is_file
+    return tuple(f for f in frames if exists(frame_path(pattern, f)))
 
 
 def atomic_write(dest: Path, produce: Callable[[Path], Any]) -> Path:
@@ -103,11 +123,11 @@ def check_image_ref(ref: Any, *, server: Optional[str] = None) -> tuple[str, str
         or "\x00" in subfolder
     )
     if bad_name or bad_sub or kind not in _IMAGE_TYPES:
-        raise ProtocolError(
-            f"refusing unsafe output reference filename={filename!r} subfolder={subfolder!r} "
-            f"type={kind!r}",
-            server=server,
+        shown = ", ".join(
+            f"{key}={PLAIN.clean(value, 120)!r}"
+            for key, value in (("filename", filename), ("subfolder", subfolder), ("type", kind))
         )
+        raise ProtocolError(f"refusing unsafe output reference {shown}", server=server)
     return filename, "/".join(p for p in parts if p not in ("", ".")), kind
 
 
@@ -220,11 +240,29 @@ class SharedTransfer:
         source = Path(mapper.to_local(remote))
         if not source.is_file():
             raise ProtocolError(
-                f"output {filename!r} is not at {source} (is {server.dir_local} the shared "
-                f"ComfyUI folder?)",
+                f"output {PLAIN.clean(filename, 200)!r} is not at {PLAIN.clean(str(source))} "
+                f"(is {server.dir_local} the shared ComfyUI folder?)",
                 server=server.name,
             )
-        return atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
+        return atomic_write(dest, lambda tmp: _copy_checked(server, source, tmp))
+
+
+def _copy_checked(server: ServerConfig, source: Path, tmp: Path) -> None:
+    """Copy a server's output file to ``tmp`` if it is the image its name says, and not over
+    the server's ``max_download_bytes``; ProtocolError otherwise."""
+    shown = PLAIN.clean(source.name, 200)
+    what = f"copy of {shown}"
+    kind = image_kind(source.name)
+    if kind is None:
+        raise refused_download(server.name, what, kind_problem(shown))
+    size = source.stat().st_size
+    if size > server.max_download_bytes:
+        limit = size_text(server.max_download_bytes)
+        raise refused_download(server.name, what, f"{size:,} bytes, over the {limit} cap")
+    shutil.copyfile(source, tmp)
+    problem = image_file_problem(tmp, kind)
+    if problem is not None:
+        raise refused_download(server.name, what, problem)
 
 
 def _file_digest(path: Path) -> str:

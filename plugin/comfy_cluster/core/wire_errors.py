@@ -5,8 +5,14 @@ or ``websocket`` exception classes; the rest of the client wraps its I/O in :fun
 and checks statuses with :func:`raise_for_status`. :data:`ERROR_MAP` is read-only, and a test
 walks both libraries' exception modules and fails on any class missing from it.
 
-Statuses: 401/403 -> AuthenticationFailed, 502/503/504 -> ServerUnreachable (transient), others
--> UnexpectedStatus. (400 on ``/prompt`` is a WorkflowRejected, parsed by the client's submit.)
+Statuses: 401/403 -> AuthenticationFailed, 502/503/504 -> ServerUnreachable (transient), 3xx ->
+UnexpectedStatus saying that redirects are not followed (they would carry the token and headers
+to wherever the server points), others -> UnexpectedStatus. (400 on ``/prompt`` is a
+WorkflowRejected, parsed by the client's submit.)
+
+Server text (error bodies, library messages quoting what the server sent) goes through the
+caller's :class:`~comfy_cluster.core.server_text.ServerText` before it is part of a message; an
+error body is read only up to ``limits.MAX_ERROR_BODY_BYTES``.
 Everything here is pure or stateless: any thread.
 """
 
@@ -18,7 +24,8 @@ import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Optional
+from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import requests
 import requests.exceptions as rex
@@ -35,8 +42,17 @@ from comfy_cluster.core.errors import (
     UnexpectedStatus,
     WebsocketClosed,
 )
+from comfy_cluster.core.limits import MAX_ERROR_BODY_BYTES
+from comfy_cluster.core.server_text import PLAIN, ServerText
 
-__all__ = ["ERROR_MAP", "map_errors", "raise_for_status", "translate_error"]
+__all__ = [
+    "ERROR_MAP",
+    "map_errors",
+    "raise_for_handshake",
+    "raise_for_status",
+    "redirect_refused",
+    "translate_error",
+]
 
 #: Library exception class -> our error class. The most specific class in an exception's MRO wins.
 ERROR_MAP: Mapping[type, type] = MappingProxyType(
@@ -92,8 +108,13 @@ def _mapped_class(exc: BaseException) -> Optional[type]:
     return None
 
 
-def translate_error(exc: BaseException, server: str, what: str) -> ComfyClusterError:
-    """Our error for a library exception raised while doing ``what`` on ``server``. Pure."""
+def translate_error(
+    exc: BaseException, server: str, what: str, text: ServerText = PLAIN
+) -> ComfyClusterError:
+    """Our error for a library exception raised while doing ``what`` on ``server``. Pure.
+
+    The library's message may quote what the server sent: it is cleaned by ``text``.
+    """
     if isinstance(exc, ComfyClusterError):
         return exc
     if isinstance(exc, wex.WebSocketBadStatusException):
@@ -104,6 +125,11 @@ def translate_error(exc: BaseException, server: str, what: str) -> ComfyClusterE
             )
         if status in (502, 503, 504):
             return ServerUnreachable(f"{what}: websocket got HTTP {status}", server=server)
+        if 300 <= status < 400:
+            return redirect_refused(what, status, None, server)
+    if isinstance(exc, wex.WebSocketException) and str(exc).startswith("Redirect"):
+        # websocket-client with redirect_limit=0: "Redirect limit exhausted" (status not kept).
+        return redirect_refused(what, 0, None, server)
     if isinstance(exc, rex.InvalidHeader):
         # requests quotes the offending header value, and that value may be the token.
         return ConfigError(
@@ -113,7 +139,7 @@ def translate_error(exc: BaseException, server: str, what: str) -> ComfyClusterE
             field="headers",
         )
     klass = _mapped_class(exc) or ServerUnreachable
-    detail = _short(exc)
+    detail = text.clean(_short(exc))
     if klass is ServerTimeout:
         message = f"{what}: timed out ({detail})"
     elif klass is ServerUnreachable:
@@ -129,6 +155,38 @@ def translate_error(exc: BaseException, server: str, what: str) -> ComfyClusterE
         status = getattr(response, "status_code", 0) or 0
         return UnexpectedStatus(message, server=server, status=int(status))
     return klass(message, server=server)
+
+
+def redirect_refused(
+    what: str, status: int, location: Optional[str], server: str, text: ServerText = PLAIN
+) -> UnexpectedStatus:
+    """The error for a redirect: we follow none, as it would carry our token and headers along.
+
+    Names where it points (scheme, host and port only: never the path, query or credentials).
+    """
+    where = _origin(location, text)
+    answer = f"HTTP {status}, a redirect" if status else "a redirect"
+    return UnexpectedStatus(
+        f"{what}: the server answered {answer}{where}; API calls follow no redirects (they would "
+        "take the token and headers along): set the server's address to where it points",
+        server=server,
+        status=status,
+    )
+
+
+def _origin(location: Optional[str], text: ServerText) -> str:
+    """`` to https://host:port`` for a redirect's Location, or ``""`` when it names no host."""
+    if not location:
+        return ""
+    try:
+        parts = urlsplit(location.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    if not host or parts.scheme not in ("http", "https"):
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return " to " + text.clean(f"{parts.scheme}://{shown}" + (f":{port}" if port else ""))
 
 
 #: Low-level failure texts (sockets, urllib3, ssl) and the phrase a user can act on.
@@ -167,11 +225,27 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+class LibraryFailure(Exception):
+    """The ``__cause__`` of our translated errors: the library's exception, its text cleaned.
+
+    Never the original itself: its message may quote what the server sent (websocket-client's
+    bad-status exception quotes the answer's headers and body, http.client a malformed status
+    line), and every traceback prints the cause. Keeps the original's type name and traceback.
+    """
+
+
+def _cause(exc: BaseException, text: ServerText) -> LibraryFailure:
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return LibraryFailure(f"{kind}: {text.clean(str(exc))}").with_traceback(exc.__traceback__)
+
+
 @contextlib.contextmanager
-def map_errors(server: str, what: str) -> Iterator[None]:
-    """Translate any library exception raised inside into our error tree (chained as __cause__).
+def map_errors(server: str, what: str, text: ServerText = PLAIN) -> Iterator[None]:
+    """Translate any library exception raised inside into our error tree, chained to a cleaned
+    copy of it (:class:`LibraryFailure`).
 
     Except ``InvalidHeader``: its message quotes the header value, which may be a secret.
+    ``text`` cleans whatever of the server's the library's message quotes.
     """
     try:
         yield
@@ -179,19 +253,32 @@ def map_errors(server: str, what: str) -> Iterator[None]:
         raise
     except rex.InvalidHeader as exc:
         # Not chained: the original's message holds the (possibly secret) header value.
-        raise translate_error(exc, server, what) from None
+        raise translate_error(exc, server, what, text) from None
     except (requests.RequestException, websocket.WebSocketException, OSError) as exc:
-        raise translate_error(exc, server, what) from exc
-    except rex.BaseHTTPError as exc:  # pragma: no cover - requests normally wraps these
-        raise translate_error(exc, server, what) from exc
+        raise translate_error(exc, server, what, text) from _cause(exc, text)
+    except rex.BaseHTTPError as exc:  # urllib3, when a body is read from response.raw
+        raise translate_error(exc, server, what, text) from _cause(exc, text)
 
 
-def raise_for_status(response: requests.Response, what: str, server: str) -> None:
-    """Raise our error for a non-2xx ``response`` (closing it first); return on 2xx."""
+def raise_for_status(
+    response: requests.Response,
+    what: str,
+    server: str,
+    text: ServerText = PLAIN,
+    body_bytes: int = MAX_ERROR_BODY_BYTES,
+) -> None:
+    """Raise our error for a non-2xx ``response`` (closing it first); return on 2xx.
+
+    Reads at most ``body_bytes`` of an error body, for the message (cleaned by ``text``).
+    """
     status = response.status_code
     if 200 <= status < 300:
         return
-    body = _snippet(response)
+    if 300 <= status < 400:
+        location = response.headers.get("Location")
+        response.close()
+        raise redirect_refused(what, status, location, server, text)
+    body = _snippet(response, text, body_bytes)
     response.close()
     if status in (401, 403):
         raise AuthenticationFailed(
@@ -204,10 +291,21 @@ def raise_for_status(response: requests.Response, what: str, server: str) -> Non
     raise UnexpectedStatus(f"{what}: HTTP {status}{body}", server=server, status=status)
 
 
-def _snippet(response: requests.Response) -> str:
-    """The start of an error body, for the message (servers often say why there)."""
+def raise_for_handshake(ws: Any, what: str, server: str, text: ServerText = PLAIN) -> None:
+    """Raise for a websocket "opened" by a redirect: websocket-client 1.4-1.9 with
+    ``redirect_limit=0`` returns the socket as if upgraded (later versions raise, see above)."""
+    answer = getattr(ws, "handshake_response", None)
+    status = int(getattr(answer, "status", 101) or 101)
+    if 300 <= status < 400:
+        headers = getattr(answer, "headers", None) or {}
+        raise redirect_refused(what, status, headers.get("location"), server, text)
+
+
+def _snippet(response: requests.Response, text: ServerText, body_bytes: int) -> str:
+    """The start of an error body, cleaned, for the message (servers often say why there)."""
     try:
-        text = response.text.strip()
+        start = next(response.iter_content(body_bytes), b"")
     except Exception:
         return ""
-    return f": {text[:160]}" if text else ""
+    shown = text.clean(start.decode("utf-8", "replace"))
+    return f": {shown}" if shown else ""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from aiohttp import WSMsgType, web
 
+from . import hostile
 from .executor import Executor, ServerStopping
 from .nodes import Dirs, NodeDef, build_registry
 from .options import SimOptions
@@ -384,6 +385,10 @@ def _routes(state: SimState) -> list[tuple[str, str, Callable]]:
             return web.Response(status=403)
         if not os.path.isfile(path):
             return web.Response(status=404)
+        fault = state.options.view_fault
+        if fault is not None:
+            with open(path, "rb") as fh:
+                return await hostile.bad_view(request, fault, fh.read())
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         if content_type in {
             "text/html",
@@ -446,6 +451,9 @@ def _routes(state: SimState) -> list[tuple[str, str, Callable]]:
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        giant = state.options.ws_message_bytes
+        if giant is not None:
+            hostile.send_giant_message(request, giant)  # before the socket can get broadcasts
         sid = request.rel_url.query.get("clientId", "")
         if sid:
             state.sockets.pop(sid, None)  # a reconnect replaces the old socket (dict semantics)
@@ -520,10 +528,11 @@ def build_app(
             and not request.path.startswith("/sim/")
             and (request.headers.get("Authorization", "") != wanted)
         ):
-            return web.Response(status=401)
+            return hostile.refusal(request, state.options)
         return await handler(request)
 
-    app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=[auth])
+    middlewares = [hostile.middleware(lambda: state.options), auth]
+    app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=middlewares)
     for method, path, handler in _routes(state):
         app.router.add_route(method, path, handler)
         app.router.add_route(method, "/api" + path, handler)

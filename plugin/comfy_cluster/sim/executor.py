@@ -188,7 +188,8 @@ class Executor:
                 raise Interrupted()
             if run.options.fail_node in (node_id, node["class_type"]):
                 raise NodeFailure(
-                    f"SimFault: node {node_id} ({node['class_type']}) failed on purpose"
+                    run.options.fail_message
+                    or f"SimFault: node {node_id} ({node['class_type']}) failed on purpose"
                 )
             return await run.loop.run_in_executor(
                 self._pool(), self._run_node, node_def, self._node_context(run, node_id), args

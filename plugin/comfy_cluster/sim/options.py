@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+#: The answers ``view_fault`` can give instead of the file.
+VIEW_FAULTS = ("html", "empty", "truncated", "jpeg", "endless")
+
 
 @dataclass(frozen=True)
 class SimOptions:
@@ -40,6 +43,23 @@ class SimOptions:
     missing_classes: tuple[str, ...] = ()
     #: When set, every route except ``/sim/*`` needs ``Authorization: Bearer <token>`` (else 401).
     token: Optional[str] = None
+    # --- a hostile or broken server (see sim/hostile.py) ---
+    #: ``/view`` answers 200 with this instead of the file: "html" (an error page), "empty",
+    #: "truncated" (the file's first half), "jpeg" (a JPEG, whatever was asked) or "endless".
+    view_fault: Optional[str] = None
+    #: This GET route (e.g. "/system_stats") answers 200 with a JSON body that never ends.
+    endless_route: Optional[str] = None
+    #: Each new websocket first gets a text message announced as this many bytes (at most 1 MiB
+    #: of it is sent; a client that waits for the rest waits forever).
+    ws_message_bytes: Optional[int] = None
+    #: Every ComfyUI route answers 302 to this base URL plus the request's path and query.
+    redirect_to: Optional[str] = None
+    #: A 401 (see ``token``) echoes the request's headers in its body, as a naive proxy would.
+    echo_401: bool = False
+    #: Every ComfyUI route answers 500 with this text.
+    error_text: Optional[str] = None
+    #: The ``exception_message`` of the ``fail_node`` fault (default: "SimFault: ...").
+    fail_message: Optional[str] = None
     #: A label for logs and ``/sim/state``.
     name: str = "sim"
 
@@ -52,6 +72,10 @@ class SimOptions:
             raise ValueError(f"steps must be >= 1, got {self.steps!r}")
         if self.fail_prompt_posts < 0:
             raise ValueError("fail_prompt_posts must be >= 0")
+        if self.view_fault not in (None, *VIEW_FAULTS):
+            raise ValueError(f"view_fault must be one of {VIEW_FAULTS}, got {self.view_fault!r}")
+        if self.ws_message_bytes is not None and self.ws_message_bytes < 1:
+            raise ValueError("ws_message_bytes must be >= 1")
         if not isinstance(self.missing_classes, tuple):
             object.__setattr__(self, "missing_classes", tuple(self.missing_classes))
 
