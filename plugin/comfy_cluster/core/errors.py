@@ -18,8 +18,11 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     │   ├── ExecutionFailed             execution_error during a prompt
     │   ├── Interrupted                 the prompt was interrupted
     │   ├── AuthenticationFailed        401/403: token or headers are wrong
+    │   ├── OutputLocked                another job holds the output pattern
     │   └── ProtocolError               the server said something we cannot parse
-    │       └── UnexpectedStatus        an HTTP status ComfyUI does not use for that call
+    │       ├── UnexpectedStatus        an HTTP status ComfyUI does not use for that call
+    │       ├── ResponseTooLarge        an answer over its cap (not read further)
+    │       └── DownloadRefused         an output file that is not the image named
     ├── ServerGone                      refused while our websocket is down (not retried)
     ├── JobFailedError                  a render job gave up (raise_for_status)
     ├── JobCancelledError               the user cancelled
@@ -266,6 +269,30 @@ class UnexpectedStatus(ProtocolError):
     def __init__(self, message: str, *, server: Optional[str] = None, status: int = 0) -> None:
         super().__init__(message, server=server)
         self.status = status
+
+
+class ResponseTooLarge(ProtocolError):
+    """A server's answer went over its cap (``cap`` bytes); we stopped reading it."""
+
+    def __init__(self, message: str, *, server: Optional[str] = None, cap: int = 0) -> None:
+        super().__init__(message, server=server)
+        self.cap = cap
+
+
+class DownloadRefused(ProtocolError):
+    """An output file that is not the image the server named (or over ``max_download_bytes``).
+
+    Nothing was written. The frame goes to another server; the sender leaves the job.
+    """
+
+
+class OutputLocked(PermanentError):
+    """Another job holds the output pattern (``holder`` describes it: host, pid, job, start)."""
+
+    def __init__(self, message: str, *, holder: str = "", lock_path: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.lock_path = lock_path
 
 
 # --- raised by the render engine's worker slots (core/engine/) ------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Optional, Union
 
-from comfy_cluster.core.errors import ProtocolError
+from comfy_cluster.core.errors import DownloadRefused
 
 __all__ = [
     "HEAD_BYTES",
@@ -195,10 +195,9 @@ def image_file_ok(path: Union[str, Path]) -> bool:
     return image_file_problem(path) is None
 
 
-def refused_download(server: Optional[str], what: str, problem: str) -> ProtocolError:
+def refused_download(server: Optional[str], what: str, problem: str) -> DownloadRefused:
     """The error for a file a server sent that is not the image it named (nothing was written).
 
-    ``what`` names the call and the file (``GET /view out/s_00001_.png``). A ProtocolError until
-    core/errors.py has its own class for it.
+    ``what`` names the call and the file (``GET /view out/s_00001_.png``).
     """
-    return ProtocolError(f"{what}: refused ({problem}); nothing was written", server=server)
+    return DownloadRefused(f"{what}: refused ({problem}); nothing was written", server=server)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from comfy_cluster.core.errors import ProtocolError
+from comfy_cluster.core.errors import ResponseTooLarge
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -87,21 +87,19 @@ def too_large(
     server: Optional[str],
     announced: Optional[int] = None,
     noun: str = "answer",
-) -> ProtocolError:
+) -> ResponseTooLarge:
     """The error for an answer (or websocket ``noun="message"``) over its cap; ``announced`` is
     the size the server declared, if it did.
 
-    A ProtocolError marked with the cap (``is_too_large``) until core/errors.py has its own class.
     """
     size = f"{announced:,} bytes announced" if announced is not None else "more sent"
-    error = ProtocolError(
+    return ResponseTooLarge(
         f"{what}: {noun} over the {size_text(limit)} cap ({size}); refused, not read further",
         server=server,
+        cap=limit,
     )
-    error.cap = limit  # type: ignore[attr-defined]
-    return error
 
 
 def is_too_large(exc: BaseException) -> bool:
     """True for the error :func:`too_large` makes (health calls such a server degraded)."""
-    return isinstance(exc, ProtocolError) and isinstance(getattr(exc, "cap", None), int)
+    return isinstance(exc, ResponseTooLarge)
