@@ -15,6 +15,7 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     │   ├── FrameRangeError(ValueError) bad frame range text
     │   ├── WorkflowError(ValueError)   workflow unusable before anything is sent
     │   ├── WorkflowRejected            ComfyUI answered 400 (node_errors)
+    │   │   └── WorkflowInvalid         every server rejected it for the same validation reason
     │   ├── ExecutionFailed             execution_error during a prompt
     │   ├── Interrupted                 the prompt was interrupted
     │   ├── AuthenticationFailed        401/403: token or headers are wrong
@@ -24,6 +25,7 @@ Every error a user can meet is one of these; the branch decides whether it is wo
     │       ├── ResponseTooLarge        an answer over its cap (not read further)
     │       └── DownloadRefused         an output file that is not the image named
     ├── ServerGone                      refused while our websocket is down (not retried)
+    │   └── ServerSilent                no answer in time (HTTP and websocket): call abandoned
     ├── JobFailedError                  a render job gave up (raise_for_status)
     ├── JobCancelledError               the user cancelled
     └── ClosedError(RuntimeError)       use of a closed client or scheduler
@@ -170,6 +172,22 @@ def _missing_classes(message: str) -> tuple[str, ...]:
     return ()
 
 
+class WorkflowInvalid(WorkflowRejected):
+    """The workflow is wrong: every server that saw it rejected it for the same validation reason
+    (a value out of range, a wrong type, no outputs...), so no server can run it. A bad argument
+    (exit status 2), unlike a node class or model missing on some servers."""
+
+    @classmethod
+    def from_rejection(cls, error: WorkflowRejected, message: str) -> WorkflowInvalid:
+        return cls(
+            message,
+            server=error.server,
+            error_type=error.error_type,
+            node_errors=error.node_errors,
+            prompt_id=error.prompt_id,
+        )
+
+
 class ExecutionFailed(PermanentError):
     """ComfyUI sent ``execution_error``: a node raised while running the prompt."""
 
@@ -310,3 +328,8 @@ class ServerHung(TransientError):
 class ServerGone(ComfyClusterError):
     """Connection refused while our websocket is down: the server is gone. Not retried: the
     chunk moves at once and the server is suspended until a probe answers."""
+
+
+class ServerSilent(ServerGone):
+    """The server answered neither its websocket nor an HTTP request in time: the request was
+    abandoned (its thread runs on, as a daemon) and the server is treated as gone."""

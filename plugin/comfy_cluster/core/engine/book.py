@@ -34,13 +34,11 @@ _DEFAULTS = EngineSettings()
 class JobBook:
     """All mutable state of one running job, under one lock. Any thread may call any method.
 
-    Rules it enforces: chunks wait client-side until a slot of a server is free; a frame is
-    written at most once (:meth:`claim_frame`, :meth:`frame_written`, :meth:`release_frame`);
-    a failed attempt costs what ``Failover`` says; the job fails when no eligible server is
-    left or the workflow is at fault (``ServerStanding`` judges). Events are queued under the
-    lock and delivered by :meth:`flush` outside it, in order. ``settings`` gives the limits
-    (``blocklist_after``, ``max_chunk_servers``, ``max_chunk_attempts``, probe intervals).
-    """
+    Rules: chunks wait client-side until a slot of a server is free; a frame is written at
+    most once (:meth:`claim_frame`, :meth:`frame_written`, :meth:`release_frame`); a failed
+    attempt costs what ``Failover`` says; the job fails when no eligible server is left or the
+    workflow is at fault (``ServerStanding`` judges). Events are queued under the lock and
+    delivered by :meth:`flush` outside it, in order; ``settings`` gives the limits."""
 
     def __init__(
         self,
@@ -105,6 +103,10 @@ class JobBook:
         with self._cond:
             return self._stop.end
 
+    def over(self) -> bool:
+        """The job ended (early, or every frame is written) or was cancelled. No lock."""
+        return self._stop.over or self.job.cancel_token.is_set()
+
     def fail(self, message: str, node_id: Optional[str] = None, error: Any = None) -> None:
         """End the job as failed (the first reason wins). Any thread."""
         with self._cond:
@@ -121,8 +123,7 @@ class JobBook:
             self._stop.wake()
 
     def wait_ended(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds until the job ended or :meth:`wake`; re-dispatch on
-        the way (the supervisor's wait)."""
+        """The supervisor's wait: up to ``timeout`` s for the end or :meth:`wake`; dispatches."""
         with self._cond:
             if self._stop.over:
                 return True
@@ -146,9 +147,8 @@ class JobBook:
 
     def next_attempt(self, slot: str, timeout: float) -> Union[Attempt, bool, None]:
         """The attempt assigned to ``slot``; ``None`` when the job is over or the server is out;
-        ``False`` if nothing came within ``timeout`` (the worker checks cancel, probes a suspended
-        server when :meth:`probe_due` says so, and asks again). Events the dispatch queued (the
-        ``ChunkAssigned`` of this and other slots) are delivered before it returns."""
+        ``False`` if nothing came within ``timeout`` (the worker checks cancel, probes or checks
+        its server, and asks again). Queued events (``ChunkAssigned``...) are delivered first."""
         result: Union[Attempt, bool, None]
         with self._cond:
             s = self._queue.slot(slot)
@@ -182,12 +182,9 @@ class JobBook:
         if assigned is None:
             return
         for a in assigned:
+            index, frames, server, reason = a.chunk.index, a.chunk.frames, a.server, a.reason
             self._feed.post(
-                ChunkAssigned,
-                chunk_index=a.chunk.index,
-                frames=a.chunk.frames,
-                server=a.server,
-                reason=a.reason,
+                ChunkAssigned, chunk_index=index, frames=frames, server=server, reason=reason
             )
         self._cond.notify_all()
 
@@ -199,8 +196,7 @@ class JobBook:
     # -- suspended servers ----------------------------------------------------------------------
 
     def probe_due(self, slot: str) -> bool:
-        """Whether ``slot`` should probe its suspended server now; claims the probe (one slot per
-        server probes at a time). Report with :meth:`probe_result`."""
+        """Whether ``slot`` probes its suspended server now (claimed: one slot per server)."""
         with self._cond:
             server = self._queue.slot(slot).server
             return self._stop.end is None and self._standing.claim_probe(server)
@@ -217,6 +213,13 @@ class JobBook:
                 self._failover.probe_failed(server, why)
             self._dispatch_locked()
             self._cond.notify_all()
+        self.flush()
+
+    def server_refused(self, server: str, outcome: Outcome) -> None:
+        """``server`` refuses us (health saw a 401/403): out of the job at once."""
+        with self._cond:
+            if not self._stop.over and self._failover.refused(server, outcome):
+                self._dispatch_locked()
         self.flush()
 
     # -- per-attempt reporting ----------------------------------------------------------------
@@ -236,8 +239,8 @@ class JobBook:
             return self._ledger.undelivered(frames)
 
     def claim_frame(self, attempt: Attempt, frame: int) -> bool:
-        """Reserve ``frame`` for writing by ``attempt``. False: written or being written already,
-        or the attempt is stale; the caller discards its result."""
+        """Reserve ``frame`` for ``attempt``; False (written, being written, or a stale attempt):
+        the caller discards its result."""
         with self._cond:
             stale = self._stop.end is not None or not self._queue.is_current(attempt)
             return self._ledger.claim(attempt, frame, stale=stale)

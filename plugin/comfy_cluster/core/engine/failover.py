@@ -89,6 +89,16 @@ class Failover:
             self.blocklist(server, reason)
             self.check_servers_left(None)
 
+    def refused(self, server: str, outcome: Outcome) -> bool:
+        """``server`` refuses us (authentication): out of the job at once, and the job fails
+        when no server is left. False when it was out already."""
+        if server in self.standing.blocklist:
+            return False
+        self.blocklist(server, outcome.why)
+        self.queue.unassign_server(server)
+        self.check_servers_left(outcome)
+        return True
+
     def blocklist(self, server: str, why: str) -> None:
         """Take ``server`` out of the job (the first reason wins, and is announced once)."""
         if self.standing.block(server, why):

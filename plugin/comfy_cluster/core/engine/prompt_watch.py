@@ -21,7 +21,13 @@ from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.stuck import StuckRule
 from comfy_cluster.core.engine.tools import SpeedRecord
-from comfy_cluster.core.errors import ComfyClusterError, PromptStuck, ServerGone, ServerUnreachable
+from comfy_cluster.core.errors import (
+    ComfyClusterError,
+    PromptStuck,
+    ServerGone,
+    ServerSilent,
+    ServerUnreachable,
+)
 
 __all__ = ["PromptWatch"]
 
@@ -54,7 +60,8 @@ class PromptWatch:
     """The websocket side of one worker slot. :meth:`on_event` runs on the listener thread,
     everything else on the worker thread; they share single assignments only.
 
-    ``call(fn)`` runs a server request under the worker's retry rules; ``progress(fraction,
+    ``call(fn, what)`` runs a server request under the worker's retry rules, abandoned (raising
+    ``ServerSilent``) when the server does not answer in time; ``progress(fraction,
     frames)`` reports the running prompt's sampler progress; ``check()`` raises Aborted when
     the attempt must stop.
     """
@@ -68,7 +75,7 @@ class PromptWatch:
         clock: Callable[[], float],
         speed: SpeedRecord,
         stuck: StuckRule,
-        call: Callable[[Callable[[], Any]], Any],
+        call: Callable[[Callable[[], Any], str], Any],
         cancel: threading.Event,
     ) -> None:
         self.server = server
@@ -132,6 +139,10 @@ class PromptWatch:
         """Whether our websocket is down (dropped, or never connected)."""
         return self._ws_down or not getattr(self.listener, "connected", True)
 
+    def silent_for(self) -> float:
+        """Seconds since the last websocket message."""
+        return self.clock() - self._last_event
+
     def expect(self, pid: Optional[str]) -> None:
         """Watch ``pid`` from now on (``None``: no prompt), forgetting the previous one's."""
         self._watch = None
@@ -184,7 +195,7 @@ class PromptWatch:
                 if images is not None:
                     return self._done(w, images)
             if now >= w.next_history:
-                entry = self.call(lambda: client.history(pid))
+                entry = self._history(w)
                 if entry is not None:
                     return self._result(w, entry)
                 w.next_history = now + self.settings.history_interval
@@ -216,10 +227,32 @@ class PromptWatch:
                 raise event.to_error(self.server)
         return None
 
-    def _alive_after_drop(self, w: _Waiting) -> None:
-        """The websocket dropped: a refused connection now means the server is gone."""
+    def _history(self, w: _Waiting) -> Any:
+        """The safety net: ``/history`` of our prompt. A server that does not answer is given
+        up only once its websocket has been silent for ``stall_timeout`` too."""
         try:
-            w.client.queue()
+            return self.call(lambda: w.client.history(w.pid), "/history")
+        except ServerSilent as exc:
+            if self.silent_for() > self.settings.stall_timeout:
+                raise self._stopped_answering(exc) from exc
+            return None
+
+    def _stopped_answering(self, exc: ServerSilent) -> ServerSilent:
+        """``exc``, told with the real wait: how long the websocket has been silent."""
+        return ServerSilent(
+            f"stopped answering: no websocket event for {self.silent_for():.1f} s and "
+            f"{exc.message}",
+            server=self.server,
+        )
+
+    def _alive_after_drop(self, w: _Waiting) -> None:
+        """The websocket dropped: a refused connection (or no answer) means the server is gone."""
+        try:
+            self.call(lambda: w.client.queue(), "/queue")
+        except ServerSilent as exc:
+            raise ServerSilent(f"websocket dropped and {exc.message}", server=self.server) from exc
+        except ServerGone:
+            raise
         except ServerUnreachable as exc:
             raise ServerGone(
                 f"server down (websocket dropped; {exc.message})", server=self.server
@@ -230,7 +263,10 @@ class PromptWatch:
     def _look_in_queue(self, w: _Waiting) -> Any:
         """After a silence: is our prompt running (for too long?), waiting (behind too much?),
         or gone? Returns its history entry when it finished unnoticed; raises PromptStuck."""
-        q = self.call(lambda: w.client.queue())
+        try:
+            q = self.call(lambda: w.client.queue(), "/queue")
+        except ServerSilent as exc:
+            raise self._stopped_answering(exc) from exc
         now = self.clock()
         w.checked = now
         if w.pid in q.running:
@@ -242,7 +278,7 @@ class PromptWatch:
             w.pending_since = w.pending_since or now
             self.stuck.check_pending(q, w.pid, now - w.pending_since, w.frames)
             return None
-        entry = self.call(lambda: w.client.history(w.pid))
+        entry = self.call(lambda: w.client.history(w.pid), "/history")
         if entry is None:
             raise PromptStuck(
                 "prompt vanished from the server's queue without a result (restarted?)",
@@ -260,14 +296,16 @@ class PromptWatch:
         ignore_errors(lambda: self.speed.record(self.server, seconds, max(1, w.frames)))
         return images
 
-    def still_running(self, client: Any, pid: str) -> bool:
-        """Whether ``pid`` still runs ``stall_timeout`` after our interrupt (a hung server)."""
-        deadline = self.clock() + self.settings.stall_timeout
+    def still_running(self, client: Any, pid: str) -> Optional[float]:
+        """Seconds ``pid`` still ran after our interrupt when it still runs ``stall_timeout``
+        later (a hung server); ``None`` when it stopped (or the server does not say)."""
+        start = self.clock()
+        deadline = start + self.settings.stall_timeout
         while True:
             try:
-                if pid not in client.queue().running:
-                    return False
+                if pid not in self.call(lambda: client.queue(), "/queue").running:
+                    return None
             except ComfyClusterError:
-                return False
+                return None
             if self.clock() >= deadline or self.cancel.wait(self.settings.wait_step):
-                return True
+                return self.clock() - start

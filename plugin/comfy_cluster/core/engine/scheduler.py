@@ -89,6 +89,12 @@ class JobHandle:
         """The result once the job ended, else ``None``."""
         return self._result if self._done.is_set() else None
 
+    def servers_holding_prompts(self) -> tuple[str, ...]:
+        """Servers that may still hold a prompt of this job (it did not answer our cancel)."""
+        run = self._run
+        book = run.book if run is not None else None
+        return tuple(sorted(book.live_prompts())) if book is not None else ()
+
     @property
     def progress(self) -> float:
         run = self._run
@@ -117,7 +123,10 @@ class Scheduler:
     ``no_server_timeout`` (fail when work waits this long with nothing running anywhere),
     ``probe_interval`` (first wait before probing a server that looked dead; doubles up to
     ``probe_interval_max``), ``input_timeout`` (how long a worker waits in all for one input
-    frame when the job is started with ``wait_for_input``).
+    frame when the job is started with ``wait_for_input``), ``answer_timeout`` (how long a check
+    of a silent prompt or a probe waits for the server's answer before it is abandoned and the
+    server counts as gone), ``cleanup_timeout`` (how long one cancel or close request may take
+    before it is abandoned: a frozen server never holds up the job's end).
     """
 
     def __init__(
@@ -145,6 +154,8 @@ class Scheduler:
         probe_interval_max: float = 10.0,
         input_timeout: float = 600.0,
         input_poll: float = 0.25,
+        answer_timeout: float = 5.0,
+        cleanup_timeout: float = 1.0,
     ) -> None:
         self.settings = EngineSettings(
             stall_timeout=stall_timeout,
@@ -161,6 +172,8 @@ class Scheduler:
             probe_interval_max=probe_interval_max,
             input_timeout=input_timeout,
             input_poll=input_poll,
+            answer_timeout=answer_timeout,
+            cleanup_timeout=cleanup_timeout,
         )
         names = [s.name for s in servers]
         if len(set(names)) != len(names):

@@ -49,12 +49,20 @@ class EngineSettings:
     input_timeout: float = 600.0
     #: The longest single wait on the input hook, so cancel stays responsive.
     input_poll: float = 0.25
+    #: How long a check of a silent prompt (``/history``, ``/queue``) or a probe waits for an
+    #: answer before the request is abandoned and the server counts as silent.
+    answer_timeout: float = 5.0
+    #: How long one cleanup request (cancel a prompt, the sweep of one server, closing a client)
+    #: may take before it is abandoned: a frozen server never holds up the job's end.
+    cleanup_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if self.stall_timeout <= 0 or self.poll_interval <= 0 or self.history_interval <= 0:
             raise ValueError("stall_timeout, poll_interval and history_interval must be > 0")
         if self.probe_interval <= 0 or self.input_timeout <= 0 or self.input_poll <= 0:
             raise ValueError("probe_interval, input_timeout and input_poll must be > 0")
+        if self.answer_timeout <= 0 or self.cleanup_timeout <= 0:
+            raise ValueError("answer_timeout and cleanup_timeout must be > 0")
         if self.blocklist_after < 1 or self.max_chunk_servers < 1:
             raise ValueError("blocklist_after and max_chunk_servers must be >= 1")
         # A maximum below the first interval would shrink the backoff: take the larger.

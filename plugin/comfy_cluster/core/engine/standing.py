@@ -13,7 +13,7 @@ from typing import Callable, Optional, Union
 
 from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
 from comfy_cluster.core.engine.settings import EngineSettings
-from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
+from comfy_cluster.core.errors import ExecutionFailed, WorkflowInvalid, WorkflowRejected
 
 __all__ = ["ServerStanding", "Suspension"]
 
@@ -137,18 +137,26 @@ class ServerStanding:
 
     def judge_rejection(self, server: str, error: WorkflowRejected) -> Outcome:
         """A 400 from ``server``: the job's fault if structural or every eligible server gives
-        one (and none accepted the workflow); otherwise the server is degraded for this job."""
+        one (and none accepted the workflow); otherwise the server is degraded for this job.
+
+        When the workflow is at fault for a validation reason (structural, or the same node
+        inputs rejected the same way by every server) the error is a ``WorkflowInvalid``: a bad
+        workflow or argument, not a server problem."""
         node = error.node_ids[0] if error.node_ids else None
         structural = error.error_type in ("no_prompt", "prompt_no_outputs") or (
             error.error_type == "invalid_prompt" and not error.missing_classes
         )
         if structural:
-            return Outcome(OutcomeKind.JOB, f"workflow rejected: {error.message}", node, error)
+            why = f"workflow rejected: {error.message}"
+            return Outcome(OutcomeKind.JOB, why, node, WorkflowInvalid.from_rejection(error, why))
         self._rejections[server] = error
         others = [s for s in self.eligible() if s != server]
         if not self._validated_on and all(s in self._rejections for s in others):
             names = ", ".join(sorted(self._rejections))
             why = f"workflow rejected by every server ({names}): {error.message}"
+            reasons = {_reason(e) for e in self._rejections.values()}
+            if len(reasons) == 1 and not error.missing_classes:
+                error = WorkflowInvalid.from_rejection(error, why)
             return Outcome(OutcomeKind.JOB, why, node, error)
         why = f"rejected the workflow: {error.message}"
         return Outcome(OutcomeKind.DEGRADED, why, node, error)
@@ -163,3 +171,9 @@ class ServerStanding:
             why = f"{error.message} (on {names})"
             return Outcome(OutcomeKind.JOB, why, error.node_id, error)
         return Outcome(OutcomeKind.SERVER, error.message, error.node_id, error)
+
+
+def _reason(error: WorkflowRejected) -> tuple:
+    """What a rejection is about: its type and each node input's error type."""
+    nodes = tuple(sorted((e.node_id, e.input_name or "", e.type) for e in error.node_errors))
+    return (error.error_type, nodes, () if nodes else (error.message,))

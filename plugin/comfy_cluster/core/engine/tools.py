@@ -8,16 +8,18 @@ speed record, the health monitor and the transfer factory. Tests swap any of the
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 from comfy_cluster.core.engine.attempt import Aborted
-from comfy_cluster.core.errors import ServerUnreachable, UnexpectedStatus
+from comfy_cluster.core.engine.cleanup import ignore_errors
+from comfy_cluster.core.errors import ServerSilent, ServerUnreachable, UnexpectedStatus
 from comfy_cluster.core.retry import RetryPolicy
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import Transfer
 
-__all__ = ["ClientFactory", "EngineTools", "ServerCall", "SpeedRecord"]
+__all__ = ["Bounded", "ClientFactory", "EngineTools", "ServerCall", "SpeedRecord", "in_background"]
 
 #: ``client_factory(server) -> client``: one client per worker slot (and per sweep).
 ClientFactory = Callable[[ServerConfig], Any]
@@ -69,3 +71,67 @@ class EngineTools:
     transfer_factory: Callable[[bool], Transfer]
     #: The health monitor (``snapshot()``, ``set_active()``), or ``None``: learn from failures.
     health: Any = None
+
+
+class Bounded:
+    """Runs one request at a time on a daemon thread and waits for it at most ``timeout``.
+
+    A request that does not answer in time is *abandoned*: its thread runs on until the client's
+    own timeout, and :attr:`busy` stays true meanwhile, so the next request (which would share
+    the client's session with it) is refused at once with ``ServerSilent`` instead of waiting
+    again. ``abort()`` (optional) stops the wait early with :class:`Aborted`. One caller thread.
+    """
+
+    def __init__(self, server: str, abort: Optional[Callable[[], bool]] = None) -> None:
+        self.server = server
+        self.abort = abort
+        self._thread: Optional[threading.Thread] = None
+        #: ``time.monotonic()`` when the abandoned request (if any) was sent.
+        self.sent_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """An abandoned request is still running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def __call__(self, fn: Callable[[], Any], timeout: float, what: str) -> Any:
+        if self.busy:
+            waited = time.monotonic() - self.sent_at
+            raise ServerSilent(
+                f"{what}: an earlier request got no answer for {waited:.1f} s", server=self.server
+            )
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self.sent_at = time.monotonic()
+        self._thread = thread = threading.Thread(
+            target=run, name=f"comfy-cluster-{self.server}-request", daemon=True
+        )
+        thread.start()
+        deadline = self.sent_at + timeout
+        while not done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if self.abort is not None and self.abort():
+                raise Aborted()
+            if time.monotonic() >= deadline:
+                raise ServerSilent(f"{what}: no answer in {timeout:.1f} s", server=self.server)
+        self._thread = None
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+
+def in_background(fn: Callable[[], Any], timeout: float, name: str) -> bool:
+    """Call ``fn`` (cleanup) on a daemon thread, waiting at most ``timeout``; errors are dropped.
+    Returns whether it finished in time (else it is abandoned)."""
+    thread = threading.Thread(target=lambda: ignore_errors(fn), name=name, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()

@@ -12,16 +12,15 @@ is discarded by the frame ledger. Whose fault a failure is, the worker says in a
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from typing import Any, Callable, Optional
 
 from comfy_cluster.core.engine.attempt import Aborted, Attempt, Outcome
-from comfy_cluster.core.engine.blame import blame, why
+from comfy_cluster.core.engine.blame import blame, refusal, refused_by_health, why
 from comfy_cluster.core.engine.book import JobBook
-from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.inputs import InputWaiter
 from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.link import ServerLink
 from comfy_cluster.core.engine.plan import JobPlan
 from comfy_cluster.core.engine.prompt_watch import PromptWatch
 from comfy_cluster.core.engine.settings import EngineSettings
@@ -77,9 +76,6 @@ class Worker:
         self.tools = tools
         self.transfer = transfer
         self.inputs = inputs
-        self.client: Any = None
-        self.listener: Any = None
-        self.stop = threading.Event()
         stuck = StuckRule(
             self.name, book.servers, tools.speed, settings, lambda: self.name in book.blocklist
         )
@@ -90,8 +86,11 @@ class Worker:
             clock=tools.clock,
             speed=tools.speed,
             stuck=stuck,
-            call=self._call,
+            call=self._ask,
             cancel=job.cancel_token,
+        )
+        self.link = ServerLink(
+            server, tools.client_factory, settings, self.watch.on_event, self._over
         )
 
     def main(self) -> None:
@@ -104,34 +103,43 @@ class Worker:
                 if attempt is False:
                     if book.probe_due(self.slot):
                         self._probe()
+                    else:
+                        self._check_refused()
                     continue
                 book.finish_attempt(attempt, self._attempt(attempt))
         except Exception:
             log.exception("worker %s crashed", self.slot)
         finally:
-            self.stop.set()
-            if self.listener is not None:
-                ignore_errors(self.listener.close)
-            if self.client is not None:
-                ignore_errors(self.client.close)
+            self.link.close()
             book.close_slot(self.slot)
             book.flush()
 
+    client = property(lambda self: self.link.client)
+
     def _connect(self) -> None:
-        if self.client is not None:
-            return
-        self.client = self.tools.client_factory(self.server)
-        self.listener = self.watch.listener = self.client.listen(self.watch.on_event, self.stop)
-        wait = getattr(self.listener, "wait_connected", None)
-        if wait is not None:
-            # Events of a fast prompt can come before POST returns: listen first.
-            wait(min(2.0, self.settings.stall_timeout))
+        self.watch.listener = self.link.connect()
+
+    def _over(self) -> bool:
+        return self.book.over()
+
+    def _ask(self, fn: Callable[[], Any], what: str = "a request") -> Any:
+        """``fn`` under the retry policy, each try abandoned after ``answer_timeout``."""
+        return self._call(lambda: self.link.ask(fn, what))
+
+    def _check_refused(self) -> None:
+        """No work for this slot: a server the health monitor saw refuse us (401/403) leaves
+        the job at once, saying what to check, instead of being waited for."""
+        error = refused_by_health(self.tools.health, self.name)
+        if error is not None:
+            self.book.server_refused(self.name, refusal(error))
 
     def _probe(self) -> None:
         """Probe this (suspended) server once: does it answer ``/queue`` again?"""
         try:
             self._connect()
-            self.client.queue()
+            self.link.ask(self.client.queue, "/queue")
+        except Aborted:
+            return
         except ComfyClusterError as exc:
             self.book.probe_result(self.name, False, why(exc))
         except Exception as exc:  # a bug in a client: count it as a failed probe
@@ -278,21 +286,18 @@ class Worker:
 
     def _landed(self, pid: str) -> bool:
         try:
-            if pid in self.client.queue():
+            if pid in self.link.ask(self.client.queue, "/queue"):
                 return True
-            return self.client.history(pid) is not None
+            return self.link.ask(lambda: self.client.history(pid), "/history") is not None
         except ComfyClusterError:
             return False
 
     def _run_prompt(
         self, attempt: Attempt, prompt: dict, prompt_id: str, *, frames: int
     ) -> tuple[Any, ...]:
-        """Submit ``prompt`` and wait for its output images (of the output node).
-
-        Raises ExecutionFailed / Interrupted / WorkflowRejected, PromptStuck, ServerHung,
-        Aborted or a transient error; on anything but success the prompt is cancelled on the
-        server first.
-        """
+        """Submit ``prompt`` and wait for its output node's images. Raises ExecutionFailed /
+        Interrupted / WorkflowRejected, PromptStuck, ServerHung, ServerGone, Aborted or a
+        transient error, after cancelling the prompt on the server (bounded)."""
         self.watch.drain()
         pid = self._submit(prompt, prompt_id)
         self.book.mark_validated(self.name)
@@ -306,8 +311,14 @@ class Worker:
             )
         except PromptStuck as exc:
             self._abandon(pid)
-            if self.watch.still_running(self.client, pid):
-                raise ServerHung(f"{exc.message}; it ignores interrupts", server=self.name) from exc
+            still = self.watch.still_running(self.client, pid)
+            if still is not None:
+                silent = self.watch.silent_for()
+                raise ServerHung(
+                    f"{exc.message}; still running {still:.1f} s after our interrupt "
+                    f"(no event for {silent:.1f} s in all)",
+                    server=self.name,
+                ) from exc
             raise
         except BaseException:
             self._abandon(pid)
@@ -322,9 +333,16 @@ class Worker:
         self.book.flush()
 
     def _abandon(self, pid: str) -> None:
-        """Interrupt/delete ``pid`` where the server still answers (best effort, bounded)."""
-        try:
-            self.client.cancel(pid)
+        """Interrupt/delete ``pid`` where the server still answers (best effort, abandoned
+        after ``cleanup_timeout``: then the prompt stays listed for the sweep)."""
+
+        def cancel(client: Any) -> None:
+            try:
+                client.cancel(pid)
+            except ComfyClusterError as exc:
+                log.info("%s: could not cancel prompt %s: %s", self.name, pid, exc)
+                return
             self.book.prompt_finished(self.name, pid)
-        except ComfyClusterError as exc:
-            log.info("%s: could not cancel prompt %s: %s", self.name, pid, exc)
+
+        if not self.link.cleanup(cancel):
+            log.info("%s: no answer to the cancel of prompt %s; abandoned", self.name, pid)
