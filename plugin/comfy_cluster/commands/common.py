@@ -24,11 +24,13 @@ class ExitCode(enum.IntEnum):
 
     #: The command did what was asked (render: every requested frame is on disk).
     OK = 0
-    #: The job could not be done (no usable server, frames failed everywhere).
+    #: The job could not be done: no server can run it (down, authentication refused, a missing
+    #: node class or model), or frames failed on every server that tried them.
     FAILED = 1
-    #: A bad argument or configuration, found before any server did work; the message names it.
+    #: The workflow, arguments or configuration are wrong: found before any server did work, or a
+    #: prompt rejected by every server for the same validation reason; the message names it.
     USAGE = 2
-    #: Interrupted (Ctrl-C).
+    #: Interrupted (Ctrl-C); servers that may still hold a prompt of ours are named.
     INTERRUPTED = 130
 
 

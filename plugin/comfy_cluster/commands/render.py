@@ -6,27 +6,35 @@ server is contacted, and reported in one line naming the field, server, node or 
 view from :mod:`comfy_cluster.commands.progress` shows its events. Exit status:
 
 - 0: every requested frame is on disk;
-- 1: the job failed or ended incomplete (the summary says why and which frames are missing);
-- 2: bad arguments or configuration;
-- 130: Ctrl-C; the job is cancelled first, so no prompt of ours is left on any server.
+- 1: the job could not be done: no server can run it (down, authentication refused, a node
+  class or model missing), or frames failed on every server that tried them (the summary says
+  why and which frames are missing);
+- 2: the workflow, arguments or configuration are wrong: found before any server does work, or
+  a prompt rejected by every server for the same validation reason (the node and input named);
+- 130: interrupted (Ctrl-C): the job is cancelled and our prompts removed from every server
+  that answers within 3 s; a server that does not is named (it may still hold a prompt of ours).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from comfy_cluster.commands.common import ExitCode
 
-#: How long Ctrl-C waits for the cancel sweep (interrupt + delete on every server).
-CANCEL_TIMEOUT = 15.0
+#: How long Ctrl-C waits for the cancel sweep (interrupt + delete on every server): the command
+#: exits within 3 s, naming the servers that did not answer in time.
+CANCEL_TIMEOUT = 2.5
+#: A job that failed with one of these errors is a bad workflow, argument or configuration.
+USAGE_ERRORS = frozenset({"WorkflowInvalid", "WorkflowError", "ConfigError", "FrameRangeError"})
 #: Seconds per health poll of one server.
 HEALTH_TIMEOUT = 2.0
 
-__all__ = ["UsageError", "build_job", "execute", "register", "run"]
+__all__ = ["UsageError", "build_job", "execute", "exit_code", "register", "run"]
 
 EXAMPLES = """
 comfy-cluster render shot.json --frames 1001-1100 --output out/shot.####.png
@@ -52,8 +60,12 @@ def register(subparsers: Any) -> None:
         help="render a frame range of a workflow on the cluster",
         description=(
             "Render WORKFLOW (ComfyUI API-format JSON) for every frame of --frames across the "
-            "configured servers, writing --output. Exit status: 0 all frames on disk, 1 job "
-            "failed or incomplete, 2 bad arguments or configuration, 130 interrupted."
+            "configured servers, writing --output. Exit status: 0 every frame on disk; 1 the job "
+            "could not be done (no server can run it: down, authentication refused, a missing "
+            "node class or model; or frames failed on every server that tried them); 2 the "
+            "workflow, arguments or configuration are wrong (found before any server does work, "
+            "or a prompt rejected by every server for the same validation reason); 130 "
+            "interrupted."
         ),
     )
     parser.add_argument("workflow", metavar="WORKFLOW.json", help="workflow in API format")
@@ -255,16 +267,16 @@ def execute(
     health: bool = True,
     command_line: Optional[Sequence[str]] = None,
 ) -> int:
-    """Run ``job`` on ``servers`` with ``view`` showing events; 0, 1 or 130 (see module doc).
+    """Run ``job`` on ``servers`` with ``view`` showing events; 0, 1, 2 or 130 (see module doc).
 
     With ``health`` a :class:`HealthMonitor` polls the servers during the job, so a server that
     is down (or lacks one of the workflow's node classes) gets no work instead of failing it.
-    Ctrl-C (KeyboardInterrupt on this, the main, thread) cancels the job and waits for the
-    scheduler's sweep, so nothing of ours stays queued or running on any server, then says how
-    many frames are done and, given the ``command_line`` that started the job, how to finish it.
+    Ctrl-C (KeyboardInterrupt on this, the main, thread) cancels the job and waits up to
+    ``CANCEL_TIMEOUT`` for the scheduler's sweep, names each server that may still hold a prompt
+    of ours (it did not answer in time), then says how many frames are done and, given the
+    ``command_line`` that started the job, how to finish it.
     """
     from comfy_cluster.core.engine.scheduler import Scheduler
-    from comfy_cluster.core.transfer import frame_path
 
     err = sys.stderr if err is None else err
     options = dict(scheduler_options or {})
@@ -274,16 +286,23 @@ def execute(
         options["health"] = monitor
     scheduler = Scheduler(servers, **options)
     handle = None
+    deadline = None
     try:
         handle = scheduler.start(job, view)
         result = None
         while result is None:
             result = handle.wait(0.2)  # short waits: Ctrl-C is handled promptly everywhere
     except KeyboardInterrupt:
+        deadline = time.monotonic() + CANCEL_TIMEOUT
         if handle is not None:
             handle.cancel()
-            if handle.wait(CANCEL_TIMEOUT) is None:
-                print("comfy-cluster: cancel did not finish in time", file=err)
+            handle.wait(CANCEL_TIMEOUT)
+            for name in handle.servers_holding_prompts():
+                print(
+                    f"comfy-cluster: {name} did not answer in time and may still hold a prompt "
+                    "of ours: check its queue",
+                    file=err,
+                )
         view.close()
         from comfy_cluster.commands.next_steps import interrupted_lines
 
@@ -292,12 +311,26 @@ def execute(
         return ExitCode.INTERRUPTED
     finally:
         view.close()
-        scheduler.close(timeout=CANCEL_TIMEOUT)
+        left = CANCEL_TIMEOUT if deadline is None else max(0.0, deadline - time.monotonic())
+        scheduler.close(timeout=left)
         if monitor is not None:
-            monitor.close()
+            monitor.close(timeout=min(1.0, left))
     view.summary(result)
+    return exit_code(job, result)
+
+
+def exit_code(job: Any, result: Any) -> int:
+    """0 every requested frame on disk; 2 the workflow, arguments or configuration are wrong;
+    1 otherwise (see the module doc)."""
+    from comfy_cluster.core.transfer import frame_path
+
     missing = [f for f in job.frame_range.frames if not frame_path(job.output_pattern, f).is_file()]
-    return ExitCode.OK if result.ok and not missing else ExitCode.FAILED
+    if result.ok and not missing:
+        return ExitCode.OK
+    error = getattr(result, "error", None)
+    if getattr(error, "kind", None) in USAGE_ERRORS or getattr(result, "existing", ()):
+        return ExitCode.USAGE
+    return ExitCode.FAILED
 
 
 def start_health(servers: Sequence[Any], job: Any) -> Any:

@@ -74,10 +74,10 @@ class ServerLink:
         raises ``ServerSilent`` then, ``Aborted`` when the job ends meanwhile."""
         return self.runner(fn, self.settings.answer_timeout, what)
 
-    def cleanup(self, fn: Callable[[Any], Any]) -> bool:
+    def cleanup(self, fn: Callable[[Any], Any], *, wait: bool = True) -> bool:
         """``fn(client)`` for cleanup, on the slot's client unless it is tainted (then a fresh
-        one); abandoned after ``cleanup_timeout``. Returns whether it finished in time; errors
-        are raised to ``fn``'s own handling (logged and dropped here)."""
+        one); abandoned after ``cleanup_timeout`` (at once unless ``wait``). Returns whether it
+        finished in time; errors are ``fn``'s to handle (logged and dropped here)."""
         own = self.client is not None and not self.runner.busy and not self._tainted
 
         def run() -> None:
@@ -90,9 +90,8 @@ class ServerLink:
             finally:
                 client.close()
 
-        done = in_background(
-            run, self.settings.cleanup_timeout, f"comfy-cluster-{self.name}-cleanup"
-        )
+        timeout = self.settings.cleanup_timeout if wait else 0.0
+        done = in_background(run, timeout, f"comfy-cluster-{self.name}-cleanup")
         if not done and own:
             self._tainted = True
         return done

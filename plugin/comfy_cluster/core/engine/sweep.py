@@ -26,7 +26,7 @@ def sweep_prompts(
     book: JobBook,
     servers: Sequence[ServerConfig],
     client_factory: ClientFactory,
-    timeout: float = 2.0,
+    timeout: float = 1.0,
 ) -> None:
     """Delete/interrupt every prompt of the job still on a server, with a fresh client per
     server (the workers' are closed), every server at once on its own daemon thread. Best

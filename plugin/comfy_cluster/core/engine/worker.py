@@ -90,7 +90,7 @@ class Worker:
             cancel=job.cancel_token,
         )
         self.link = ServerLink(
-            server, tools.client_factory, settings, self.watch.on_event, self._over
+            server, tools.client_factory, settings, self.watch.on_event, book.over
         )
 
     def main(self) -> None:
@@ -101,10 +101,7 @@ class Worker:
                 if attempt is None:
                     break
                 if attempt is False:
-                    if book.probe_due(self.slot):
-                        self._probe()
-                    else:
-                        self._check_refused()
+                    self._probe() if book.probe_due(self.slot) else self._check_refused()
                     continue
                 book.finish_attempt(attempt, self._attempt(attempt))
         except Exception:
@@ -118,9 +115,6 @@ class Worker:
 
     def _connect(self) -> None:
         self.watch.listener = self.link.connect()
-
-    def _over(self) -> bool:
-        return self.book.over()
 
     def _ask(self, fn: Callable[[], Any], what: str = "a request") -> Any:
         """``fn`` under the retry policy, each try abandoned after ``answer_timeout``."""
@@ -320,6 +314,9 @@ class Worker:
                     server=self.name,
                 ) from exc
             raise
+        except ServerGone:
+            self._abandon(pid, wait=False)  # it does not answer: the frames move at once
+            raise
         except BaseException:
             self._abandon(pid)
             raise
@@ -332,7 +329,7 @@ class Worker:
         self.book.set_fraction(attempt, fraction, frames=frames)
         self.book.flush()
 
-    def _abandon(self, pid: str) -> None:
+    def _abandon(self, pid: str, *, wait: bool = True) -> None:
         """Interrupt/delete ``pid`` where the server still answers (best effort, abandoned
         after ``cleanup_timeout``: then the prompt stays listed for the sweep)."""
 
@@ -344,5 +341,5 @@ class Worker:
                 return
             self.book.prompt_finished(self.name, pid)
 
-        if not self.link.cleanup(cancel):
+        if not self.link.cleanup(cancel, wait=wait) and wait:
             log.info("%s: no answer to the cancel of prompt %s; abandoned", self.name, pid)
