@@ -294,16 +294,18 @@ def execute(
             result = handle.wait(0.2)  # short waits: Ctrl-C is handled promptly everywhere
     except KeyboardInterrupt:
         deadline = time.monotonic() + CANCEL_TIMEOUT
+        holding: tuple[str, ...] = ()
         if handle is not None:
             handle.cancel()
             handle.wait(CANCEL_TIMEOUT)
-            for name in handle.servers_holding_prompts():
-                print(
-                    f"comfy-cluster: {name} did not answer in time and may still hold a prompt "
-                    "of ours: check its queue",
-                    file=err,
-                )
+            holding = handle.servers_holding_prompts()
         view.close()
+        for name in holding:
+            print(
+                f"comfy-cluster: {name} did not answer our cancel in time and may still hold a "
+                "prompt of ours: check its queue",
+                file=err,
+            )
         from comfy_cluster.commands.next_steps import interrupted_lines
 
         for line in interrupted_lines(job, getattr(view, "progress", None), command_line):
