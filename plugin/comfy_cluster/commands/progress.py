@@ -15,6 +15,11 @@ The counting (frames written, per server, chunks held) is one
   (:mod:`~comfy_cluster.commands.retry_digest`) or blocklisted server; never one per frame.
 - :class:`JsonView` (``--json``): one JSON object per event, ``{"type": <class name>, ...fields}``.
 
+Every view also shows each server's state (``ServerChecked``, ``ServerStateChanged``): the rich
+row's note says ``offline: connection refused`` or ``unusable: missing node classes: ...``, the
+plain view prints one line per change, and the summary names each server that did no work and
+why (:class:`ServerNotes`), so a server left out is never silently ``0/40 waiting``.
+
 rich is imported lazily, inside :class:`RichView`, so the CLI works with the runtime dependencies
 alone (``make_view`` falls back to plain text when rich is missing).
 """
@@ -25,7 +30,8 @@ import dataclasses
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional, TextIO
 
 from comfy_cluster.commands.retry_digest import RetryDigest
@@ -38,9 +44,12 @@ __all__ = [
     "JsonView",
     "PlainView",
     "RichView",
+    "ServerNote",
+    "ServerNotes",
     "View",
     "event_to_json",
     "make_view",
+    "server_state_text",
     "with_node",
 ]
 
@@ -63,6 +72,69 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: States in which a server works (or may): shown plainly, never listed in the summary.
+GOOD_STATES = frozenset({"ok", "ready", "busy", "online"})
+#: States whose reason already starts with what the state says ("authentication refused...").
+_SELF_EXPLAINING = frozenset({"auth", "error"})
+
+
+def server_state_text(state: str, reason: str = "") -> str:
+    """``offline: connection refused``; the state alone without a reason; the reason alone when
+    it already starts with the state (``unreachable: ...``) or says it better (auth, error)."""
+    reason = " ".join(reason.split())  # server text on one line: it must not forge a line
+    if not reason:
+        return state
+    if not state or state in _SELF_EXPLAINING or reason.split(":", 1)[0] == state:
+        return reason
+    return f"{state}: {reason}"
+
+
+@dataclass(frozen=True)
+class ServerNote:
+    """One server's latest state as the views show it."""
+
+    text: str
+    ok: bool
+
+
+class ServerNotes:
+    """Each server's latest state from ``ServerChecked`` / ``ServerStateChanged`` events.
+
+    Kept by the view, not by ``JobProgress``: the numbers are the same in every view, but what
+    to say about a server is the views' business. Not thread-safe (the view's lock guards it).
+    """
+
+    def __init__(self) -> None:
+        self.notes: dict[str, ServerNote] = {}
+
+    def apply(self, event: ev.JobEvent) -> Optional[ServerNote]:
+        """The server's new note if ``event`` changed it, else None."""
+        if isinstance(event, ev.ServerChecked):
+            state = event.state or ("ok" if event.ok else "unusable")
+            note = ServerNote(server_state_text(state, "; ".join(event.reasons)), event.ok)
+            server = event.server
+        elif isinstance(event, ev.ServerStateChanged):
+            note = ServerNote(
+                server_state_text(event.state, event.reason), event.state in GOOD_STATES
+            )
+            server = event.server
+        else:
+            return None
+        if self.notes.get(server) == note:
+            return None
+        self.notes[server] = note
+        return note
+
+    def idle_problems(self, per_server: Mapping[str, int], left: Mapping[str, str]) -> list[str]:
+        """``  gpu-b did no work: unusable: ...`` for each server whose last state is a problem,
+        that wrote no frame and did not leave the job (that has its own line)."""
+        return [
+            f"  {name} did no work: {note.text}"
+            for name, note in self.notes.items()
+            if not note.ok and not per_server.get(name) and name not in left
+        ]
+
+
 class View:
     """Base view: folds the events into a :class:`JobProgress` and writes the end-of-job summary.
 
@@ -73,6 +145,8 @@ class View:
         self.out = out
         self._lock = threading.Lock()
         self.progress = JobProgress()
+        #: Each server's state as last reported (checks, offline, back...).
+        self.server_notes = ServerNotes()
         #: Set once ``out`` is gone (a closed pipe: ``comfy-cluster render ... | head``).
         self.broken = False
 
@@ -109,18 +183,30 @@ class View:
     def __call__(self, event: ev.JobEvent) -> None:
         with self._lock:
             change = self.progress.apply(event)
+            note = self.server_notes.apply(event)
+            if note is not None:
+                self.server_changed(getattr(event, "server", ""), note)
             self.handle(event, change)
 
     def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
         """Show one event, already counted into :attr:`progress` (lock held)."""
+
+    def server_changed(self, server: str, note: ServerNote) -> None:
+        """Show that ``server``'s state changed (lock held); called before :meth:`handle`."""
 
     def close(self) -> None:
         """Stop any live display (idempotent)."""
 
     def summary(self, result: Any) -> None:
         """Print how the job ended: frames per server, retries, time, and why if it failed."""
-        for line in summary_lines(result):
+        for line in self.summary_text(result):
             self.write_line(line)
+
+    def summary_text(self, result: Any) -> list[str]:
+        """:func:`summary_lines` plus the servers that did no work, with why."""
+        with self._lock:
+            idle = self.server_notes.idle_problems(result.per_server, result.blocklisted)
+        return summary_lines(result, idle)
 
 
 def with_node(message: str, node_id: Optional[str]) -> str:
@@ -142,8 +228,9 @@ def _worth_saying(event: ev.JobEvent) -> bool:
     return event.eta_seconds is not None and event.eta_seconds >= MIN_ETA_SECONDS
 
 
-def summary_lines(result: Any) -> list[str]:
-    """The text summary of a ``JobResult`` (shared by the plain and rich views)."""
+def summary_lines(result: Any, server_lines: Sequence[str] = ()) -> list[str]:
+    """The text summary of a ``JobResult`` (shared by the plain and rich views);
+    ``server_lines`` (servers that did no work, with why) follow the per-server lines."""
     status = result.status.value
     requested = len(result.frames_requested)
     written = len(result.frames_written)
@@ -157,6 +244,7 @@ def summary_lines(result: Any) -> list[str]:
         lines.append(f"  {name}: {count} frame(s)")
     for name, why in result.blocklisted.items():
         lines.append(f"  {name} left the job: {why}")
+    lines.extend(server_lines)
     if not result.ok:
         if result.message:
             lines.append(f"  reason: {with_node(result.message, result.node_id)}")
@@ -199,6 +287,9 @@ class PlainView(View):
     def _write_all(self, lines: list[str]) -> None:
         for line in lines:
             super().write_line(line)
+
+    def server_changed(self, server: str, note: ServerNote) -> None:
+        self.write_line(f"server {server}: {note.text}")
 
     def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
         self._write_all(self._retries.due())
@@ -289,9 +380,22 @@ class RichView(View):
     def _note(self, server: str, note: str, style: str = "") -> None:
         self.bars.update(self._task(server), note=note, style=style)
 
+    def server_changed(self, server: str, note: ServerNote) -> None:
+        if self._overall is not None:  # before JobStarted, the rows are made from the notes
+            self._note(server, note.text, _note_style(note))
+
+    def _add_rows(self, servers: Sequence[str]) -> None:
+        """One row per server that may work, and one per server a state was reported for."""
+        notes = self.server_notes.notes
+        for name in (*servers, *(n for n in notes if n not in servers)):
+            self._task(name)
+            if name in notes:
+                self._note(name, notes[name].text, _note_style(notes[name]))
+
     def handle(self, event: ev.JobEvent, change: ProgressChange) -> None:
         if isinstance(event, ev.JobStarted):
-            self._layout.name = self._name_width(tuple(event.servers))
+            names = (*event.servers, *self.server_notes.notes)
+            self._layout.name = self._name_width(tuple(dict.fromkeys(names)))
         self._ensure()
         p = self.bars
         if isinstance(event, ev.JobStarted):
@@ -299,8 +403,7 @@ class RichView(View):
             self._overall = p.add_task(
                 "all frames", total=event.total_frames or 1, note=skipped, style=""
             )
-            for name in event.servers:
-                self._task(name)
+            self._add_rows(tuple(event.servers))
             return
         if self._overall is not None:
             eta = f"~{duration_text(event.eta_seconds)} left" if _worth_saying(event) else ""
@@ -325,9 +428,12 @@ class RichView(View):
 
     def _final(self, event: ev.JobEvent) -> None:
         done = isinstance(event, ev.JobDone)
+        notes = self.server_notes.notes
         for name in self._tasks:
-            if name not in self.progress.blocklisted:
-                self._note(name, "done" if done else "stopped", "green" if done else "")
+            note = notes.get(name)
+            if name in self.progress.blocklisted or (note is not None and not note.ok):
+                continue  # keep saying why it is out
+            self._note(name, "done" if done else "stopped", "green" if done else "")
         if self._overall is not None and not done:
             failed = isinstance(event, ev.JobFailed)
             self.bars.update(
@@ -349,10 +455,18 @@ class RichView(View):
     def summary(self, result: Any) -> None:
         self.close()
         style = "green" if result.ok else "red"
-        lines = summary_lines(result)
+        lines = self.summary_text(result)
         self.console.print(lines[0], style=style, markup=False, highlight=False)
         for line in lines[1:]:
             self.console.print(line, markup=False, highlight=False)
+
+
+def _note_style(note: ServerNote) -> str:
+    """Red for a server that cannot run the job, yellow for one that is away, plain when fine."""
+    if note.ok:
+        return ""
+    word = note.text.split(":", 1)[0]
+    return "yellow" if word in ("offline", "unreachable", "disabled", "degraded") else "red"
 
 
 def make_view(out: TextIO, *, json_lines: bool = False, tty: Optional[bool] = None) -> View:

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Optional, Protocol, Union
+from typing import Optional, Protocol, TypeVar, Union
 
 from comfy_cluster.core.errors import ConfigError, FrameRangeError
 
 __all__ = [
+    "FRAME_ORDERS",
     "MAX_FRAMES",
     "MAX_FRAME_NUMBER",
+    "ORDER_PREVIEW",
+    "ORDER_SEQUENTIAL",
     "AutoChunker",
     "Chunk",
     "Chunker",
@@ -33,6 +36,8 @@ __all__ = [
     "format_frame_path",
     "frames_text",
     "has_frame_token",
+    "order_chunks",
+    "preview_order",
 ]
 
 #: Upper bound on the frames one range may hold; ``1-999999999`` is a typo, not a render.
@@ -320,6 +325,72 @@ def _split(frames: tuple[int, ...], size: int, handles: int) -> list[Chunk]:
         after = tuple(range(part[-1] + 1, min(hi, part[-1] + handles) + 1))
         chunks.append(Chunk(index, part, before, after))
     return chunks
+
+
+# ---------------------------------------------------------------------------------------------
+# Render order
+
+#: Frames in order, first to last: the default.
+ORDER_SEQUENTIAL = "sequential"
+#: A spread of the shot first (first, last, middle, then the gaps halved), then the rest.
+ORDER_PREVIEW = "preview"
+#: The values ``--order`` and the render node's ``cc_order`` knob accept, default first.
+FRAME_ORDERS = (ORDER_SEQUENTIAL, ORDER_PREVIEW)
+
+_T = TypeVar("_T")
+
+
+def _spread_positions(count: int) -> list[int]:
+    """Positions ``0..count-1``: first, last, middle, then the middle of every gap, level by
+    level (all gaps of one level before any of the next), so any prefix is spread evenly."""
+    if count <= 0:
+        return []
+    if count == 1:
+        return [0]
+    order = [0, count - 1]
+    gaps = [(0, count - 1)]
+    while gaps:
+        next_gaps = []
+        for lo, hi in gaps:
+            if hi - lo < 2:
+                continue
+            mid = (lo + hi) // 2
+            order.append(mid)
+            next_gaps += [(lo, mid), (mid, hi)]
+        gaps = next_gaps
+    return order
+
+
+def _spread(items: Sequence[_T]) -> tuple[_T, ...]:
+    return tuple(items[i] for i in _spread_positions(len(items)))
+
+
+def preview_order(frames: Sequence[int]) -> tuple[int, ...]:
+    """``frames`` reordered so the first few span the shot: first, last, middle, quarters...
+
+    An artist judging the look sees the whole shot within the first minute instead of its first
+    second. Every frame comes exactly once (a permutation of ``frames``, taken in the order
+    given, normally sorted); deterministic. ``preview_order(range(1, 10))`` is
+    ``(1, 9, 5, 3, 7, 2, 4, 6, 8)``.
+    """
+    return _spread(tuple(frames))
+
+
+def order_chunks(chunks: Sequence[Chunk], order: str = ORDER_SEQUENTIAL) -> list[Chunk]:
+    """``chunks`` in the order the engine should queue them, for ``order`` (:data:`FRAME_ORDERS`).
+
+    ``preview`` puts the chunks holding the first, last and middle frames first, then the gaps
+    halved (the engine hands out chunks in list order, so each server's first chunk lands on a
+    different part of the shot). The chunks themselves, and their indices, are unchanged.
+    Raises :class:`ConfigError` for an unknown order.
+    """
+    if order == ORDER_SEQUENTIAL:
+        return list(chunks)
+    if order == ORDER_PREVIEW:
+        return list(_spread(tuple(chunks)))
+    raise ConfigError(
+        f"must be one of {', '.join(FRAME_ORDERS)}, not {order!r}", field="frame order"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

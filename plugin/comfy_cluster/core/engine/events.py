@@ -10,6 +10,8 @@ from). A consumer (the CLI's progress bar, the Nuke panel) dispatches on the cla
     FrameWritten      frame, path, server
     ChunkRetried      chunk_index, server, why, frames            (frames went back to the queue)
     ServerBlocklisted server, why                                 (out of this job only)
+    ServerChecked     server, ok, reasons, state                  (the preflight verdict)
+    ServerStateChanged server, state, reason                      (offline, unusable, back...)
     JobDone           frames_written, per_server, retries, seconds
     JobFailed         message, node_id
     JobCancelled      (nothing more)
@@ -39,6 +41,8 @@ __all__ = [
     "JobStarted",
     "OnEvent",
     "ServerBlocklisted",
+    "ServerChecked",
+    "ServerStateChanged",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +117,38 @@ class ServerBlocklisted(JobEvent):
 
     server: str
     why: str
+
+
+@dataclass(frozen=True)
+class ServerChecked(JobEvent):
+    """The preflight verdict on ``server`` for this job's workflow (before its first prompt).
+
+    ``ok`` False keeps the server out of the job; ``reasons`` say why, one line each
+    (``missing node classes: ImageInvert``, ``node 4 (CheckpointLoaderSimple) input ckpt_name:
+    'x.safetensors' is not on this server (it has none)``, ``unreachable: connection refused``).
+    ``state`` is the verdict's one word (``ok``, ``unusable``, ``unreachable``, ``auth``,
+    ``disabled``, ``error``; see ``core.preflight.VerdictState``), empty when not known.
+    Without it a server that cannot run the job just sits at "0/40 waiting" all job long.
+    """
+
+    server: str
+    ok: bool
+    reasons: tuple[str, ...] = ()
+    state: str = ""
+
+
+@dataclass(frozen=True)
+class ServerStateChanged(JobEvent):
+    """``server``'s state changed during the job, with why: ``offline`` / ``connection refused``.
+
+    ``state`` is one word (the health states ``ready``, ``busy``, ``offline``, ``degraded``,
+    ``disabled``, or a preflight word such as ``unusable``); ``reason`` is one line, empty when
+    the state says it all. Sent on a change only, so a view may print each one.
+    """
+
+    server: str
+    state: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
