@@ -85,3 +85,46 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def test_cli_real_cluster_flags(tmp_path: Path) -> None:
+    port = free_port()
+    flags = [
+        *("--models", "a.safetensors,b.safetensors", "--load-seconds", "3"),
+        *("--models-in-memory", "2", "--warmup-seconds", "4"),
+        *(
+            "--root",
+            str(tmp_path),
+            "--foreign-load",
+            "0.25",
+            "--foreign-seconds",
+            "1.5",
+            "--loras",
+            "l.safetensors",
+        ),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfy_cluster.cli", "sim", "--port", str(port), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "listening on" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        options = requests.get(url + "/sim/faults", timeout=5).json()
+        assert options["models"] == ["a.safetensors", "b.safetensors"]
+        assert options["loras"] == ["l.safetensors"]
+        assert (options["load_seconds"], options["models_in_memory"]) == (3.0, 2)
+        assert (options["warmup_seconds"], options["foreign_load"]) == (4.0, 0.25)
+        assert options["foreign_seconds"] == 1.5
+        info = requests.get(url + "/object_info/CheckpointLoaderSimple", timeout=5).json()
+        assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == [
+            "a.safetensors",
+            "b.safetensors",
+        ]
+        stats = requests.get(url + "/sim/stats", timeout=5).json()
+        assert stats["models"] == {"loaded": [], "loads": 0, "loads_by_model": {}, "capacity": 2}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)

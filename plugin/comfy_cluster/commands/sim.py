@@ -31,6 +31,8 @@ comfy-cluster sim --port 8190
 comfy-cluster sim --port 8191 --name slow --speed 0.5
 comfy-cluster sim --port 8192 --node-seconds 0 --fail-node KSampler
 comfy-cluster sim --port 8193 --die-after-prompts 3
+comfy-cluster sim --port 8194 --models sd15.safetensors,sdxl.safetensors --load-seconds 10
+comfy-cluster sim --port 8195 --warmup-seconds 20 --foreign-load 0.5 --foreign-seconds 2
 """
 
 
@@ -62,6 +64,49 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--steps", type=int, default=4, help="progress steps of sampling-like nodes"
+    )
+    real = parser.add_argument_group("real cluster conditions")
+    real.add_argument(
+        "--models",
+        default=None,
+        metavar="NAME,...",
+        help="checkpoint files the server has (default: sd15.safetensors and a few sim-*)",
+    )
+    real.add_argument("--loras", default=None, metavar="NAME,...", help="LoRA files it has")
+    real.add_argument(
+        "--load-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="loading a checkpoint not in memory takes S seconds (not scaled by --speed)",
+    )
+    real.add_argument(
+        "--models-in-memory",
+        type=int,
+        default=1,
+        metavar="N",
+        help="checkpoints held in memory at once (LRU; loading another evicts)",
+    )
+    real.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the first prompt after start costs S more (not scaled by --speed)",
+    )
+    real.add_argument(
+        "--foreign-load",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="another client's prompts take this share (0..1) of the busy time",
+    )
+    real.add_argument(
+        "--foreign-seconds",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds of work (at speed 1) of one foreign prompt",
     )
     faults = parser.add_argument_group("faults")
     faults.add_argument("--refuse-connections", action="store_true", help="refuse every connection")
@@ -133,6 +178,11 @@ def run(args: argparse.Namespace, err: Optional[TextIO] = None) -> int:
     if warning:
         print(f"comfy-cluster sim: warning: {warning}", file=err)
 
+    lists = {}
+    for name in ("models", "loras"):
+        value = getattr(args, name, None)
+        if value is not None:
+            lists[name] = tuple(v.strip() for v in value.split(",") if v.strip())
     try:
         options = SimOptions(
             node_seconds=args.node_seconds,
@@ -148,6 +198,12 @@ def run(args: argparse.Namespace, err: Optional[TextIO] = None) -> int:
             missing_classes=tuple(args.missing_class),
             token=args.token,
             name=args.name,
+            load_seconds=args.load_seconds,
+            models_in_memory=args.models_in_memory,
+            warmup_seconds=args.warmup_seconds,
+            foreign_load=args.foreign_load,
+            foreign_seconds=args.foreign_seconds,
+            **lists,
         )
     except ValueError as exc:  # --speed 0, --steps 0, ...
         print(f"comfy-cluster sim: {exc}", file=err)

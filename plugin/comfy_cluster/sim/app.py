@@ -19,6 +19,7 @@ import random
 import socket
 import struct
 import sys
+import time
 import uuid
 from typing import Any, Callable, Optional
 
@@ -26,6 +27,7 @@ from aiohttp import WSMsgType, web
 
 from . import hostile
 from .executor import Executor, ServerStopping
+from .models import FOREIGN_CLIENT_ID, ModelMemory, foreign_prompt, model_nodes, with_files
 from .nodes import Dirs, NodeDef, build_registry
 from .options import SimOptions
 from .prompt_queue import PromptQueue
@@ -71,7 +73,16 @@ class SimState:
         self.on_die = on_die
         self.dirs = dirs
         self.argv = argv
-        self.registry: dict[str, NodeDef] = build_registry()
+        self.registry: dict[str, NodeDef] = {**build_registry(), **model_nodes()}
+        self._classes_key: Any = None
+        self._classes: dict[str, NodeDef] = {}
+        #: Checkpoints in memory; a restart empties it (a new process).
+        self.models = ModelMemory()
+        #: Wall seconds spent executing our clients' prompts and the foreign ones.
+        self.busy_own = 0.0
+        self.busy_foreign = 0.0
+        self.foreign_prompts = 0
+        self.foreign_waiting = 0
         self.queue = PromptQueue()
         self.number = 0
         self.sockets: dict[str, web.WebSocketResponse] = {}
@@ -105,8 +116,48 @@ class SimState:
 
     @property
     def classes(self) -> dict[str, NodeDef]:
-        missing = set(self.options.missing_classes)
-        return {k: v for k, v in self.registry.items() if k not in missing}
+        """The installed node classes, with the loaders listing this server's files."""
+        options = self.options
+        key = (options.missing_classes, options.models, options.loras)
+        if key != self._classes_key:
+            missing = set(options.missing_classes)
+            present = {k: v for k, v in self.registry.items() if k not in missing}
+            self._classes = with_files(present, options.models, options.loras)
+            self._classes_key = key
+        return self._classes
+
+    # --- another client's prompts (``foreign_load``) -----------------------------------------
+
+    def maybe_queue_foreign(self) -> None:
+        """Queue one foreign prompt when the foreign share of busy time so far is below F."""
+        share = self.options.foreign_load
+        if share <= 0 or self.foreign_waiting:
+            return
+        busy = self.busy_own + self.busy_foreign
+        if busy <= 0 or self.busy_foreign >= share * busy:
+            return
+        self.foreign_prompts += 1
+        self.foreign_waiting += 1
+        prompt_id = str(uuid.uuid4())
+        graph = foreign_prompt(self.options.foreign_checkpoint, self.foreign_prompts)
+        extra = {
+            "client_id": FOREIGN_CLIENT_ID,
+            "extra_pnginfo": {"workflow": {"note": "another artist's prompt (sim foreign_load)"}},
+        }
+        self.queue.put([self.number, prompt_id, graph, extra, ["9"]])
+        self.number += 1
+        self.queue_updated()
+        assert self.work_ready is not None
+        self.work_ready.set()
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /sim/stats``: model memory, loads and busy time (for benches and tests)."""
+        return {
+            "models": {**self.models.stats(), "capacity": self.options.models_in_memory},
+            "started_prompts": self.started_prompts,
+            "busy_seconds": {"own": self.busy_own, "foreign": self.busy_foreign},
+            "foreign_prompts": self.foreign_prompts,
+        }
 
     def supports_preview_metadata(self, sid: Optional[str]) -> bool:
         meta = self.sockets_metadata.get(sid) if sid is not None else None
@@ -177,8 +228,16 @@ class SimState:
                 await self.hang_release.wait()
                 self.hang_release = None
             self.queue_updated()
+            options = self.options
+            foreign = item[3].get("client_id") == FOREIGN_CLIENT_ID
+            extra = options.warmup_seconds if self.started_prompts == 1 else 0.0
+            if foreign:
+                extra += options.scaled(options.foreign_seconds)
+            began = time.monotonic()
             try:
-                success, messages, result = await self.executor.execute(item)
+                success, messages, result = await self.executor.execute(
+                    item, extra_seconds=extra, node_seconds=0.0 if foreign else None
+                )
             except ServerStopping:
                 return
             except Exception:  # a sim bug must not wedge the queue: record it as a failed prompt
@@ -190,6 +249,12 @@ class SimState:
                 "messages": messages,
             }
             self.queue.task_done(item_id, result, status)
+            if foreign:
+                self.busy_foreign += time.monotonic() - began
+                self.foreign_waiting -= 1
+            else:
+                self.busy_own += time.monotonic() - began
+            self.maybe_queue_foreign()
             self.queue_updated()
             if self.client_id is not None:
                 self.send(
@@ -352,6 +417,8 @@ def _routes(state: SimState) -> list[tuple[str, str, Callable]]:
 
     async def free(request: web.Request) -> web.Response:
         json_data = await request.json()
+        if json_data.get("unload_models", False):
+            state.models.clear()
         if json_data.get("free_memory", False):
             state.executor.free()
         return web.Response(status=200)
@@ -545,6 +612,7 @@ def build_app(
                 "running": [item[1] for item in running],
                 "pending": [item[1] for item in pending],
                 "started_prompts": state.started_prompts,
+                "models_loaded": state.models.stats()["loaded"],
                 "sockets": sorted(state.sockets),
                 "platform": platform.platform(),
             }
@@ -560,7 +628,11 @@ def build_app(
             return web.json_response(new.to_json())
         return web.json_response(state.options.to_json())
 
+    async def sim_stats(request: web.Request) -> web.Response:
+        return web.json_response(state.stats())
+
     app.router.add_get("/sim/state", sim_state)
+    app.router.add_get("/sim/stats", sim_stats)
     app.router.add_get("/sim/faults", sim_faults)
     app.router.add_post("/sim/faults", sim_faults)
     return app

@@ -19,15 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .clock import PromptClock, ServerStopping
 from .executor_host import ExecutorHost
 from .graph import ExecutionList, node_signatures
 from .nodes import Interrupted, NodeContext, NodeDef, NodeFailure, NodeResult, random_letters
 from .options import SimOptions
 from .progress import ProgressReporter
-
-
-class ServerStopping(Exception):
-    """The server is stopping; abandon the prompt without any event."""
 
 
 def now_ms() -> int:
@@ -49,6 +46,11 @@ class _PromptRun:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     client_id: Optional[str]
+    #: The budget of wall time this prompt may take (see clock.py).
+    clock: PromptClock
+    #: Seconds each executed node costs at speed 1 (0 for a foreign prompt: its cost is booked
+    #: whole on the clock).
+    node_seconds: float
     #: [event, data] pairs kept for the history entry's status.
     messages: list[list] = field(default_factory=list)
 
@@ -97,18 +99,29 @@ class Executor:
 
     # --- the run ------------------------------------------------------------------------------
 
-    async def execute(self, item: list) -> tuple[bool, list[list], dict]:
-        """Run one queue item; returns (success, status messages, history_result)."""
+    async def execute(
+        self, item: list, *, extra_seconds: float = 0.0, node_seconds: Optional[float] = None
+    ) -> tuple[bool, list[list], dict]:
+        """Run one queue item; returns (success, status messages, history_result).
+
+        ``extra_seconds`` (wall time: a cold server's warm-up, a foreign prompt's work) is booked
+        on the prompt's clock before any node runs; ``node_seconds`` overrides the options'.
+        """
         host = self.host
         _number, prompt_id, prompt, extra_data, outputs = item[:5]
+        clock = PromptClock(self.stop_event)
+        clock.add(extra_seconds)
+        options = host.options
         run = _PromptRun(
             host=host,
             loop=asyncio.get_running_loop(),
-            options=host.options,
+            options=options,
             prompt_id=prompt_id,
             prompt=prompt,
             extra_data=extra_data,
             client_id=extra_data.get("client_id"),
+            clock=clock,
+            node_seconds=options.node_seconds if node_seconds is None else node_seconds,
         )
         host.client_id = run.client_id
         host.interrupted = False
@@ -247,11 +260,13 @@ class Executor:
             run.loop.call_soon_threadsafe(host.send_binary, frame, None)
 
         def work(seconds: float) -> None:
-            delay = host.options.scaled(seconds)
-            if delay > 0 and self.stop_event.wait(delay):
-                raise ServerStopping()
-            if self.stop_event.is_set():
-                raise ServerStopping()
+            run.clock.add(host.options.scaled(seconds))
+            run.clock.wait()
+
+        def load_checkpoint(name: str) -> None:
+            options = host.options
+            if host.models.use(name, options.models_in_memory):
+                run.clock.add(options.load_seconds)  # disk-bound: not scaled by speed
 
         return NodeContext(
             node_id=node_id,
@@ -261,11 +276,12 @@ class Executor:
             output_dir=host.dirs.output_dir,
             temp_dir=host.dirs.temp_dir,
             default_steps=run.options.steps,
-            node_seconds=run.options.node_seconds,
+            node_seconds=run.node_seconds,
             progress=progress,
             send_text=send_text,
             work=work,
             random_letters=lambda n: random_letters(host.rng, n),
+            load_checkpoint=load_checkpoint,
         )
 
     def _gather(
@@ -282,10 +298,15 @@ class Executor:
         return args
 
     def _run_node(self, node_def: NodeDef, ctx: NodeContext, args: dict[str, Any]) -> NodeResult:
-        """On the work thread: the node's time, then its body."""
+        """On the work thread: the node's body, then whatever is left of its time.
+
+        The body's own time counts against ``node_seconds / speed`` (honest timing); a node with
+        ``own_timing`` spends its time itself, over its progress steps.
+        """
+        result = node_def.run(ctx, args)
         if not node_def.own_timing:
             ctx.work(ctx.node_seconds)
-        return node_def.run(ctx, args)
+        return result
 
     # --- the work thread ----------------------------------------------------------------------
 

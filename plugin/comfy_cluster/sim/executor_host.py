@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any, Optional, Protocol
 
+from .models import ModelMemory
 from .nodes import Dirs, NodeDef
 from .options import SimOptions
 
@@ -28,6 +29,8 @@ class ExecutorHost(Protocol):
     #: The node whose ``executing`` was sent last (ComfyUI's ``server.last_node_id``).
     last_node_id: Optional[str]
     interrupted: bool
+    #: The checkpoints in memory (an LRU of ``options.models_in_memory``).
+    models: ModelMemory
 
     @property
     def options(self) -> SimOptions: ...

@@ -46,9 +46,12 @@ class NodeContext:
     progress: Callable[[int, int, Optional[bytes]], None]
     #: send_text(text): the binary TEXT frame (broadcast, as send_progress_text does).
     send_text: Callable[[str], None]
-    #: work(seconds_at_speed_1): sleeps the scaled time; raises if the server stops.
+    #: work(seconds_at_speed_1): books the scaled time on the prompt clock and sleeps until it is
+    #: due (the node's own work so far included); raises if the server stops.
     work: Callable[[float], None]
     random_letters: Callable[[int], str]
+    #: load_checkpoint(name): marks the checkpoint used, booking its load time when not in memory.
+    load_checkpoint: Optional[Callable[[str], None]] = None
 
 
 NodeResult = tuple[tuple[Any, ...], Optional[dict[str, Any]]]

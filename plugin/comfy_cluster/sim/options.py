@@ -7,6 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+#: Checkpoints a sim has unless told otherwise (``--models``).
+DEFAULT_MODELS = (
+    "sd15.safetensors",
+    "sim-a.safetensors",
+    "sim-b.safetensors",
+    "sim-other.safetensors",
+)
+#: LoRAs a sim has unless told otherwise (``--loras``).
+DEFAULT_LORAS = ("sim-detail.safetensors",)
+
 #: The answers ``view_fault`` can give instead of the file.
 VIEW_FAULTS = ("html", "empty", "truncated", "jpeg", "endless")
 
@@ -62,6 +72,23 @@ class SimOptions:
     fail_message: Optional[str] = None
     #: A label for logs and ``/sim/state``.
     name: str = "sim"
+    # --- real cluster conditions (see sim/models.py and docs/simulator.md) ---
+    #: Checkpoint files the server has (``CheckpointLoaderSimple.ckpt_name``'s list).
+    models: tuple[str, ...] = DEFAULT_MODELS
+    #: LoRA files the server has (``LoraLoader.lora_name``'s list).
+    loras: tuple[str, ...] = DEFAULT_LORAS
+    #: Seconds to load a checkpoint that is not in memory (disk-bound: not scaled by speed).
+    load_seconds: float = 0.0
+    #: Checkpoints held in memory at once (LRU; loading one more evicts the oldest).
+    models_in_memory: int = 1
+    #: Extra seconds the first prompt after a start costs (not scaled by speed).
+    warmup_seconds: float = 0.0
+    #: Share (0..1) of busy time taken by another client's prompts.
+    foreign_load: float = 0.0
+    #: Seconds of work (at speed 1) of one foreign prompt.
+    foreign_seconds: float = 2.0
+    #: The checkpoint foreign prompts load (None: the last of ``models``).
+    foreign_model: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -76,8 +103,28 @@ class SimOptions:
             raise ValueError(f"view_fault must be one of {VIEW_FAULTS}, got {self.view_fault!r}")
         if self.ws_message_bytes is not None and self.ws_message_bytes < 1:
             raise ValueError("ws_message_bytes must be >= 1")
-        if not isinstance(self.missing_classes, tuple):
-            object.__setattr__(self, "missing_classes", tuple(self.missing_classes))
+        for name in ("missing_classes", "models", "loras"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+            elif value is not getattr(self, name):
+                object.__setattr__(self, name, value)
+        for name in ("load_seconds", "warmup_seconds", "foreign_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.models_in_memory < 1:
+            raise ValueError(f"models_in_memory must be >= 1, got {self.models_in_memory!r}")
+        if not 0.0 <= self.foreign_load < 1.0:
+            raise ValueError(f"foreign_load must be in [0, 1), got {self.foreign_load!r}")
+
+    @property
+    def foreign_checkpoint(self) -> str:
+        """The checkpoint another client's prompts load."""
+        if self.foreign_model:
+            return self.foreign_model
+        return self.models[-1] if self.models else "sim-other.safetensors"
 
     def scaled(self, seconds: float) -> float:
         """Wall-clock seconds for ``seconds`` of work at speed 1."""
@@ -89,7 +136,8 @@ class SimOptions:
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
-        data["missing_classes"] = list(self.missing_classes)
+        for name in ("missing_classes", "models", "loras"):
+            data[name] = list(getattr(self, name))
         if self.token:
             data["token"] = "***"
         return data
@@ -106,6 +154,8 @@ class SimOptions:
         if unknown:
             raise TypeError(f"unknown SimOptions fields: {', '.join(unknown)}")
         out = dict(changes)
-        if "missing_classes" in out and out["missing_classes"] is not None:
-            out["missing_classes"] = tuple(out["missing_classes"])
+        for name in ("missing_classes", "models", "loras"):
+            if name in out and out[name] is not None:
+                value = out[name]
+                out[name] = tuple(value) if not isinstance(value, str) else value
         return out
