@@ -21,6 +21,7 @@ from test_cli_render import call
 from test_cli_render import shot as cli_shot  # noqa: F401  (fixture)
 from workflows import invert_workflow
 
+from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.errors import ConfigError, OutputLocked
@@ -69,6 +70,8 @@ def job(shot: dict[str, Any], **kw: Any) -> RenderJob:
 
 def ours_left(folder: Path) -> list[str]:
     """Hidden files of ours in the output folder: lock, probe, ``.part``."""
+    if not folder.is_dir():
+        return []
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
@@ -167,17 +170,28 @@ def test_a_lock_from_another_host_is_broken_only_on_request(shot: dict[str, Any]
 
 
 @pytest.mark.parametrize("end", ["done", "failed", "cancelled"])
-def test_the_lock_is_gone_after_every_end(shot: dict[str, Any], end: str) -> None:
+def test_the_lock_is_held_while_running_and_gone_after_every_end(
+    shot: dict[str, Any], end: str
+) -> None:
     plan = ["exec_error"] * 20 if end == "failed" else []
     server = FakeServer("a", plan=plan, seconds=0.05 if end == "cancelled" else 0.002)
+    held: list[bool] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, ev.JobStarted):
+            held.append(lock_path(shot["output"]).is_file())
+
     with FakeCluster([server]) as cluster, scheduler_for(cluster) as scheduler:
-        handle = scheduler.start(job(shot))
+        handle = scheduler.start(job(shot), on_event)
         if end == "cancelled":
-            while not lock_path(shot["output"]).exists():
+            deadline = time.monotonic() + 5
+            while not held:
+                assert time.monotonic() < deadline
                 time.sleep(0.005)
             handle.cancel()
         result = handle.wait(20)
     assert result is not None and result.status.value == end, result
+    assert held == [True]
     assert not lock_path(shot["output"]).exists()
     assert ours_left(shot["dir"]) == []
 
@@ -185,13 +199,17 @@ def test_the_lock_is_gone_after_every_end(shot: dict[str, Any], end: str) -> Non
 def test_the_lock_is_gone_after_a_crash(shot: dict[str, Any], monkeypatch: Any) -> None:
     from comfy_cluster.core.engine import job_run
 
+    held: list[bool] = []
+
     def boom(*a: Any, **k: Any) -> Any:
+        held.append(lock_path(shot["output"]).is_file())
         raise RuntimeError("bug")
 
     monkeypatch.setattr(job_run, "plan_job", boom)
     with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(job(shot))
     assert result.status is JobStatus.FAILED and "internal error" in result.message
+    assert held == [True]
     assert not lock_path(shot["output"]).exists()
 
 
