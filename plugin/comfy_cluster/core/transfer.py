@@ -79,7 +79,16 @@ def existing_frames(
     found = frames_on_disk(pattern, frames)
     if not whole_images:
         return found
-    return tuple(f for f in found if image_file_ok(frame_path(pattern, f)))
+    paths = [frame_path(pattern, f) for f in found]
+    if len(paths) < 256:
+        ok = [image_file_ok(p) for p in paths]
+    else:
+        # Opening thousands of files is latency, not CPU (network disks): overlap it.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="comfy-cluster-check") as pool:
+            ok = list(pool.map(image_file_ok, paths, chunksize=64))
+    return tuple(f for f, good in zip(found, ok) if good)
 
 
 def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
