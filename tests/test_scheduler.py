@@ -18,6 +18,7 @@ from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.errors import ClosedError, JobFailedError
 from comfy_cluster.core.retry import retry_transient
 from comfy_cluster.host.collaborators import RenderScheduler
+from comfy_cluster.sim.harness import make_test_image
 
 WORKFLOW = invert_workflow()
 NO_INPUT = generated_workflow("x")
@@ -190,7 +191,8 @@ def test_existing_frames_error_lists_them_before_sending(shot: dict[str, Any]) -
 
 def test_resume_skips_existing_and_overwrite_replaces(shot: dict[str, Any]) -> None:
     shot["dir"].mkdir()
-    (shot["dir"] / "shot.0002.png").write_bytes(b"old")
+    # A whole PNG: resume keeps only files that pass the image check.
+    old = make_test_image(shot["dir"] / "shot.0002.png").read_bytes()
     with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
         job = RenderJob(
             WORKFLOW, "1-4", shot["output"], input_pattern=shot["input"], existing="resume"
@@ -199,7 +201,7 @@ def test_resume_skips_existing_and_overwrite_replaces(shot: dict[str, Any]) -> N
         assert result.ok and result.frames_skipped == (2,)
         assert result.frames_written == (1, 3, 4)
         assert cluster.servers["a"].submits == 3
-        assert (shot["dir"] / "shot.0002.png").read_bytes() == b"old"
+        assert (shot["dir"] / "shot.0002.png").read_bytes() == old
         job = RenderJob(
             WORKFLOW, "1-4", shot["output"], input_pattern=shot["input"], existing="overwrite"
         )

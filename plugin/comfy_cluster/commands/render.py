@@ -115,6 +115,12 @@ def register(subparsers: Any) -> None:
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="skip frames already on disk")
     existing.add_argument("--overwrite", action="store_true", help="replace frames on disk")
+    parser.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="write the output even if a lock file says another job holds it (a job on "
+        "another host that is gone)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON event per line")
     parser.set_defaults(func=run)
 
@@ -159,7 +165,7 @@ def build_job(args: argparse.Namespace) -> Any:
     from comfy_cluster.core.engine.job import MODES, RenderJob
     from comfy_cluster.core.errors import ConfigError, FrameRangeError, WorkflowError
     from comfy_cluster.core.frames import FrameRange, frames_text
-    from comfy_cluster.core.transfer import existing_frames, frame_path
+    from comfy_cluster.core.transfer import existing_frames, frame_path, frames_on_disk
     from comfy_cluster.core.workflow import (
         Override,
         Workflow,
@@ -207,12 +213,14 @@ def build_job(args: argparse.Namespace) -> Any:
         node = f" (node {exc.node_id})" if getattr(exc, "node_id", None) else ""
         raise UsageError(f"{path}: {exc}{node}") from None
     if args.input:
-        missing = [f for f in frames.frames if not frame_path(args.input, f).is_file()]
+        present = set(frames_on_disk(args.input, frames.frames))
+        missing = [f for f in frames.frames if f not in present]
         if missing:
             raise UsageError(
                 f"--input: {len(missing)} input frame(s) missing ({frames_text(missing)} of "
                 f"{args.input})"
             )
+    _check_output(args, workflow, targets.output_node, frames)
     existing_mode = "resume" if args.resume else "overwrite" if args.overwrite else "error"
     if existing_mode == "error":
         found = existing_frames(args.output, frames.frames)
@@ -233,9 +241,29 @@ def build_job(args: argparse.Namespace) -> Any:
             servers=tuple(args.server) if args.server else None,
             overrides=overrides,
             existing=existing_mode,
+            break_lock=bool(getattr(args, "break_lock", False)),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_output(args: argparse.Namespace, workflow: Any, output_node: str, frames: Any) -> None:
+    """The output set-up, before any server works (exit 2): the save node's image kind
+    against the extension, input and output naming the same files, a folder that cannot be
+    written, and another live job holding the output (``--break-lock`` to take it anyway).
+    The engine checks all of these again (and takes the lock), for Nuke and for races."""
+    from comfy_cluster.core.errors import ConfigError, OutputLocked
+    from comfy_cluster.core.output_checks import check_output_setup, probe_output_folder
+    from comfy_cluster.core.output_lock import check_output_lock
+
+    try:
+        check_output_setup(
+            workflow, output_node, args.output, args.input, frames.frames, frames.frames
+        )
+        probe_output_folder(args.output, frames.first)
+        check_output_lock(args.output, break_lock=bool(getattr(args, "break_lock", False)))
+    except (ConfigError, OutputLocked) as exc:
+        raise UsageError(f"--output: {exc}") from None
 
 
 def select_servers(servers: Sequence[Any], allow: Optional[Sequence[str]]) -> tuple[Any, ...]:

@@ -28,8 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional, Protocol
 
-from comfy_cluster.core.errors import ProtocolError
-from comfy_cluster.core.frames import format_frame_path
+from comfy_cluster.core.errors import ConfigError, ProtocolError
+from comfy_cluster.core.frames import _FRAME_TOKEN, format_frame_path, has_frame_token
 from comfy_cluster.core.image_check import (
     image_file_ok,
     image_file_problem,
@@ -47,8 +47,11 @@ __all__ = [
     "Transfer",
     "atomic_write",
     "check_image_ref",
+    "check_output_kind",
     "existing_frames",
+    "frame_name_formatter",
     "frame_path",
+    "frames_on_disk",
     "make_transfer",
 ]
 
@@ -68,9 +71,79 @@ def existing_frames(
     ``whole_images``: count only files that are a whole image of the kind their name says
     (``image_check.image_file_ok``: reads 64 bytes at each end), so that an HTML page or half a
     PNG is rendered again rather than skipped.
+
+    Fast for long ranges: each folder is listed once (``os.scandir``) and frames are looked up
+    in that listing, so no file is ``stat``-ed per frame, and an empty or missing folder costs
+    nothing per frame. Only the files found are opened (``whole_images``).
     """
-    exists = image_file_ok if whole_images else Path.is_file
-    return tuple(f for f in frames if exists(frame_path(pattern, f)))
+    found = frames_on_disk(pattern, frames)
+    if not whole_images:
+        return found
+    paths = [frame_path(pattern, f) for f in found]
+    if len(paths) < 256:
+        ok = [image_file_ok(p) for p in paths]
+    else:
+        # Opening thousands of files is latency, not CPU (network disks): overlap it.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="comfy-cluster-check") as pool:
+            ok = list(pool.map(image_file_ok, paths, chunksize=64))
+    return tuple(f for f, good in zip(found, ok) if good)
+
+
+def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
+    """Frames of ``frames`` whose file in ``pattern`` is in its folder's listing (not a folder).
+
+    Each folder is listed once; file names are compared with ``os.path.normcase`` (so a
+    case-insensitive Windows disk matches as it would on open).
+    """
+    full = str(Path(pattern).expanduser().absolute())
+    folder, name = os.path.split(full)
+    listings: dict[str, frozenset[str]] = {}
+    if not has_frame_token(folder):
+        listing = listings[folder] = _listing(folder)
+        if not listing:
+            return ()
+        fmt = frame_name_formatter(name)
+        return tuple(f for f in frames if os.path.normcase(fmt(f)) in listing)
+    out = []
+    for f in frames:
+        where, leaf = os.path.split(format_frame_path(full, f))
+        listing = listings.get(where)
+        if listing is None:
+            listing = listings[where] = _listing(where)
+        if os.path.normcase(leaf) in listing:
+            out.append(f)
+    return tuple(out)
+
+
+def _listing(folder: str) -> frozenset[str]:
+    """Names of the non-folder entries of ``folder`` (empty when it is missing or unreadable)."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(os.path.normcase(e.name) for e in entries if not _is_dir(e))
+    except OSError:
+        return frozenset()
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def frame_name_formatter(name: str) -> Callable[[int], str]:
+    """``format_frame_path`` for one file name, fast when it has a single frame token (the
+    usual case): a million frames are formatted in well under a second."""
+    tokens = list(_FRAME_TOKEN.finditer(name))
+    if len(tokens) != 1:
+        return lambda frame: format_frame_path(name, frame)
+    prefix, suffix = name[: tokens[0].start()], name[tokens[0].end() :]
+    width = len(format_frame_path(tokens[0].group(0), 0))
+    if width <= 1:
+        return lambda frame: f"{prefix}{frame}{suffix}"
+    return lambda frame: f"{prefix}{frame:0{width}d}{suffix}"
 
 
 def atomic_write(dest: Path, produce: Callable[[Path], Any]) -> Path:
@@ -131,6 +204,30 @@ def check_image_ref(ref: Any, *, server: Optional[str] = None) -> tuple[str, str
     return filename, "/".join(p for p in parts if p not in ("", ".")), kind
 
 
+def check_output_kind(filename: str, dest: Path) -> None:
+    """Refuse to write a server's ``filename`` as ``dest`` when their image kinds differ
+    (PNG bytes named ``.exr``): raises :class:`ConfigError` naming both, nothing written.
+
+    Every server runs the same workflow and would send the same kind, so this is the job's
+    fault (the output's extension or the save node), not the server's.
+    """
+    sent, wanted = image_kind(filename), image_kind(dest)
+    if sent is None or wanted is None or sent == wanted:
+        return
+    raise ConfigError(
+        f"the server wrote {_a(sent)} file ({PLAIN.clean(filename, 120)}) but the output "
+        f"{dest.name} asks for {_a(wanted)}: change the output's extension to "
+        f"{dest.suffix and PurePosixPath(filename).suffix} or use a save node that writes "
+        f"{wanted}; nothing was written",
+        field="output",
+    )
+
+
+def _a(kind: str) -> str:
+    """``"a PNG"``, ``"an EXR"``."""
+    return f"an {kind}" if kind[0] in "AEIOU" else f"a {kind}"
+
+
 class Transfer(Protocol):
     """How inputs reach a server and outputs come back. Called from worker threads."""
 
@@ -167,7 +264,8 @@ class HttpTransfer:
         return value
 
     def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
-        check_image_ref(ref, server=server.name)
+        filename, _sub, _kind = check_image_ref(ref, server=server.name)
+        check_output_kind(filename, dest)
         if getattr(client, "downloads_atomically", False):
             # The client streams to a hidden temporary file and renames it onto ``dest``.
             return Path(client.download(ref, dest))
@@ -233,6 +331,7 @@ class SharedTransfer:
     def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
         self._check(server)
         filename, subfolder, kind = check_image_ref(ref, server=server.name)
+        check_output_kind(filename, dest)
         mapper = self._mapper_factory(server.dir_local, server.dir_remote)
         remote = "/".join(
             p for p in (server.dir_remote.rstrip("/\\"), kind, subfolder, filename) if p

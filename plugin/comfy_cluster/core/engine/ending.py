@@ -15,7 +15,7 @@ from comfy_cluster.core.engine.events import EventSink, JobCancelled, JobDone, J
 from comfy_cluster.core.engine.job import JobResult, JobStatus, RenderJob
 from comfy_cluster.core.errors import ErrorInfo
 from comfy_cluster.core.frames import frames_text
-from comfy_cluster.core.transfer import frame_path
+from comfy_cluster.core.transfer import frames_on_disk
 
 __all__ = ["early_result", "final_result"]
 
@@ -26,7 +26,9 @@ def final_result(job: RenderJob, book: JobBook, elapsed: Callable[[], float]) ->
     the verification is done."""
     delivered = book.delivered_frames()
     requested = job.frame_range.frames
-    missing = tuple(f for f in requested if not frame_path(job.output_pattern, f).is_file())
+    # One listing per folder, not a stat per frame: cheap even for a million frames.
+    on_disk = set(frames_on_disk(job.output_pattern, requested))
+    missing = tuple(f for f in requested if f not in on_disk)
     end = book.end()
     if end is None and missing:
         book.fail(f"{len(missing)} frame(s) missing on disk at the end: {frames_text(missing)}")

@@ -33,7 +33,10 @@ class RenderJob:
     chunk, with ``handles`` frames of context each side that are never written). ``chunk_size`` 0
     means automatic. ``servers`` is an allow-list of server names (``None``: all enabled).
     ``existing``: ``"error"`` refuses to start when output frames exist (listing them),
-    ``"resume"`` skips them, ``"overwrite"`` replaces them. Raises ``ValueError`` on bad values.
+    ``"resume"`` skips them (only whole images count), ``"overwrite"`` replaces them.
+    ``break_lock``: take the output pattern even though a lock file says another job holds it
+    (``core/output_lock.py``; for a lock left by a job on another host that is gone). Raises
+    ``ValueError`` on bad values.
     """
 
     workflow: Any
@@ -52,6 +55,8 @@ class RenderJob:
     output_node: Optional[str] = None
     #: Image loader (id or title) when the workflow has several LoadImage nodes.
     image_loader: Optional[str] = None
+    #: Take the output pattern even if another job's lock file is there (see above).
+    break_lock: bool = False
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: Set to cancel; the scheduler polls it. ``JobHandle.cancel()`` sets it too.
     cancel_token: threading.Event = field(

@@ -1,6 +1,8 @@
 """One job's controller, :class:`JobRun`: run on its own thread, ``comfy-cluster-job-<id>``.
 
-It plans the job before anything is sent (``plan.py``: workflow, servers, existing and input
+First it probes the output folder and takes the output lock (``core/output_lock.py``), so two
+jobs never write one output pattern at once; the lock is released however the job ends. Then it
+plans the job before anything is sent (``plan.py``: workflow, servers, existing and input
 frames, chunks), builds the job's book (``book.py``), starts the worker slots (``worker.py``)
 and supervises them, then sweeps the job's prompts off every server (``sweep.py``) and verifies
 the frames on disk (``ending.py``). Servers *pull*: a slot asks the book for work only when it
@@ -28,6 +30,9 @@ from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.sweep import sweep_prompts
 from comfy_cluster.core.engine.tools import EngineTools
 from comfy_cluster.core.engine.worker import Worker
+from comfy_cluster.core.errors import ConfigError, OutputLocked
+from comfy_cluster.core.output_checks import probe_output_folder
+from comfy_cluster.core.output_lock import OutputLock
 from comfy_cluster.core.server import ServerConfig
 
 __all__ = ["JobRun"]
@@ -66,6 +71,7 @@ class JobRun:
         self.transfer = tools.transfer_factory(job.shared_storage)
         self.started = self.clock()
         self.threads: list[threading.Thread] = []
+        self.output_lock = OutputLock(job.output_pattern, job.job_id, break_lock=job.break_lock)
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -83,11 +89,24 @@ class JobRun:
 
     def main(self) -> None:
         try:
-            result = self._run()
-        except Exception as exc:  # a bug: still end the job cleanly
-            log.exception("job %s crashed", self.job.job_id)
-            result = self._fail_early(f"internal error: {exc!r}", error=exc)
+            try:
+                result = self._run()
+            except Exception as exc:  # a bug: still end the job cleanly
+                log.exception("job %s crashed", self.job.job_id)
+                result = self._fail_early(f"internal error: {exc!r}", error=exc)
+        finally:
+            # Before on_end: whoever waits for this job may start the next one on this output.
+            self.output_lock.release()
         self.on_end(result)
+
+    def _take_output(self) -> Optional[JobResult]:
+        """Probe the output folder and take the output lock; the early result if either fails."""
+        try:
+            probe_output_folder(self.job.output_pattern, self.job.frame_range.first)
+            self.output_lock.acquire()  # logs a warning when it takes over a stale lock
+        except (ConfigError, OutputLocked) as exc:
+            return self._fail_early(str(exc), error=exc)
+        return None
 
     def _fail_early(
         self,
@@ -113,6 +132,9 @@ class JobRun:
         )
 
     def _run(self) -> JobResult:
+        refused = self._take_output()
+        if refused is not None:
+            return refused
         try:
             plan = plan_job(
                 self.job,

@@ -2,9 +2,14 @@
 :class:`JobPlan`, or raises :class:`EarlyFailure` before anything is sent.
 
 Checked in order: the workflow (API format, output node, image loader), the strategy name, the
-job's server allow-list, the output frames already on disk (``existing``), and, unless the host
-is still writing them (``wait_for_input``), the input frames. Then the frames are cut into
-chunks.
+job's server allow-list, the output set-up (``core/output_checks.py``: the save node's image kind
+against the output's extension, input and output naming the same files, an output folder that
+cannot be written), the output frames already on disk (``existing``; for ``resume`` only whole
+images count), and, unless the host is still writing them (``wait_for_input``), the input frames.
+Then the frames are cut into chunks.
+
+Fast for long ranges: files are looked up in one listing per folder (``transfer.frames_on_disk``),
+never ``stat``-ed per frame, and sets are built once.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.tools import SpeedRecord
 from comfy_cluster.core.errors import ConfigError, WorkflowError
 from comfy_cluster.core.frames import AutoChunker, Chunk, Chunker, FixedChunker, frames_text
+from comfy_cluster.core.output_checks import check_output_setup
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.transfer import existing_frames, frame_path
+from comfy_cluster.core.transfer import existing_frames, frames_on_disk
 from comfy_cluster.core.workflow import Workflow, WorkflowTargets, validate_workflow
 
 __all__ = ["EarlyFailure", "JobPlan", "plan_job"]
@@ -90,7 +96,24 @@ def plan_job(
         raise EarlyFailure(str(exc), error=exc) from None
     usable = _job_servers(job, servers)
     requested = job.frame_range.frames
-    existing = existing_frames(job.output_pattern, requested)
+    try:
+        check_output_setup(
+            workflow,
+            targets.output_node,
+            job.output_pattern,
+            job.input_pattern,
+            _input_frames(requested, job.handles),
+            requested,
+        )
+    except ConfigError as exc:
+        raise EarlyFailure(str(exc), error=exc) from None
+    if job.existing == "overwrite":
+        existing: tuple[int, ...] = ()
+    else:
+        # resume: only whole images are skipped (an HTML page or half a PNG is rendered again).
+        existing = existing_frames(
+            job.output_pattern, requested, whole_images=job.existing == "resume"
+        )
     if existing and job.existing == "error":
         raise EarlyFailure(
             f"{len(existing)} output frame(s) already exist ({frames_text(existing)} in "
@@ -98,7 +121,11 @@ def plan_job(
             existing=existing,
         )
     skipped = existing if job.existing == "resume" else ()
-    to_render = tuple(f for f in requested if f not in set(skipped))
+    if skipped:
+        skip = set(skipped)
+        to_render = tuple(f for f in requested if f not in skip)
+    else:
+        to_render = requested
     chunks: tuple[Chunk, ...] = ()
     if to_render:
         chunks = tuple(_chunker(job, usable, speed, settings).split(to_render))
@@ -146,10 +173,18 @@ def _chunker(
     )
 
 
+def _input_frames(requested: Sequence[int], handles: int) -> Sequence[int]:
+    """The input frames a job may read: the requested ones and ``handles`` either side."""
+    if not handles:
+        return requested
+    return sorted({g for f in requested for g in range(f - handles, f + handles + 1)})
+
+
 def _check_inputs(input_pattern: str, chunks: Sequence[Chunk]) -> None:
     """Every input frame the chunks read (handles included) must be on disk."""
     needed = sorted({f for c in chunks for f in c.all_frames})
-    missing = [f for f in needed if not frame_path(input_pattern, f).is_file()]
+    present = set(frames_on_disk(input_pattern, needed))
+    missing = [f for f in needed if f not in present]
     if missing:
         raise EarlyFailure(
             f"{len(missing)} input frame(s) missing ({frames_text(missing)} of {input_pattern})"
