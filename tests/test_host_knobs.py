@@ -9,6 +9,7 @@ import pytest
 
 from comfy_cluster.core.balance import STRATEGIES
 from comfy_cluster.core.engine.job import EXISTING_MODES, MODES
+from comfy_cluster.core.frames import FRAME_ORDERS
 from comfy_cluster.host import knobs as K
 from comfy_cluster.host.node_status import format_status
 from comfy_cluster.host.server_knob import choice_from_item, server_menu
@@ -75,6 +76,8 @@ def test_menus_match_the_core() -> None:
     assert 'M {overwrite "skip existing (resume)"}' in declared[K.EXISTING][1]
     assert list(K.EXISTING_MODES) == [K.EXISTING_OVERWRITE, K.EXISTING_RESUME]
     assert set(K.EXISTING_MODES.values()) == {"overwrite", "resume"} <= set(EXISTING_MODES)
+    # cc_order: sequential first (the default), then preview: the engine's frame orders.
+    assert tuple(_items(declared[K.ORDER][1])) == K.ORDERS == FRAME_ORDERS
 
 
 def test_gizmo_buttons_and_oncreate_are_one_liners_into_the_host() -> None:

@@ -378,3 +378,20 @@ def test_a_rename_without_knob_changed_is_adopted_by_render(
     assert node[K.PROGRESS].value() == 100
     assert node[K.TILE_COLOR].value() == K.COLOR_GIZMO
     assert rig.prompt_count() == len(FRAMES)
+
+
+def test_order_preview_on_the_node_renders_a_spread_of_the_shot_first(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory({})
+    nuke = rig.nuke
+    node = rig.create_node()
+    assert node[K.ORDER].value() == "sequential"  # the default
+    nuke._fake.user_sets(node[K.ORDER], "preview")
+    nuke._fake.press(node[K.RENDER])
+    rig.wait_status(node, "Done")
+    rig.assert_inverted()
+    # One server: the frames land in the order they were asked for. The last frame of the
+    # shot is among the first three written (in order it would be the very last).
+    written = sorted(FRAMES, key=lambda f: (rig.out / f"inv.{f:04d}.png").stat().st_mtime_ns)
+    assert max(FRAMES) in written[:3], written

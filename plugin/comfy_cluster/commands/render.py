@@ -30,7 +30,9 @@ from comfy_cluster.commands.common import ExitCode
 #: exits within 3 s, naming the servers that did not answer in time.
 CANCEL_TIMEOUT = 2.5
 #: A job that failed with one of these errors is a bad workflow, argument or configuration.
-USAGE_ERRORS = frozenset({"WorkflowInvalid", "WorkflowError", "ConfigError", "FrameRangeError"})
+USAGE_ERRORS = frozenset(
+    {"WorkflowInvalid", "WorkflowError", "ConfigError", "FrameRangeError", "OutputLocked"}
+)
 #: Seconds per health poll of one server.
 HEALTH_TIMEOUT = 2.0
 
@@ -121,6 +123,19 @@ def register(subparsers: Any) -> None:
         help="write the output even if a lock file says another job holds it (a job on "
         "another host that is gone)",
     )
+    parser.add_argument(
+        "--order",
+        default="sequential",
+        choices=("sequential", "preview"),
+        help="preview: a spread of the shot first (first, last, middle, then halving the gaps), "
+        "so the look can be judged early",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check every server (reachable, authenticated, node classes, models) and stop: "
+        "no prompt is sent and nothing is written; exit 0 when at least one server can run it",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON event per line")
     parser.set_defaults(func=run)
 
@@ -140,6 +155,8 @@ def run(
     servers = load_servers_or_report("render", io)
     if servers is None:
         return ExitCode.USAGE
+    if getattr(args, "check", False):
+        return run_check(args, servers, out, err)
     try:
         job = build_job(args)
         servers = select_servers(servers, args.server)
@@ -157,6 +174,39 @@ def run(
     if where and not args.json and code != ExitCode.INTERRUPTED:
         view.write_line(where)
     return code
+
+
+def run_check(args: argparse.Namespace, servers: Sequence[Any], out: TextIO, err: TextIO) -> int:
+    """``--check``: one verdict line per server; sends no prompt and writes nothing."""
+    from comfy_cluster.commands.check_view import check_exit_code, print_verdicts
+    from comfy_cluster.core.client import ComfyClient
+    from comfy_cluster.core.errors import WorkflowError
+    from comfy_cluster.core.preflight import check_cluster
+    from comfy_cluster.core.workflow import Workflow, validate_workflow
+
+    path = Path(args.workflow)
+    try:
+        workflow = Workflow.load(path)
+        targets = validate_workflow(workflow, needs_image_input=bool(args.input))
+    except WorkflowError as exc:
+        print(f"comfy-cluster render: {path}: {exc}", file=err)
+        return ExitCode.USAGE
+    # The loader's image is replaced by our uploads, so its placeholder value is not checked.
+    skip = {(targets.image_loader, "image")} if targets.image_loader else set()
+    try:
+        allowed = select_servers(servers, args.server)
+    except UsageError as exc:
+        print(f"comfy-cluster render: {exc}", file=err)
+        return ExitCode.USAGE
+    verdicts = check_cluster(
+        workflow,
+        allowed,
+        lambda server, timeouts: ComfyClient(server, timeouts=timeouts),
+        timeout=HEALTH_TIMEOUT * 5,
+        skip_inputs=skip,
+    )
+    print_verdicts(verdicts, out, color=bool(getattr(out, "isatty", lambda: False)()))
+    return check_exit_code(verdicts)
 
 
 def build_job(args: argparse.Namespace) -> Any:
@@ -242,6 +292,7 @@ def build_job(args: argparse.Namespace) -> Any:
             overrides=overrides,
             existing=existing_mode,
             break_lock=bool(getattr(args, "break_lock", False)),
+            order=getattr(args, "order", "sequential"),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

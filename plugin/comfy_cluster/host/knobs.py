@@ -24,6 +24,8 @@ CHUNK_SIZE = "cc_chunk_size"
 STRATEGY = "cc_strategy"
 #: Enumeration: what a render does with output frames already on disk (see EXISTING_MODES).
 EXISTING = "cc_existing"
+#: Enumeration: which frames render first (``RenderJob(order=...)``): sequential or preview.
+ORDER = "cc_order"
 #: Enumeration: what the node's output shows for a frame not on disk (see MISSING_FRAMES_MODES).
 MISSING_FRAMES = "cc_missing_frames"
 SERVER = "cc_server"
@@ -48,6 +50,7 @@ ALL_KNOBS = (
     CHUNK_SIZE,
     STRATEGY,
     EXISTING,
+    ORDER,
     MISSING_FRAMES,
     SERVER,
     SERVER_CHOICE,
@@ -89,5 +92,7 @@ MISSING_ERROR = "error"
 MISSING_BLACK = "black"
 MISSING_NEAREST = "nearest frame"
 MISSING_FRAMES_MODES = (MISSING_ERROR, MISSING_BLACK, MISSING_NEAREST)
+#: ``cc_order`` items (as in the .gizmo's ``M {...}``); must match ``core.frames.FRAME_ORDERS``.
+ORDERS = ("sequential", "preview")
 #: Must match ``comfy_cluster.core.balance.STRATEGIES`` (checked by a test).
 STRATEGIES = ("fastest", "least_loaded", "round_robin", "priority")

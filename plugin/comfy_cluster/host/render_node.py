@@ -271,6 +271,7 @@ class RenderController:
             strategy=settings.strategy,
             servers=allow,
             existing=settings.existing,
+            order=settings.order,
         )
         colour = show_starting(node, settings.frames)
         monitor = JobMonitor(

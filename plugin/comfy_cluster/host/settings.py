@@ -46,6 +46,8 @@ class RenderSettings:
     strategy: str
     #: The engine's name for the Existing frames choice ("overwrite", "resume", ...).
     existing: str
+    #: Which frames render first: "sequential" or "preview".
+    order: str = "sequential"
 
 
 def read_settings(node: Any) -> RenderSettings:
@@ -64,6 +66,7 @@ def read_settings(node: Any) -> RenderSettings:
         chunk_size=_chunk_size(node),
         strategy=node.knob(K.STRATEGY).value() or "fastest",
         existing=_existing(node),
+        order=_order(node),
     )
 
 
@@ -147,3 +150,12 @@ def _existing(node: Any) -> str:
     if existing is None:
         raise RenderSettingsError(f"Existing frames (cc_existing) is unknown: {item}")
     return existing
+
+
+def _order(node: Any) -> str:
+    """The Order choice; a script saved before the knob existed renders in order."""
+    order_knob = node.knob(K.ORDER)
+    item = (order_knob.value() if order_knob is not None else "") or K.ORDERS[0]
+    if item not in K.ORDERS:
+        raise RenderSettingsError(f"Order (cc_order) is unknown: {item}")
+    return item

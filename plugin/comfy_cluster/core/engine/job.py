@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from comfy_cluster.core.errors import ErrorInfo, JobCancelledError, JobFailedError
-from comfy_cluster.core.frames import FrameRange, format_frame_path
+from comfy_cluster.core.frames import FRAME_ORDERS, ORDER_SEQUENTIAL, FrameRange, format_frame_path
 
 __all__ = ["EXISTING_MODES", "MODES", "JobResult", "JobStatus", "RenderJob"]
 
@@ -57,6 +57,8 @@ class RenderJob:
     image_loader: Optional[str] = None
     #: Take the output pattern even if another job's lock file is there (see above).
     break_lock: bool = False
+    #: Which frames render first: ``"sequential"`` or ``"preview"`` (a spread of the shot first).
+    order: str = ORDER_SEQUENTIAL
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: Set to cancel; the scheduler polls it. ``JobHandle.cancel()`` sets it too.
     cancel_token: threading.Event = field(
@@ -76,6 +78,8 @@ class RenderJob:
             raise ValueError(
                 f"existing must be one of {', '.join(EXISTING_MODES)}, not {self.existing!r}"
             )
+        if self.order not in FRAME_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(FRAME_ORDERS)}, not {self.order!r}")
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
             raise ValueError(f"chunk_size must be a whole number, not {self.chunk_size!r}")
         if self.chunk_size < 0 or self.handles < 0:

@@ -23,7 +23,14 @@ from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.tools import SpeedRecord
 from comfy_cluster.core.errors import ConfigError, WorkflowError
-from comfy_cluster.core.frames import AutoChunker, Chunk, Chunker, FixedChunker, frames_text
+from comfy_cluster.core.frames import (
+    AutoChunker,
+    Chunk,
+    Chunker,
+    FixedChunker,
+    frames_text,
+    order_chunks,
+)
 from comfy_cluster.core.output_checks import check_output_setup
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import existing_frames, frames_on_disk
@@ -128,7 +135,9 @@ def plan_job(
         to_render = requested
     chunks: tuple[Chunk, ...] = ()
     if to_render:
-        chunks = tuple(_chunker(job, usable, speed, settings).split(to_render))
+        chunks = tuple(
+            order_chunks(_chunker(job, usable, speed, settings).split(to_render), job.order)
+        )
     if job.input_pattern and not inputs_arrive_later:
         _check_inputs(job.input_pattern, chunks)
     return JobPlan(workflow, targets, usable, strategy, requested, to_render, skipped, chunks)
