@@ -107,3 +107,29 @@ def test_preview_order_spreads_the_first_frames_over_the_shot(
     assert sorted(written) == list(range(1, 41))
     first = written[:5]
     assert max(first) - min(first) >= 20, written  # at least half of the 40-frame range
+
+
+def test_an_offline_server_is_named_in_the_event_stream_and_the_summary(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    from PIL import Image
+
+    good = sim_factory(name="good", node_seconds=0.05)
+    dead = sim_factory(name="dead", refuse_connections=True)
+    for frame in range(1, 9):
+        Image.new("RGB", (8, 8), (frame, 90, 10)).save(tmp_path / f"p.{frame:04d}.png")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(invert_workflow()))
+    argv = ["render", str(workflow), "--frames", "1-8", "--input", str(tmp_path / "p.####.png")]
+    argv += ["--output", str(tmp_path / "o" / "o.####.png")]
+    env = _env(tmp_path, [good, dead])
+    code, out, err = _run([*argv, "--json"], env)
+    assert code == 0, out + err
+    events = [json.loads(line) for line in out.splitlines()]
+    changes = [e for e in events if e["type"] == "ServerStateChanged"]
+    assert any(e["server"] == "dead" and e["state"] == "offline" for e in changes), changes
+    assert all(e["server"] != "good" for e in changes)  # a ready server is not news
+
+    code, out, err = _run([*argv, "--overwrite"], env)
+    assert code == 0, out + err
+    assert "dead" in out and "offline" in out, out

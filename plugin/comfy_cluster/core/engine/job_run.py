@@ -26,6 +26,7 @@ from comfy_cluster.core.engine.events import EventSink, JobStarted
 from comfy_cluster.core.engine.inputs import InputHook, InputWaiter
 from comfy_cluster.core.engine.job import JobResult, RenderJob
 from comfy_cluster.core.engine.plan import EarlyFailure, JobPlan, plan_job
+from comfy_cluster.core.engine.server_watch import ServerWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.sweep import sweep_prompts
 from comfy_cluster.core.engine.tools import EngineTools
@@ -234,13 +235,15 @@ class JobRun:
     def _supervise(self, book: JobBook) -> None:
         """Wait for the end; turn the cancel token and a long idle spell into the job's end."""
         cancel = self.job.cancel_token
+        watch = ServerWatch(book.post)
+        assert self.balancer is not None
         while not book.wait_ended(self.settings.wait_step):
+            ignore_errors(lambda: watch.update(self.balancer.statuses()))
             if cancel.is_set():
                 book.cancel()
                 break
             idle = book.idle_for()
             if idle > self.settings.no_server_timeout:
-                assert self.balancer is not None
                 detail = ", ".join(
                     f"{n} {getattr(st.state, 'value', st.state)}"
                     for n, st in self.balancer.statuses().items()
