@@ -311,15 +311,23 @@ def _check_int(name: str, value: object, *, minimum: int) -> None:
 
 
 def _frames_of(frames: FramesLike) -> tuple[int, ...]:
-    return (
-        frames.frames if isinstance(frames, FrameRange) else FrameRange.from_frames(frames).frames
-    )
+    if isinstance(frames, FrameRange):
+        return frames.frames
+    if isinstance(frames, (list, tuple)) and all(type(f) is int for f in frames):
+        # The planner's own frame lists (a million at most): set and sort in C, same rules.
+        ordered = tuple(sorted(set(frames)))
+        if ordered and len(ordered) <= MAX_FRAMES:
+            return ordered
+    return FrameRange.from_frames(frames).frames
 
 
 def _split(frames: tuple[int, ...], size: int, handles: int) -> list[Chunk]:
+    starts = range(0, len(frames), size)
+    if not handles:  # the common case, kept cheap for a million one-frame chunks
+        return [Chunk(i, frames[s : s + size], (), ()) for i, s in enumerate(starts)]
     lo, hi = frames[0], frames[-1]
     chunks = []
-    for index, start in enumerate(range(0, len(frames), size)):
+    for index, start in enumerate(starts):
         part = frames[start : start + size]
         before = tuple(range(max(lo, part[0] - handles), part[0]))
         after = tuple(range(part[-1] + 1, min(hi, part[-1] + handles) + 1))
