@@ -354,10 +354,13 @@ class ComfyClient:
     ) -> EventListener:
         """Start a websocket listener thread for this client's ``client_id``; returns it started.
 
-        ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`.
+        ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`;
+        ``drop`` defaults to :data:`protocol.UNUSED` (``progress_state``, ``crystools.*``: dropped
+        unparsed); a render job passes :data:`protocol.JOB_UNUSED`.
         """
         self._check_open()
         options.setdefault("limits", self.limits)
+        options.setdefault("drop", protocol.UNUSED)
         listener = EventListener(
             self.server, self.client_id, on_event, stop=stop, timeouts=self.timeouts, **options
         )
