@@ -109,3 +109,18 @@ def test_a_hung_server_never_delays_another_servers_polls() -> None:
         assert len(requests_of(world, "ok")) - start >= 5
         assert mon.snapshot()["ok"].state is ServerState.READY
         world.release.set()
+
+
+def test_engine_helpers_feed_liveness_and_use() -> None:
+    from comfy_cluster.core.health import alive_feed, mark_in_use
+
+    got: list[object] = []
+    assert alive_feed(None, "a", got.append) == got.append  # no monitor: unchanged
+    mark_in_use(None, "a", True)  # no monitor: nothing
+    mon = HealthMonitor(servers("a"), clock=lambda: 42.0)
+    mark_in_use(mon, "a", True)
+    feed = alive_feed(mon, "a", got.append)
+    feed("event")
+    assert got == ["event"] and mon.alive_since("a") == 42.0
+    mark_in_use(mon, "a", False)
+    assert mon.alive_since("a") is None

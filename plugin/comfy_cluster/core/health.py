@@ -51,6 +51,8 @@ __all__ = [
     "HealthSnapshot",
     "ServerState",
     "ServerStatus",
+    "alive_feed",
+    "mark_in_use",
 ]
 
 
@@ -105,6 +107,31 @@ class _JobUse:
             else:
                 self.in_use.pop(name, None)
                 self.alive.pop(name, None)  # back to polling as usual
+
+
+def mark_in_use(health: Any, server: str, in_use: bool) -> None:
+    """``health.note_in_use(server, in_use)`` when there is a monitor that has it; never raises
+    (for the engine: a worker slot starts/stops using ``server``)."""
+    note = getattr(health, "note_in_use", None)
+    if note is not None:
+        try:
+            note(server, in_use)
+        except Exception:
+            log.exception("health.note_in_use failed")
+
+
+def alive_feed(health: Any, server: str, on_event: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``on_event``, telling ``health`` first that ``server`` is alive (every websocket event of
+    a job is a sign of life); ``on_event`` itself when there is no monitor."""
+    note = getattr(health, "note_alive", None)
+    if note is None:
+        return on_event
+
+    def feed(event: Any) -> None:
+        note(server)
+        on_event(event)
+
+    return feed
 
 
 def _notify_each(callbacks: list[SnapshotCallback], snapshot: HealthSnapshot) -> None:

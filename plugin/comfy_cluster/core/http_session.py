@@ -90,6 +90,7 @@ class HttpSession:
         self.limits = limits
         self.text = ServerText.of(server, limits.text_chars)
         self._check_open = check_open
+        self._headers_ok = False
         session = requests.Session()
         # Compressed answers could inflate past a cap inside urllib3 before we count them.
         session.headers["Accept-Encoding"] = "identity"
@@ -115,7 +116,9 @@ class HttpSession:
 
         ConfigError if its ``ca_bundle`` has gone or a header (or the token) cannot be sent.
         """
-        check_headers(self.server)
+        if not self._headers_ok:  # the headers cannot change: checked until they pass once
+            check_headers(self.server)
+            self._headers_ok = True
         check_ca_bundle(self.server)
         return self.environment.verify
 
