@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from test_health_unit import World, monitor, servers, wait_until
 
+from comfy_cluster.core import liveness
 from comfy_cluster.core.health import HealthMonitor, ServerState
+
+
+@pytest.fixture(autouse=True)
+def silence() -> None:
+    """Nothing heard from any server yet (the liveness board is process-wide)."""
+    liveness.forget()
 
 
 def requests_of(world: World, name: str) -> list[str]:
@@ -51,12 +59,14 @@ def test_after_a_failure_the_state_is_unknown_so_the_next_poll_asks_both() -> No
 
 
 def test_servers_in_use_are_polled_slower() -> None:
-    mon = HealthMonitor([], interval_busy=1.0, interval_idle=10.0, interval_in_use=5.0)
+    mon = HealthMonitor(
+        servers("a", "b"), interval_busy=1.0, interval_idle=10.0, interval_in_use=5.0
+    )
     mon.set_active(True, who="job")
     assert mon.interval_for(0, "a") == 1.0
     mon.note_in_use("a", True)
     mon.note_in_use("a", True)  # two slots
-    assert mon.interval_for(0, "a") == 5.0
+    assert mon.interval_for(0, "a") == 5.0 and mon.in_use("a")
     assert mon.interval_for(0, "b") == 1.0
     assert mon.interval_for(2, "a") == 2.0  # failing: the usual backoff
     mon.note_in_use("a", False)
@@ -68,34 +78,41 @@ def test_servers_in_use_are_polled_slower() -> None:
     assert mon.interval_for(0, "a") == 10.0  # never faster than idle
 
 
-def test_in_use_and_alive_skips_timed_polls_but_not_requested_ones() -> None:
+def test_a_server_a_job_talks_to_counts_as_in_use_for_a_while() -> None:
+    cfgs = servers("a", "b")
+    mon = HealthMonitor(cfgs, interval_busy=1.0, interval_in_use=0.2)
+    mon.set_active(True)
+    liveness.forget()
+    assert not mon.in_use("a")
+    mon.note_alive("a")  # told by the job
+    assert mon.in_use("a") and mon.interval_for(0, "a") == 1.0  # busy pace is slower already
+    liveness.heard(cfgs[1].url)  # heard by any job client (ComfyClient notes it)
+    assert mon.in_use("b")
+    time.sleep(0.25)
+    assert not mon.in_use("a") and not mon.in_use("b")
+
+
+def test_in_use_servers_are_polled_with_one_queue_request_at_the_slower_pace() -> None:
     world = World()
     with monitor(
-        world, servers("a", "b"), interval_busy=0.02, interval_in_use=0.02, stats_interval=60.0
+        world, servers("a", "b"), interval_busy=0.02, interval_in_use=0.2, stats_interval=60.0
     ) as mon:
         mon.set_active(True)
         assert mon.wait_for_poll(2.0)
-        mon.note_in_use("a", True)
-        stop = time.monotonic() + 0.4
         before_a = len(requests_of(world, "a"))
         before_b = len(requests_of(world, "b"))
-        while time.monotonic() < stop:  # the job keeps hearing from a
-            mon.note_alive("a")
-            time.sleep(0.005)
-        polled_a = len(requests_of(world, "a")) - before_a
-        assert polled_a <= 1  # at most the poll that was already due
-        assert len(requests_of(world, "b")) - before_b >= 5  # b polled as usual
-        # an explicit poll request is always a real poll
+        mon.note_in_use("a", True)
+        mon.poll_now()  # restart both pollers' waits now
+        time.sleep(0.5)
+        polled_a = requests_of(world, "a")[before_a:]
+        assert 1 <= len(polled_a) <= 4 and set(polled_a) == {"/queue"}
+        assert len(requests_of(world, "b")) - before_b >= 8  # b polled as usual
+        # an explicit poll request is always served at once
         before = len(requests_of(world, "a"))
         assert mon.refresh(2.0)[1]
         assert len(requests_of(world, "a")) > before
-        # silence from a: timed polls resume
-        before = len(requests_of(world, "a"))
-        wait_until(lambda: len(requests_of(world, "a")) >= before + 3)
-        # the job lets go: no more skipping even if it was heard from
-        mon.note_alive("a")
         mon.note_in_use("a", False)
-        assert mon.alive_since("a") is None
+        assert not mon.in_use("a")
 
 
 def test_a_hung_server_never_delays_another_servers_polls() -> None:
@@ -117,10 +134,12 @@ def test_engine_helpers_feed_liveness_and_use() -> None:
     got: list[object] = []
     assert alive_feed(None, "a", got.append) == got.append  # no monitor: unchanged
     mark_in_use(None, "a", True)  # no monitor: nothing
-    mon = HealthMonitor(servers("a"), clock=lambda: 42.0)
+    liveness.forget()
+    mon = HealthMonitor(servers("a", "b"))
     mark_in_use(mon, "a", True)
-    feed = alive_feed(mon, "a", got.append)
-    feed("event")
-    assert got == ["event"] and mon.alive_since("a") == 42.0
+    assert mon.in_use("a")
     mark_in_use(mon, "a", False)
-    assert mon.alive_since("a") is None
+    assert not mon.in_use("a")
+    feed = alive_feed(mon, "b", got.append)
+    feed("event")
+    assert got == ["event"] and mon.in_use("b")

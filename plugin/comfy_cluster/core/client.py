@@ -96,9 +96,13 @@ class ComfyClient:
         client_id: Optional[str] = None,
         upload_cache: Optional[UploadCache] = None,
         limits: Limits = DEFAULT_LIMITS,
+        liveness: bool = True,
     ) -> None:
         self.server = server
         self.timeouts = timeouts
+        #: Every answer and websocket message is noted in :mod:`.liveness` (the health monitor
+        #: then polls this server slowly); False for the monitor's own clients.
+        self.liveness = liveness
         #: The caps on what this server may send (downloads: ``server.max_download_bytes``).
         self.limits = limits
         #: Sent with every prompt and as the websocket ``clientId``: routes per-prompt events to us.
@@ -106,7 +110,7 @@ class ComfyClient:
         self._lock = threading.Lock()
         self._state = ClientState.OPEN
         self._listeners: list[EventListener] = []
-        self._http = HttpSession(server, timeouts, self._check_open, limits)
+        self._http = HttpSession(server, timeouts, self._check_open, limits, liveness)
         uploads = upload_cache if upload_cache is not None else UploadCache()
         self._files = ServerFiles(self._http, uploads)
 
@@ -361,6 +365,7 @@ class ComfyClient:
         self._check_open()
         options.setdefault("limits", self.limits)
         options.setdefault("drop", protocol.UNUSED)
+        options.setdefault("liveness", self.liveness)
         listener = EventListener(
             self.server, self.client_id, on_event, stop=stop, timeouts=self.timeouts, **options
         )

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any, Callable, Optional
 
+from comfy_cluster.core import liveness
 from comfy_cluster.core.errors import ClosedError
 from comfy_cluster.core.health_facts import PollFacts, initial_status, next_status, rederive_status
 from comfy_cluster.core.health_poller import (
@@ -84,29 +85,37 @@ class _Subscribers:
 
 
 class _JobUse:
-    """Which servers jobs are using, and when a job last saw each alive. Any thread.
+    """Which servers jobs are using: said (``note_in_use``, counted) or seen (heard from within
+    ``recent`` seconds: ``note_alive`` or :mod:`.liveness`). Any thread.
 
-    ``note_alive`` is called on every websocket message of a job, so it is one dict store (atomic
-    under the GIL); the counts change a few times per job, under a lock.
+    ``note_alive`` may run on every websocket message of a job: one dict store (atomic under the
+    GIL); the counts change a few times per job, under a lock.
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
+    def __init__(self, recent: float) -> None:
+        self.recent = recent
         self._lock = threading.Lock()
-        self.in_use: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
         self.alive: dict[str, float] = {}
 
     def note_alive(self, name: str) -> None:
-        self.alive[name] = self._clock()
+        self.alive[name] = time.monotonic()
 
     def note_in_use(self, name: str, in_use: bool) -> None:
         with self._lock:
-            count = self.in_use.get(name, 0) + (1 if in_use else -1)
+            count = self.counts.get(name, 0) + (1 if in_use else -1)
             if count > 0:
-                self.in_use[name] = count
+                self.counts[name] = count
             else:
-                self.in_use.pop(name, None)
-                self.alive.pop(name, None)  # back to polling as usual
+                self.counts.pop(name, None)
+
+    def in_use(self, server: Optional[ServerConfig]) -> bool:
+        if server is None:
+            return False
+        if server.name in self.counts:
+            return True
+        heard = max(self.alive.get(server.name, 0.0), liveness.last_heard(server.url) or 0.0)
+        return heard > 0.0 and time.monotonic() - heard < self.recent
 
 
 def mark_in_use(health: Any, server: str, in_use: bool) -> None:
@@ -161,6 +170,7 @@ class _PollerSide:
     _snapshot: HealthSnapshot
     _subscribers: _Subscribers
     _use: _JobUse
+    _servers: dict[str, ServerConfig]
 
     @property
     def required(self) -> frozenset:
@@ -176,16 +186,12 @@ class _PollerSide:
             return self._facts.get(name) or PollFacts()
 
     def interval_for(self, failures: int, name: Optional[str] = None) -> float:
-        in_use = name is not None and name in self._use.in_use
+        in_use = name is not None and self._use.in_use(self._servers.get(name))
         return self._settings.interval_for(failures, bool(self._active), in_use)
 
-    def alive_since(self, name: str) -> Optional[float]:
-        return self._use.alive.get(name) if name in self._use.in_use else None
-
-    def skip_poll(self, name: str, seq: int) -> None:
-        with self._lock:
-            self._served[name] = max(self._served.get(name, -1), seq)
-            self._cond.notify_all()
+    def in_use(self, name: str) -> bool:
+        """Whether a job uses ``name`` (said so, or talked to it within ``interval_in_use``)."""
+        return self._use.in_use(self._servers.get(name))
 
     def _swap(self, statuses: dict[str, ServerStatus]) -> HealthSnapshot:
         """Install a new snapshot. Caller holds the lock."""
@@ -279,7 +285,7 @@ class HealthMonitor(_PollerSide):
         self._facts: dict[str, PollFacts] = {}
         self._pollers: dict[str, ServerPoller] = {}
         self._subscribers = _Subscribers()
-        self._use = _JobUse(clock)
+        self._use = _JobUse(interval_in_use)
         #: Poll requests: a poll that *starts* after request n serves it (see wait_for_poll).
         self._request_seq = 0
         self._served: dict[str, int] = {}
@@ -378,14 +384,15 @@ class HealthMonitor(_PollerSide):
     def note_in_use(self, server: str, in_use: bool) -> None:
         """A job (slot) starts (True) or stops (False) using ``server``; counted, any thread.
 
-        While in use, ``server`` is polled every ``interval_in_use`` at most, one cheap request.
+        While in use, ``server`` is polled every ``interval_in_use`` at most, one cheap request
+        (a server any job client talked to lately counts as in use anyway, see :mod:`.liveness`).
         """
         self._use.note_in_use(server, in_use)
 
     def note_alive(self, server: str) -> None:
         """A job heard from ``server`` (a websocket message, an answer): cheap, any thread.
 
-        A server in use and heard from since its last poll skips its next timed poll.
+        It then counts as in use for ``interval_in_use`` seconds.
         """
         self._use.note_alive(server)
 

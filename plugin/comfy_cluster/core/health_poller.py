@@ -5,11 +5,10 @@ A poll is one HTTP request: ``/queue``, or ``/system_stats`` every ``stats_inter
 then stays as the previous poll saw it); both only while the state is unknown (the first poll,
 after a failure). Besides, a websocket greeting (re-checked every ``ws_check_interval`` and after
 any failure) and ``/object_info`` while node classes are required (cached for
-``object_info_ttl``). A server a job is using (``note_in_use``) is polled every
-``interval_in_use`` at most, and not at all while the job's own traffic shows it alive
-(``note_alive``) unless someone asks for a poll (``poll_now``/``refresh``) or the system stats
-are due. The poller reports to its :class:`PollerHost` (the monitor), which owns the snapshot;
-the per-server numbers below are written by this thread only.
+``object_info_ttl``). A server in use by a job (``note_in_use``, or heard from by a job's client
+lately: :mod:`.liveness`, ``note_alive``) is polled every ``interval_in_use`` at most: the job's
+own traffic is its sign of life. The poller reports to its :class:`PollerHost` (the monitor),
+which owns the snapshot; the per-server numbers below are written by this thread only.
 """
 
 from __future__ import annotations
@@ -43,7 +42,8 @@ ClientFactory = Callable[[ServerConfig, Timeouts], Any]
 
 
 def default_client_factory(server: ServerConfig, timeouts: Timeouts) -> ComfyClient:
-    return ComfyClient(server, timeouts=timeouts)
+    # liveness=False: the monitor's own requests are no sign that a job uses the server.
+    return ComfyClient(server, timeouts=timeouts, liveness=False)
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,6 @@ class PollerHost(Protocol):
 
     def interval_for(self, failures: int, name: Optional[str] = None) -> float: ...
 
-    def alive_since(self, name: str) -> Optional[float]:
-        """When a job last saw ``name`` alive (``clock`` time), or None."""
-        ...
-
-    def skip_poll(self, name: str, seq: int) -> None:
-        """A due poll was skipped (a job sees the server alive): it counts as served."""
-        ...
-
     def publish(
         self, server: ServerConfig, facts: PollFacts, seq: int, *, info: Any, queue: Any
     ) -> int:
@@ -138,8 +130,6 @@ class ServerPoller:
         self.classes_at: Optional[float] = None
         #: When ``/system_stats`` last answered (None: the state is unknown, ask both).
         self.stats_at: Optional[float] = None
-        #: The last successful poll (for skipping polls while a job sees the server alive).
-        self.ok_at: Optional[float] = None
         #: HTTP requests sent (tests and benchmarks count them).
         self.requests = 0
 
@@ -157,37 +147,24 @@ class ServerPoller:
         host = self.host
         name = self.server.name
         client = None
-        failures = 0
-        requested = True
         try:
             while not self.stop.is_set():
                 seq = host.poll_started(name)
-                if not requested and failures == 0 and self._seen_alive():
-                    host.skip_poll(name, seq)  # the job's own traffic says it is there
-                    self.ok_at = self.clock()  # skip again only on news after this
-                else:
-                    if client is None:
-                        client = self.client_factory(self.server, self.timeouts)
-                    try:
-                        failures = self.poll(client, seq)
-                    except Exception:
-                        log.exception("health poll of %s crashed", name)
-                        failures = 1
+                if client is None:
+                    client = self.client_factory(self.server, self.timeouts)
+                try:
+                    failures = self.poll(client, seq)
+                except Exception:
+                    log.exception("health poll of %s crashed", name)
+                    failures = 1
                 if self.stop.is_set():
                     break
-                requested = self.wake.wait(host.interval_for(failures, name))
+                self.wake.wait(host.interval_for(failures, name))
                 self.wake.clear()
         finally:
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
-
-    def _seen_alive(self) -> bool:
-        """A job noted this server alive since our last poll, and no stats poll is due."""
-        alive = self.host.alive_since(self.server.name)
-        if alive is None or self.ok_at is None or alive < self.ok_at:
-            return False
-        return not self._stats_due(self.clock())
 
     def _stats_due(self, now: float) -> bool:
         return self.stats_at is None or now - self.stats_at >= self.settings.stats_interval
@@ -240,7 +217,6 @@ class ServerPoller:
             classes_error=classes_error,
             queue_depth=prev.queue_depth if queue is None else queue.depth,
         )
-        self.ok_at = now
         return self.host.publish(self.server, facts, seq, info=info, queue=queue)
 
     def _websocket_error(

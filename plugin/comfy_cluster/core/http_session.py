@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Union
 
 import requests
 
+from comfy_cluster.core import liveness
 from comfy_cluster.core.connection_settings import (
     Timeouts,
     check_ca_bundle,
@@ -84,8 +85,11 @@ class HttpSession:
         timeouts: Timeouts,
         check_open: Callable[[], None],
         limits: Limits = DEFAULT_LIMITS,
+        liveness: bool = True,
     ) -> None:
         self.server = server
+        #: Note every answer in :mod:`.liveness` (off for the health monitor's own clients).
+        self.liveness = liveness
         self.timeouts = timeouts
         self.limits = limits
         self.text = ServerText.of(server, limits.text_chars)
@@ -135,7 +139,7 @@ class HttpSession:
         self._check_open()
         t = timeouts or self.timeouts
         with self.errors(what):
-            return self.session.request(
+            response = self.session.request(
                 method,
                 self.server.url + path,
                 timeout=t.as_requests(),
@@ -144,6 +148,9 @@ class HttpSession:
                 allow_redirects=False,
                 **kwargs,
             )
+        if self.liveness:
+            liveness.heard(self.server.url)
+        return response
 
     def open(
         self,
