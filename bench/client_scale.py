@@ -372,7 +372,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--resume-frames", type=int, default=20_000)
     parser.add_argument("--plan-timeout", type=float, default=30.0)
     parser.add_argument("--tiny-servers", type=int, default=4)
-    parser.add_argument("--tiny-frames", type=int, default=80)
+    parser.add_argument("--tiny-frames", type=int, default=160)
     parser.add_argument("--tiny-rounds", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
