@@ -14,8 +14,9 @@ listeners, and a health monitor started as ``comfy-cluster render`` starts it. M
 - ``plan_seconds_1m``: from ``Scheduler.start`` to the first ``POST /prompt`` for
   ``--frames 1-1000000`` into an empty folder; ``mem_bytes_per_frame``: the growth of this
   process's resident memory (``/proc/self/statm``) from before the start to that first prompt,
-  per frame. The job is then cancelled. ``--plan-timeout`` bounds the wait (the figure is then the
-  timeout, flagged on the info line).
+  per frame. Measured in a fresh child process (so its memory is the plan's), then cancelled;
+  ``--plan-timeout`` (20 s) bounds the wait (the figure is then the timeout, flagged on the info
+  line) and the child is killed if it does not end soon after.
 - ``plan_seconds_resume_20k``: the same for a resume (``existing="resume"``) of 20,000 frames, the
   even half of them already on disk.
 - ``throughput_ratio``: tiny prompts (``--node-seconds 0``) on ``--tiny-servers`` sims: frames/s
@@ -186,6 +187,8 @@ def steady_render(sims: Sequence[Sim], frames_per_server: int, out: Path) -> dic
     marks: dict[int, tuple[float, float]] = {}
     written = [0]
     lo, hi = len(servers), n - len(servers)
+    if hi <= lo:  # too few frames for a steady part: first to last frame
+        lo, hi = 1, n
 
     def on_event(event: ev.JobEvent) -> None:
         if isinstance(event, ev.FrameWritten):
@@ -231,7 +234,10 @@ def idle_between_frames(sims: Sequence[Sim]) -> float:
 def time_to_first_prompt(
     servers: Sequence[ServerConfig], job: RenderJob, timeout: float
 ) -> tuple[float, int, bool]:
-    """(seconds from start to the first POST /prompt, RSS growth until then, in time)."""
+    """(seconds from start to the first POST /prompt, RSS growth until then, in time).
+
+    Runs in this process; :func:`plan_in_child` runs it in a fresh one (bounded, killable).
+    """
     first: list[tuple[float, int]] = []
     seen = threading.Event()
     original: Callable[..., str] = ComfyClient.submit
@@ -257,6 +263,41 @@ def time_to_first_prompt(
         finally:
             ComfyClient.submit = original  # type: ignore[method-assign]
     return took, grown, in_time
+
+
+def plan_in_child(
+    servers: Sequence[ServerConfig], frames: str, pattern: str, existing: str, timeout: float
+) -> tuple[float, int, bool]:
+    """:func:`time_to_first_prompt` in a fresh process (its memory is the plan's alone), killed
+    if it has not answered ``timeout`` + 20 s later (a cancel that waits for planning to end)."""
+    spec = {
+        "servers": [[s.name, s.port] for s in servers],
+        "frames": frames,
+        "pattern": pattern,
+        "existing": existing,
+        "timeout": timeout,
+    }
+    cmd = [sys.executable, __file__, "--plan-child", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        out, _ = proc.communicate(timeout=timeout + 20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    for line in out.splitlines():
+        if line.startswith("PLAN "):
+            took, grown, in_time = json.loads(line[5:])
+            return float(took), int(grown), bool(in_time)
+    return timeout, 0, False
+
+
+def plan_child(spec_text: str) -> int:
+    spec = json.loads(spec_text)
+    servers = [ServerConfig(name=n, host="127.0.0.1", port=p) for n, p in spec["servers"]]
+    job = RenderJob(TINY, spec["frames"], spec["pattern"], existing=spec["existing"])
+    result = time_to_first_prompt(servers, job, spec["timeout"])
+    print("PLAN " + json.dumps(result), flush=True)
+    os._exit(0)  # do not wait for a planning thread that ignores the cancel
 
 
 def resume_folder(out: Path, frames: int, sample: Path) -> str:
@@ -370,12 +411,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeats of the 30-server render")
     parser.add_argument("--plan-frames", type=int, default=1_000_000)
     parser.add_argument("--resume-frames", type=int, default=20_000)
-    parser.add_argument("--plan-timeout", type=float, default=30.0)
+    parser.add_argument("--plan-timeout", type=float, default=20.0)
+    parser.add_argument("--plan-child", help=argparse.SUPPRESS)
     parser.add_argument("--tiny-servers", type=int, default=4)
     parser.add_argument("--tiny-frames", type=int, default=160)
     parser.add_argument("--tiny-rounds", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
+    if args.plan_child:
+        return plan_child(args.plan_child)
 
     bench_start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="client-scale-"))
@@ -398,8 +442,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 )
                 runs.append(run)
             servers = [s.config for s in slow]
-            job = RenderJob(TINY, f"1-{args.plan_frames}", str(work / "plan" / "p.####.png"))
-            plan_s, grown, ok = time_to_first_prompt(servers, job, args.plan_timeout)
+            plan_pattern = str(work / "plan" / "p.####.png")
+            plan_s, grown, ok = plan_in_child(
+                servers, f"1-{args.plan_frames}", plan_pattern, "error", args.plan_timeout
+            )
             per_frame = grown / args.plan_frames
             print(
                 f"plan {args.plan_frames} frames: first prompt after {plan_s:.2f} s"
@@ -408,8 +454,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
             sample = next((work / "render0").glob("f.*.png"))
             pattern = resume_folder(work / "resume", args.resume_frames, sample)
-            job = RenderJob(TINY, f"1-{args.resume_frames}", pattern, existing="resume")
-            resume_s, _, ok = time_to_first_prompt(servers, job, args.plan_timeout)
+            resume_s, _, ok = plan_in_child(
+                servers, f"1-{args.resume_frames}", pattern, "resume", args.plan_timeout
+            )
             print(
                 f"resume {args.resume_frames} frames (half on disk): first prompt after "
                 f"{resume_s:.2f} s{'' if ok else ' (TIMED OUT)'}"
