@@ -96,13 +96,10 @@ class ComfyClient:
         client_id: Optional[str] = None,
         upload_cache: Optional[UploadCache] = None,
         limits: Limits = DEFAULT_LIMITS,
-        liveness: bool = True,
+        liveness: bool = True,  # answers and messages noted in .liveness (health paces by it)
     ) -> None:
         self.server = server
         self.timeouts = timeouts
-        #: Every answer and websocket message is noted in :mod:`.liveness` (the health monitor
-        #: then polls this server slowly); False for the monitor's own clients.
-        self.liveness = liveness
         #: The caps on what this server may send (downloads: ``server.max_download_bytes``).
         self.limits = limits
         #: Sent with every prompt and as the websocket ``clientId``: routes per-prompt events to us.
@@ -183,8 +180,7 @@ class ComfyClient:
             raise
 
     def object_info(self, *, timeouts: Optional[Timeouts] = None) -> dict[str, Any]:
-        """GET /object_info: node class name -> info (about 0.5 MB on a stock install, over
-        100 MB on some; capped by ``limits.object_info_bytes``)."""
+        """GET /object_info: class name -> info (0.5 MB stock, 100+ MB on some; capped)."""
         limit = self.limits.object_info_bytes
         body = self._http.json("GET", "/object_info", timeouts=timeouts, limit=limit)
         if not isinstance(body, dict):
@@ -358,14 +354,13 @@ class ComfyClient:
     ) -> EventListener:
         """Start a websocket listener thread for this client's ``client_id``; returns it started.
 
-        ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`;
-        ``drop`` defaults to :data:`protocol.UNUSED` (``progress_state``, ``crystools.*``: dropped
-        unparsed); a render job passes :data:`protocol.JOB_UNUSED`.
+        ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`
+        (``drop``: :data:`protocol.UNUSED` unless given; a render job passes ``JOB_UNUSED``).
         """
         self._check_open()
         options.setdefault("limits", self.limits)
         options.setdefault("drop", protocol.UNUSED)
-        options.setdefault("liveness", self.liveness)
+        options.setdefault("liveness", self._http.liveness)
         listener = EventListener(
             self.server, self.client_id, on_event, stop=stop, timeouts=self.timeouts, **options
         )
@@ -377,8 +372,6 @@ class ComfyClient:
 
     def probe_websocket(self, timeout: Optional[float] = None) -> float:
         """Open a websocket with a throwaway clientId, wait for the greeting; return seconds taken.
-
-        Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError.
-        """
+        Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError."""
         self._check_open()
         return probe_greeting(self.server, timeout or self.timeouts.connect, self.limits)
