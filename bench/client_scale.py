@@ -232,7 +232,10 @@ def idle_between_frames(sims: Sequence[Sim]) -> float:
 
 
 def time_to_first_prompt(
-    servers: Sequence[ServerConfig], job: RenderJob, timeout: float
+    servers: Sequence[ServerConfig],
+    job: RenderJob,
+    timeout: float,
+    measured: Callable[[tuple[float, int, bool]], None] = lambda result: None,
 ) -> tuple[float, int, bool]:
     """(seconds from start to the first POST /prompt, RSS growth until then, in time).
 
@@ -258,6 +261,7 @@ def time_to_first_prompt(
             in_time = seen.wait(timeout)
             took = first[0][0] - t0 if in_time else timeout
             grown = first[0][1] - rss0 if in_time else rss_bytes() - rss0
+            measured((took, grown, in_time))  # before a cancel that may wait for planning
             handle.cancel()
             handle.wait(30)
         finally:
@@ -269,7 +273,8 @@ def plan_in_child(
     servers: Sequence[ServerConfig], frames: str, pattern: str, existing: str, timeout: float
 ) -> tuple[float, int, bool]:
     """:func:`time_to_first_prompt` in a fresh process (its memory is the plan's alone), killed
-    if it has not answered ``timeout`` + 20 s later (a cancel that waits for planning to end)."""
+    if it has not ended ``timeout`` + 20 s later (a cancel may wait for planning to end; the
+    figures are printed before it). Timed out, the growth is the plan's so far."""
     spec = {
         "servers": [[s.name, s.port] for s in servers],
         "frames": frames,
@@ -295,8 +300,11 @@ def plan_child(spec_text: str) -> int:
     spec = json.loads(spec_text)
     servers = [ServerConfig(name=n, host="127.0.0.1", port=p) for n, p in spec["servers"]]
     job = RenderJob(TINY, spec["frames"], spec["pattern"], existing=spec["existing"])
-    result = time_to_first_prompt(servers, job, spec["timeout"])
-    print("PLAN " + json.dumps(result), flush=True)
+
+    def report(result: tuple[float, int, bool]) -> None:
+        print("PLAN " + json.dumps(result), flush=True)
+
+    time_to_first_prompt(servers, job, spec["timeout"], report)
     os._exit(0)  # do not wait for a planning thread that ignores the cancel
 
 
