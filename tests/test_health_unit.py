@@ -46,7 +46,9 @@ class FakeClient:
             self.world.release.wait(self.timeouts.read)
             raise ServerTimeout("timed out", server=self.server.name)
 
-    def system_stats(self) -> dict:
+    def _request(self, path: str) -> None:
+        """One HTTP request (counted in ``world.calls``; never two at once per server)."""
+        self.world.paths.append((self.server.name, path))
         with self.world.lock:
             self.world.in_poll[self.server.name] = self.world.in_poll.get(self.server.name, 0) + 1
             self.world.max_in_poll = max(
@@ -54,12 +56,16 @@ class FakeClient:
             )
         try:
             self._behave()
-            return STATS
         finally:
             with self.world.lock:
                 self.world.in_poll[self.server.name] -= 1
 
+    def system_stats(self) -> dict:
+        self._request("/system_stats")
+        return STATS
+
     def queue(self) -> QueueState:
+        self._request("/queue")
         depth = self.world.queue.get(self.server.name, 0)
         return QueueState(running=("x",) * min(depth, 1), pending=("y",) * max(depth - 1, 0))
 
@@ -85,6 +91,8 @@ class World:
         self.release = threading.Event()
         self.lock = threading.Lock()
         self.calls: list[tuple[str, str]] = []
+        #: (server, path) of every HTTP request.
+        self.paths: list[tuple[str, str]] = []
         self.in_poll: dict[str, int] = {}
         self.max_in_poll = 0
         self.ws_probes = 0

@@ -96,6 +96,7 @@ class ComfyClient:
         client_id: Optional[str] = None,
         upload_cache: Optional[UploadCache] = None,
         limits: Limits = DEFAULT_LIMITS,
+        liveness: bool = True,  # answers and messages noted in .liveness (health paces by it)
     ) -> None:
         self.server = server
         self.timeouts = timeouts
@@ -106,7 +107,7 @@ class ComfyClient:
         self._lock = threading.Lock()
         self._state = ClientState.OPEN
         self._listeners: list[EventListener] = []
-        self._http = HttpSession(server, timeouts, self._check_open, limits)
+        self._http = HttpSession(server, timeouts, self._check_open, limits, liveness)
         uploads = upload_cache if upload_cache is not None else UploadCache()
         self._files = ServerFiles(self._http, uploads)
 
@@ -179,8 +180,7 @@ class ComfyClient:
             raise
 
     def object_info(self, *, timeouts: Optional[Timeouts] = None) -> dict[str, Any]:
-        """GET /object_info: node class name -> info (about 0.5 MB on a stock install, over
-        100 MB on some; capped by ``limits.object_info_bytes``)."""
+        """GET /object_info: class name -> info (0.5 MB stock, 100+ MB on some; capped)."""
         limit = self.limits.object_info_bytes
         body = self._http.json("GET", "/object_info", timeouts=timeouts, limit=limit)
         if not isinstance(body, dict):
@@ -354,10 +354,13 @@ class ComfyClient:
     ) -> EventListener:
         """Start a websocket listener thread for this client's ``client_id``; returns it started.
 
-        ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`.
+        ``on_event`` runs on the listener thread. ``options`` go to :class:`EventListener`
+        (``drop``: :data:`protocol.UNUSED` unless given; a render job passes ``JOB_UNUSED``).
         """
         self._check_open()
         options.setdefault("limits", self.limits)
+        options.setdefault("drop", protocol.UNUSED)
+        options.setdefault("liveness", self._http.liveness)
         listener = EventListener(
             self.server, self.client_id, on_event, stop=stop, timeouts=self.timeouts, **options
         )
@@ -369,8 +372,6 @@ class ComfyClient:
 
     def probe_websocket(self, timeout: Optional[float] = None) -> float:
         """Open a websocket with a throwaway clientId, wait for the greeting; return seconds taken.
-
-        Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError.
-        """
+        Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError."""
         self._check_open()
         return probe_greeting(self.server, timeout or self.timeouts.connect, self.limits)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import websocket
 
-from comfy_cluster.core import protocol
+from comfy_cluster.core import liveness, protocol
 from comfy_cluster.core.connection_settings import DEFAULT_TIMEOUTS, Timeouts, websocket_options
 from comfy_cluster.core.errors import ComfyClusterError, ProtocolError, ServerTimeout
 from comfy_cluster.core.limits import DEFAULT_LIMITS, Limits, is_too_large
@@ -102,6 +102,10 @@ class EventListener(threading.Thread):
     message over ``limits.ws_message_bytes`` is refused unread: the socket is dropped, the
     ``Disconnected`` reason and ``last_error`` say why, and the listener reconnects.
 
+    Text messages ``drop`` names (:class:`~protocol.MessageFilter`, by a look at their first
+    bytes) are dropped unparsed; a :class:`~protocol.Skipped` sign of life stands for them, at
+    most once per ``poll_interval``.
+
     ``on_event`` runs on this thread. ``close()`` and ``stop`` may be used from any thread.
     """
 
@@ -118,6 +122,8 @@ class EventListener(threading.Thread):
         reconnect_max: float = 5.0,
         connect: Optional[Callable[..., Any]] = None,
         limits: Limits = DEFAULT_LIMITS,
+        drop: protocol.MessageFilter = protocol.KEEP_ALL,
+        liveness: bool = False,
     ) -> None:
         super().__init__(name=f"comfy-cluster-ws-{server.name}", daemon=True)
         self.server = server
@@ -128,6 +134,11 @@ class EventListener(threading.Thread):
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self.limits = limits
+        self.drop = drop
+        #: Note every message in :mod:`.liveness` (ComfyClient.listen turns it on).
+        self.liveness = liveness
+        #: Text messages dropped unparsed so far.
+        self.dropped = 0
         self._text = ServerText.of(server, limits.text_chars)
         self._connect = connect or websocket.create_connection
         self._stop_event = stop or threading.Event()
@@ -212,6 +223,10 @@ class EventListener(threading.Thread):
     def _pump(self, ws: Any) -> str:
         """Read frames until the socket closes or we stop; returns why it ended."""
         ws.settimeout(self.poll_interval)
+        drops = self.drop.drops if (self.drop.types or self.drop.prefixes) else None
+        url = self.server.url if self.liveness else None
+        unsaid = 0  # dropped since the last Skipped
+        said_at = 0.0
         while not self._stopping():
             try:
                 with map_errors(self.server.name, "websocket", self._text):
@@ -223,7 +238,17 @@ class EventListener(threading.Thread):
                 if is_too_large(exc):
                     log.warning("%s: dropping the websocket: %s", self.server.name, exc)
                 return str(exc)
+            if url is not None:
+                liveness.heard(url)
             if opcode == websocket.ABNF.OPCODE_TEXT:
+                if drops is not None and drops(data):
+                    self.dropped += 1
+                    unsaid += 1
+                    now = time.monotonic()
+                    if now - said_at >= self.poll_interval:
+                        self._emit(protocol.Skipped(count=unsaid))
+                        unsaid, said_at = 0, now
+                    continue
                 try:
                     event = protocol.parse_message(data, text=self._text)
                 except ProtocolError as exc:

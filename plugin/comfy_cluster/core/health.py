@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any, Callable, Optional
 
+from comfy_cluster.core import liveness
 from comfy_cluster.core.errors import ClosedError
 from comfy_cluster.core.health_facts import PollFacts, initial_status, next_status, rederive_status
 from comfy_cluster.core.health_poller import (
@@ -51,6 +52,8 @@ __all__ = [
     "HealthSnapshot",
     "ServerState",
     "ServerStatus",
+    "alive_feed",
+    "mark_in_use",
 ]
 
 
@@ -81,6 +84,65 @@ class _Subscribers:
             return list(self._callbacks)
 
 
+class _JobUse:
+    """Which servers jobs are using: said (``note_in_use``, counted) or seen (heard from within
+    ``recent`` seconds: ``note_alive`` or :mod:`.liveness`). Any thread.
+
+    ``note_alive`` may run on every websocket message of a job: one dict store (atomic under the
+    GIL); the counts change a few times per job, under a lock.
+    """
+
+    def __init__(self, recent: float) -> None:
+        self.recent = recent
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.alive: dict[str, float] = {}
+
+    def note_alive(self, name: str) -> None:
+        self.alive[name] = time.monotonic()
+
+    def note_in_use(self, name: str, in_use: bool) -> None:
+        with self._lock:
+            count = self.counts.get(name, 0) + (1 if in_use else -1)
+            if count > 0:
+                self.counts[name] = count
+            else:
+                self.counts.pop(name, None)
+
+    def in_use(self, server: Optional[ServerConfig]) -> bool:
+        if server is None:
+            return False
+        if server.name in self.counts:
+            return True
+        heard = max(self.alive.get(server.name, 0.0), liveness.last_heard(server.url) or 0.0)
+        return heard > 0.0 and time.monotonic() - heard < self.recent
+
+
+def mark_in_use(health: Any, server: str, in_use: bool) -> None:
+    """``health.note_in_use(server, in_use)`` when there is a monitor that has it; never raises
+    (for the engine: a worker slot starts/stops using ``server``)."""
+    note = getattr(health, "note_in_use", None)
+    if note is not None:
+        try:
+            note(server, in_use)
+        except Exception:
+            log.exception("health.note_in_use failed")
+
+
+def alive_feed(health: Any, server: str, on_event: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``on_event``, telling ``health`` first that ``server`` is alive (every websocket event of
+    a job is a sign of life); ``on_event`` itself when there is no monitor."""
+    note = getattr(health, "note_alive", None)
+    if note is None:
+        return on_event
+
+    def feed(event: Any) -> None:
+        note(server)
+        on_event(event)
+
+    return feed
+
+
 def _notify_each(callbacks: list[SnapshotCallback], snapshot: HealthSnapshot) -> None:
     """Call every callback; one that raises is logged and never stops the others or the poller."""
     for callback in callbacks:
@@ -90,7 +152,84 @@ def _notify_each(callbacks: list[SnapshotCallback], snapshot: HealthSnapshot) ->
             log.exception("health subscriber %r failed", callback)
 
 
-class HealthMonitor:
+class _PollerSide:
+    """The monitor's side facing its pollers (:class:`PollerHost`): called by ServerPoller
+    threads. State is :class:`HealthMonitor`'s."""
+
+    _lock: threading.Lock
+    _cond: threading.Condition
+    _closed: bool
+    _clock: Callable[[], float]
+    _settings: PollSettings
+    _active: set[str]
+    _required: frozenset
+    _facts: dict[str, PollFacts]
+    _pollers: dict[str, ServerPoller]
+    _served: dict[str, int]
+    _request_seq: int
+    _snapshot: HealthSnapshot
+    _subscribers: _Subscribers
+    _use: _JobUse
+    _servers: dict[str, ServerConfig]
+
+    @property
+    def required(self) -> frozenset:
+        """Node classes every usable server must have (see require_classes)."""
+        return self._required
+
+    def poll_started(self, name: str) -> int:
+        with self._lock:
+            return self._request_seq
+
+    def facts_of(self, name: str) -> PollFacts:
+        with self._lock:
+            return self._facts.get(name) or PollFacts()
+
+    def interval_for(self, failures: int, name: Optional[str] = None) -> float:
+        in_use = name is not None and self._use.in_use(self._servers.get(name))
+        return self._settings.interval_for(failures, bool(self._active), in_use)
+
+    def in_use(self, name: str) -> bool:
+        """Whether a job uses ``name`` (said so, or talked to it within ``interval_in_use``)."""
+        return self._use.in_use(self._servers.get(name))
+
+    def _swap(self, statuses: dict[str, ServerStatus]) -> HealthSnapshot:
+        """Install a new snapshot. Caller holds the lock."""
+        snapshot = HealthSnapshot(MappingProxyType(statuses), self._clock())
+        self._snapshot = snapshot
+        self._cond.notify_all()
+        return snapshot
+
+    def publish(
+        self, server: ServerConfig, facts: PollFacts, seq: int, *, info: Any, queue: Any
+    ) -> int:
+        """Install a poll's result unless its poller was replaced or the monitor closed."""
+        name = server.name
+        with self._lock:
+            poller = self._pollers.get(name)
+            if poller is None or poller.server != server or self._closed:
+                return 0  # replaced or closed meanwhile: drop the result
+            old = self._snapshot.statuses.get(name) or initial_status(server, self._clock())
+            status = next_status(
+                old,
+                facts,
+                self._required,
+                info=info,
+                queue=queue,
+                latency_ms=poller.latency_ms,
+                now=self._clock(),
+            )
+            self._facts[name] = facts
+            self._served[name] = max(self._served.get(name, -1), seq)
+            statuses = dict(self._snapshot.statuses)
+            statuses[name] = status
+            snapshot = self._swap(statuses)
+            subscribers = self._subscribers.current()
+        _notify_each(subscribers, snapshot)
+        return status.failures
+
+
+class HealthMonitor(_PollerSide):
     """Polls every enabled server in the background and serves immutable snapshots.
 
     ``snapshot()``, ``set_active()``, ``require_classes()``, ``poll_now()``, ``subscribe()``,
@@ -99,6 +238,8 @@ class HealthMonitor:
     ``client_factory(server, Timeouts)`` returns an object with ``system_stats()``, ``queue()``,
     ``probe_websocket(timeout)``, ``object_info()`` and ``close()`` (a :class:`ComfyClient`).
     ``clock`` stamps ``since``/``checked_at``/``taken_at`` and paces re-checks.
+    ``note_in_use()``/``note_alive()`` (any thread, cheap) let a job's own traffic stand in for
+    polls of the servers it uses (see :mod:`.health_poller`).
     """
 
     def __init__(
@@ -109,6 +250,8 @@ class HealthMonitor:
         clock: Callable[[], float] = time.monotonic,
         interval_busy: float = 1.0,
         interval_idle: float = 10.0,
+        interval_in_use: float = 5.0,
+        stats_interval: float = 30.0,
         timeout: float = 2.0,
         max_backoff: float = 60.0,
         ws_check_interval: float = 60.0,
@@ -118,6 +261,8 @@ class HealthMonitor:
         self._settings = PollSettings(
             interval_busy=interval_busy,
             interval_idle=interval_idle,
+            interval_in_use=interval_in_use,
+            stats_interval=stats_interval,
             timeout=timeout,
             max_backoff=max_backoff,
             ws_check_interval=ws_check_interval,
@@ -140,6 +285,7 @@ class HealthMonitor:
         self._facts: dict[str, PollFacts] = {}
         self._pollers: dict[str, ServerPoller] = {}
         self._subscribers = _Subscribers()
+        self._use = _JobUse(interval_in_use)
         #: Poll requests: a poll that *starts* after request n serves it (see wait_for_poll).
         self._request_seq = 0
         self._served: dict[str, int] = {}
@@ -234,6 +380,21 @@ class HealthMonitor:
     @property
     def active(self) -> bool:
         return bool(self._active)
+
+    def note_in_use(self, server: str, in_use: bool) -> None:
+        """A job (slot) starts (True) or stops (False) using ``server``; counted, any thread.
+
+        While in use, ``server`` is polled every ``interval_in_use`` at most, one cheap request
+        (a server any job client talked to lately counts as in use anyway, see :mod:`.liveness`).
+        """
+        self._use.note_in_use(server, in_use)
+
+    def note_alive(self, server: str) -> None:
+        """A job heard from ``server`` (a websocket message, an answer): cheap, any thread.
+
+        It then counts as in use for ``interval_in_use`` seconds.
+        """
+        self._use.note_alive(server)
 
     def require_classes(self, names: Iterable[str]) -> None:
         """Mark servers lacking any of these node classes DEGRADED (with the missing names).
@@ -330,56 +491,3 @@ class HealthMonitor:
         for server in to_start:
             self._start_poller(server)
         _notify_each(subscribers, snapshot)
-
-    # poller side (PollerHost: called by ServerPoller threads) -----------------------------------
-
-    @property
-    def required(self) -> frozenset:
-        """Node classes every usable server must have (see require_classes)."""
-        return self._required
-
-    def poll_started(self, name: str) -> int:
-        with self._lock:
-            return self._request_seq
-
-    def facts_of(self, name: str) -> PollFacts:
-        with self._lock:
-            return self._facts.get(name) or PollFacts()
-
-    def interval_for(self, failures: int) -> float:
-        return self._settings.interval_for(failures, bool(self._active))
-
-    def _swap(self, statuses: dict[str, ServerStatus]) -> HealthSnapshot:
-        """Install a new snapshot. Caller holds the lock."""
-        snapshot = HealthSnapshot(MappingProxyType(statuses), self._clock())
-        self._snapshot = snapshot
-        self._cond.notify_all()
-        return snapshot
-
-    def publish(
-        self, server: ServerConfig, facts: PollFacts, seq: int, *, info: Any, queue: Any
-    ) -> int:
-        """Install a poll's result unless its poller was replaced or the monitor closed."""
-        name = server.name
-        with self._lock:
-            poller = self._pollers.get(name)
-            if poller is None or poller.server != server or self._closed:
-                return 0  # replaced or closed meanwhile: drop the result
-            old = self._snapshot.statuses.get(name) or initial_status(server, self._clock())
-            status = next_status(
-                old,
-                facts,
-                self._required,
-                info=info,
-                queue=queue,
-                latency_ms=poller.latency_ms,
-                now=self._clock(),
-            )
-            self._facts[name] = facts
-            self._served[name] = max(self._served.get(name, -1), seq)
-            statuses = dict(self._snapshot.statuses)
-            statuses[name] = status
-            snapshot = self._swap(statuses)
-            subscribers = self._subscribers.current()
-        _notify_each(subscribers, snapshot)
-        return status.failures

@@ -86,7 +86,8 @@ def next_status(
     latency_ms: Optional[float],
     now: float,
 ) -> ServerStatus:
-    """The status after a poll that found ``facts`` (``info``/``queue`` None when offline).
+    """The status after a poll that found ``facts`` (``info``/``queue`` None when offline, or
+    either None when that poll did not ask for it: the last values stay).
 
     Offline keeps what we knew about the machine (device, versions) but drops the live numbers;
     ``since`` moves only when the state changes; ``failures`` counts consecutive HTTP failures.
@@ -94,7 +95,7 @@ def next_status(
     state, reason = derive_state(facts, required)
     error = facts.http_error or facts.ws_error or facts.classes_error
     failures = old.failures + 1 if facts.http_error is not None else 0
-    if info is None:
+    if facts.http_error is not None or (info is None and queue is None):
         status = replace(
             old,
             state=state,
@@ -104,19 +105,20 @@ def next_status(
             latency_ms=None,
         )
     else:
-        status = replace(
-            old,
-            state=state,
-            reason=reason,
-            queue_running=len(queue.running),
-            queue_pending=len(queue.pending),
-            latency_ms=latency_ms,
-            device=info.device,
-            vram_free=info.vram_free,
-            vram_total=info.vram_total,
-            os=info.os,
-            comfyui_version=info.comfyui_version,
-        )
+        status = replace(old, state=state, reason=reason, latency_ms=latency_ms)
+        if queue is not None:  # else the queue stays as the last poll saw it
+            status = replace(
+                status, queue_running=len(queue.running), queue_pending=len(queue.pending)
+            )
+        if info is not None:  # else the machine's numbers stay as last read
+            status = replace(
+                status,
+                device=info.device,
+                vram_free=info.vram_free,
+                vram_total=info.vram_total,
+                os=info.os,
+                comfyui_version=info.comfyui_version,
+            )
     return replace(
         status,
         since=old.since if state is old.state else now,

@@ -1,9 +1,13 @@
 """One server's health poller: a named daemon thread that polls that server only.
 
 A dead or black-holed server costs one timeout on its own thread and never delays the others.
-A poll is ``/system_stats`` + ``/queue`` (HTTP), a websocket greeting (re-checked every
-``ws_check_interval`` and after any failure) and ``/object_info`` while node classes are required
-(cached for ``object_info_ttl``). The poller reports to its :class:`PollerHost` (the monitor),
+A poll is one HTTP request: ``/queue``, or ``/system_stats`` every ``stats_interval`` (the queue
+then stays as the previous poll saw it); both only while the state is unknown (the first poll,
+after a failure). Besides, a websocket greeting (re-checked every ``ws_check_interval`` and after
+any failure) and ``/object_info`` while node classes are required (cached for
+``object_info_ttl``). A server in use by a job (``note_in_use``, or heard from by a job's client
+lately: :mod:`.liveness`, ``note_alive``) is polled every ``interval_in_use`` at most: the job's
+own traffic is its sign of life. The poller reports to its :class:`PollerHost` (the monitor),
 which owns the snapshot; the per-server numbers below are written by this thread only.
 """
 
@@ -38,7 +42,8 @@ ClientFactory = Callable[[ServerConfig, Timeouts], Any]
 
 
 def default_client_factory(server: ServerConfig, timeouts: Timeouts) -> ComfyClient:
-    return ComfyClient(server, timeouts=timeouts)
+    # liveness=False: the monitor's own requests are no sign that a job uses the server.
+    return ComfyClient(server, timeouts=timeouts, liveness=False)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class PollSettings:
 
     interval_busy: float = 1.0
     interval_idle: float = 10.0
+    #: Pace of a server a job is using (its own traffic is the liveness signal), if slower.
+    interval_in_use: float = 5.0
+    #: ``/system_stats`` (device, VRAM, versions) at most this often while the state is known.
+    stats_interval: float = 30.0
     timeout: float = 2.0
     max_backoff: float = 60.0
     ws_check_interval: float = 60.0
@@ -62,11 +71,11 @@ class PollSettings:
         if self.timeout <= 0 or self.interval_busy <= 0 or self.interval_idle <= 0:
             raise ValueError("timeout and intervals must be > 0")
 
-    def interval_for(self, failures: int, active: bool) -> float:
+    def interval_for(self, failures: int, active: bool, in_use: bool = False) -> float:
         """Seconds to wait before the next poll after ``failures`` consecutive failed polls."""
         base = self.interval_busy if active else self.interval_idle
         if failures <= 0:
-            return base
+            return max(base, self.interval_in_use) if in_use else base
         cap = max(self.max_backoff, self.interval_busy)
         return min(max(base, self.interval_busy) * (2 ** (failures - 1)), cap)
 
@@ -83,7 +92,7 @@ class PollerHost(Protocol):
 
     def facts_of(self, name: str) -> PollFacts: ...
 
-    def interval_for(self, failures: int) -> float: ...
+    def interval_for(self, failures: int, name: Optional[str] = None) -> float: ...
 
     def publish(
         self, server: ServerConfig, facts: PollFacts, seq: int, *, info: Any, queue: Any
@@ -119,6 +128,10 @@ class ServerPoller:
         self.latency_ms: Optional[float] = None
         self.ws_checked_at: Optional[float] = None
         self.classes_at: Optional[float] = None
+        #: When ``/system_stats`` last answered (None: the state is unknown, ask both).
+        self.stats_at: Optional[float] = None
+        #: HTTP requests sent (tests and benchmarks count them).
+        self.requests = 0
 
     def stop_soon(self) -> None:
         """Ask the thread to end after its current request (it is a daemon; nothing waits)."""
@@ -132,38 +145,62 @@ class ServerPoller:
 
     def run(self) -> None:
         host = self.host
+        name = self.server.name
         client = None
         try:
             while not self.stop.is_set():
-                seq = host.poll_started(self.server.name)
+                seq = host.poll_started(name)
                 if client is None:
                     client = self.client_factory(self.server, self.timeouts)
                 try:
                     failures = self.poll(client, seq)
                 except Exception:
-                    log.exception("health poll of %s crashed", self.server.name)
+                    log.exception("health poll of %s crashed", name)
                     failures = 1
                 if self.stop.is_set():
                     break
-                self.wake.wait(host.interval_for(failures))
+                self.wake.wait(host.interval_for(failures, name))
                 self.wake.clear()
         finally:
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
 
+    def _stats_due(self, now: float) -> bool:
+        return self.stats_at is None or now - self.stats_at >= self.settings.stats_interval
+
+    def _http(self, client: Any, now: float) -> tuple[Any, Any, float]:
+        """The poll's HTTP part: (info or None, queue or None, round trip in ms).
+
+        One request: ``/queue``, or ``/system_stats`` when due; both while the state is unknown.
+        """
+        unknown = self.stats_at is None
+        info = queue = None
+        t0 = time.perf_counter()
+        if self._stats_due(now):
+            self.requests += 1
+            info = parse_system_stats(client.system_stats(), text=self.text)
+        rtt = (time.perf_counter() - t0) * 1000.0
+        if info is None or unknown:
+            t1 = time.perf_counter()
+            self.requests += 1
+            queue = client.queue()
+            if info is None:
+                rtt = (time.perf_counter() - t1) * 1000.0
+        if info is not None:
+            self.stats_at = now
+        return info, queue, rtt
+
     def poll(self, client: Any, seq: int) -> int:
         """One poll; publishes the new status and returns the consecutive failure count."""
         prev = self.host.facts_of(self.server.name)
         try:
-            t0 = time.perf_counter()
-            info = parse_system_stats(client.system_stats(), text=self.text)
-            rtt = (time.perf_counter() - t0) * 1000.0
-            queue = client.queue()
+            info, queue, rtt = self._http(client, self.clock())
         except ComfyClusterError as exc:
             self.latency_ms = None
             self.ws_checked_at = None  # re-check everything once it is back
             self.classes_at = None
+            self.stats_at = None
             facts = replace(prev, http_error=exc)
             return self.host.publish(self.server, facts, seq, info=None, queue=None)
         alpha = self.settings.latency_alpha
@@ -178,7 +215,7 @@ class ServerPoller:
             ws_error=ws_error,
             classes=classes,
             classes_error=classes_error,
-            queue_depth=queue.depth,
+            queue_depth=prev.queue_depth if queue is None else queue.depth,
         )
         return self.host.publish(self.server, facts, seq, info=info, queue=queue)
 

@@ -336,6 +336,62 @@ _PARSERS: Mapping[str, _Parser] = MappingProxyType(
 )
 
 
+@dataclass(frozen=True)
+class Skipped(Event):
+    """Pseudo-event from the listener: ``count`` messages arrived that it dropped unparsed (see
+    :class:`MessageFilter`). A sign of life only; at most one per listener poll interval."""
+
+    count: int = 0
+
+
+#: Start of every text frame ComfyUI (``json.dumps``) and aiohttp's ``send_json`` write.
+_TYPE_PREFIX = b'{"type": "'
+
+
+def peek_type(frame: Union[str, bytes]) -> Optional[str]:
+    """The ``type`` of a text frame read from its first bytes, without parsing it; None when the
+    frame does not start the way ComfyUI writes it (then parse it in full)."""
+    head = frame[:120].encode("utf-8", "replace") if isinstance(frame, str) else bytes(frame[:120])
+    if not head.startswith(_TYPE_PREFIX):
+        return None
+    end = head.find(b'"', len(_TYPE_PREFIX))
+    if end < 0 or b"\\" in head[len(_TYPE_PREFIX) : end]:
+        return None
+    return head[len(_TYPE_PREFIX) : end].decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Message types a listener drops before parsing them: by name, or by name prefix."""
+
+    types: frozenset = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def drops(self, frame: Union[str, bytes]) -> bool:
+        """Whether to drop ``frame`` unparsed (a cheap look at its start; never raises)."""
+        if not self.types and not self.prefixes:
+            return False
+        kind = peek_type(frame)
+        if kind is None:
+            return False
+        return kind in self.types or kind.startswith(self.prefixes)
+
+    def __or__(self, other: MessageFilter) -> MessageFilter:
+        return MessageFilter(self.types | other.types, self.prefixes + other.prefixes)
+
+
+#: Keep everything.
+KEEP_ALL = MessageFilter()
+#: What no listener of ours uses: per-node progress snapshots (several per sampler step) and
+#: the Crystools resource monitor (every second). ComfyClient.listen drops these by default.
+UNUSED = MessageFilter(frozenset({"progress_state"}), ("crystools.",))
+#: Besides :data:`UNUSED`, what a render job never looks at (engine/prompt_watch.py uses
+#: executing, execution_start, executed, progress, execution_error, execution_interrupted).
+JOB_UNUSED = UNUSED | MessageFilter(
+    frozenset({"status", "execution_cached", "execution_success", "feature_flags", "logs"})
+)
+
+
 def parse_message(frame: Union[str, bytes], *, text: ServerText = PLAIN) -> Event:
     """Parse one websocket text frame ``{"type": ..., "data": {...}}`` into an :class:`Event`.
 
