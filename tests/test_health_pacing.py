@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from test_health_unit import World, monitor, servers, wait_until
 
-from comfy_cluster.core import liveness
 from comfy_cluster.core.health import HealthMonitor, ServerState
-
-
-@pytest.fixture(autouse=True)
-def silence() -> None:
-    """Nothing heard from any server yet (the liveness board is process-wide)."""
-    liveness.forget()
 
 
 def requests_of(world: World, name: str) -> list[str]:
@@ -82,11 +74,10 @@ def test_a_server_a_job_talks_to_counts_as_in_use_for_a_while() -> None:
     cfgs = servers("a", "b")
     mon = HealthMonitor(cfgs, interval_busy=1.0, interval_in_use=0.2)
     mon.set_active(True)
-    liveness.forget()
     assert not mon.in_use("a")
     mon.note_alive("a")  # told by the job
     assert mon.in_use("a") and mon.interval_for(0, "a") == 1.0  # busy pace is slower already
-    liveness.heard(cfgs[1].url)  # heard by any job client (ComfyClient notes it)
+    mon.note_alive("b")  # the job's own websocket events (alive_feed)
     assert mon.in_use("b")
     time.sleep(0.25)
     assert not mon.in_use("a") and not mon.in_use("b")
@@ -134,7 +125,6 @@ def test_engine_helpers_feed_liveness_and_use() -> None:
     got: list[object] = []
     assert alive_feed(None, "a", got.append) == got.append  # no monitor: unchanged
     mark_in_use(None, "a", True)  # no monitor: nothing
-    liveness.forget()
     mon = HealthMonitor(servers("a", "b"))
     mark_in_use(mon, "a", True)
     assert mon.in_use("a")

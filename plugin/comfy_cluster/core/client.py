@@ -96,7 +96,6 @@ class ComfyClient:
         client_id: Optional[str] = None,
         upload_cache: Optional[UploadCache] = None,
         limits: Limits = DEFAULT_LIMITS,
-        liveness: bool = True,  # answers and messages noted in .liveness (health paces by it)
     ) -> None:
         self.server = server
         self.timeouts = timeouts
@@ -107,7 +106,7 @@ class ComfyClient:
         self._lock = threading.Lock()
         self._state = ClientState.OPEN
         self._listeners: list[EventListener] = []
-        self._http = HttpSession(server, timeouts, self._check_open, limits, liveness)
+        self._http = HttpSession(server, timeouts, self._check_open, limits)
         uploads = upload_cache if upload_cache is not None else UploadCache()
         self._files = ServerFiles(self._http, uploads)
 
@@ -360,7 +359,6 @@ class ComfyClient:
         self._check_open()
         options.setdefault("limits", self.limits)
         options.setdefault("drop", protocol.UNUSED)
-        options.setdefault("liveness", self._http.liveness)
         listener = EventListener(
             self.server, self.client_id, on_event, stop=stop, timeouts=self.timeouts, **options
         )

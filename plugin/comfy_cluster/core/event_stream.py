@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import websocket
 
-from comfy_cluster.core import liveness, protocol
+from comfy_cluster.core import protocol
 from comfy_cluster.core.connection_settings import DEFAULT_TIMEOUTS, Timeouts, websocket_options
 from comfy_cluster.core.errors import ComfyClusterError, ProtocolError, ServerTimeout
 from comfy_cluster.core.limits import DEFAULT_LIMITS, Limits, is_too_large
@@ -123,7 +123,6 @@ class EventListener(threading.Thread):
         connect: Optional[Callable[..., Any]] = None,
         limits: Limits = DEFAULT_LIMITS,
         drop: protocol.MessageFilter = protocol.KEEP_ALL,
-        liveness: bool = False,
     ) -> None:
         super().__init__(name=f"comfy-cluster-ws-{server.name}", daemon=True)
         self.server = server
@@ -135,8 +134,6 @@ class EventListener(threading.Thread):
         self.reconnect_max = reconnect_max
         self.limits = limits
         self.drop = drop
-        #: Note every message in :mod:`.liveness` (ComfyClient.listen turns it on).
-        self.liveness = liveness
         #: Text messages dropped unparsed so far.
         self.dropped = 0
         self._text = ServerText.of(server, limits.text_chars)
@@ -224,7 +221,6 @@ class EventListener(threading.Thread):
         """Read frames until the socket closes or we stop; returns why it ended."""
         ws.settimeout(self.poll_interval)
         drops = self.drop.drops if (self.drop.types or self.drop.prefixes) else None
-        url = self.server.url if self.liveness else None
         unsaid = 0  # dropped since the last Skipped
         said_at = 0.0
         while not self._stopping():
@@ -238,8 +234,6 @@ class EventListener(threading.Thread):
                 if is_too_large(exc):
                     log.warning("%s: dropping the websocket: %s", self.server.name, exc)
                 return str(exc)
-            if url is not None:
-                liveness.heard(url)
             if opcode == websocket.ABNF.OPCODE_TEXT:
                 if drops is not None and drops(data):
                     self.dropped += 1

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any, Callable, Optional
 
-from comfy_cluster.core import liveness
 from comfy_cluster.core.errors import ClosedError
 from comfy_cluster.core.health_facts import PollFacts, initial_status, next_status, rederive_status
 from comfy_cluster.core.health_poller import (
@@ -86,7 +85,7 @@ class _Subscribers:
 
 class _JobUse:
     """Which servers jobs are using: said (``note_in_use``, counted) or seen (heard from within
-    ``recent`` seconds: ``note_alive`` or :mod:`.liveness`). Any thread.
+    ``recent`` seconds: ``note_alive``, fed by the job's own events). Any thread.
 
     ``note_alive`` may run on every websocket message of a job: one dict store (atomic under the
     GIL); the counts change a few times per job, under a lock.
@@ -114,7 +113,7 @@ class _JobUse:
             return False
         if server.name in self.counts:
             return True
-        heard = max(self.alive.get(server.name, 0.0), liveness.last_heard(server.url) or 0.0)
+        heard = self.alive.get(server.name, 0.0)
         return heard > 0.0 and time.monotonic() - heard < self.recent
 
 
@@ -385,7 +384,7 @@ class HealthMonitor(_PollerSide):
         """A job (slot) starts (True) or stops (False) using ``server``; counted, any thread.
 
         While in use, ``server`` is polled every ``interval_in_use`` at most, one cheap request
-        (a server any job client talked to lately counts as in use anyway, see :mod:`.liveness`).
+        (so does a server the job's events reached lately, through :func:`alive_feed`).
         """
         self._use.note_in_use(server, in_use)
 

@@ -6,7 +6,7 @@ then stays as the previous poll saw it); both only while the state is unknown (t
 after a failure). Besides, a websocket greeting (re-checked every ``ws_check_interval`` and after
 any failure) and ``/object_info`` while node classes are required (cached for
 ``object_info_ttl``). A server in use by a job (``note_in_use``, or heard from by a job's client
-lately: :mod:`.liveness`, ``note_alive``) is polled every ``interval_in_use`` at most: the job's
+lately: ``note_alive``) is polled every ``interval_in_use`` at most: the job's
 own traffic is its sign of life. The poller reports to its :class:`PollerHost` (the monitor),
 which owns the snapshot; the per-server numbers below are written by this thread only.
 """
@@ -42,8 +42,7 @@ ClientFactory = Callable[[ServerConfig, Timeouts], Any]
 
 
 def default_client_factory(server: ServerConfig, timeouts: Timeouts) -> ComfyClient:
-    # liveness=False: the monitor's own requests are no sign that a job uses the server.
-    return ComfyClient(server, timeouts=timeouts, liveness=False)
+    return ComfyClient(server, timeouts=timeouts)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional, Union
 
 import requests
 
-from comfy_cluster.core import liveness
 from comfy_cluster.core.connection_settings import (
     Timeouts,
     check_ca_bundle,
@@ -85,11 +84,8 @@ class HttpSession:
         timeouts: Timeouts,
         check_open: Callable[[], None],
         limits: Limits = DEFAULT_LIMITS,
-        liveness: bool = True,
     ) -> None:
         self.server = server
-        #: Note every answer in :mod:`.liveness` (off for the health monitor's own clients).
-        self.liveness = liveness
         self.timeouts = timeouts
         self.limits = limits
         self.text = ServerText.of(server, limits.text_chars)
@@ -148,8 +144,6 @@ class HttpSession:
                 allow_redirects=False,
                 **kwargs,
             )
-        if self.liveness:
-            liveness.heard(self.server.url)
         return response
 
     def open(
