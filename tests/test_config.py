@@ -159,6 +159,13 @@ BAD_ITEMS = [
     ([{"name": "a", "ip": "h", "priority": 0}], "priority", "1 or more"),
     ([{"name": "a", "ip": "h", "priority": 1.5}], "priority", "must be an integer"),
     ([{"name": "a", "ip": "h", "max_in_flight": 0}], "max_in_flight", "1 or more"),
+    # JSON true is not the integer 1 (bool is an int subclass in Python)
+    ([{"name": "a", "ip": "h", "priority": True}], "priority", "must be an integer, got boolean"),
+    (
+        [{"name": "a", "ip": "h", "max_in_flight": True}],
+        "max_in_flight",
+        "must be an integer, got boolean",
+    ),
     ([{"name": 5, "ip": "h"}], "name", "must be a string"),
     ([{"name": " ", "ip": "h"}], "name", "must not be empty"),
     ([{"name": "a", "ip": 10}], "ip", "must be a string"),
@@ -303,6 +310,48 @@ def test_numbered_order_is_numeric_and_gaps_allowed(env):
     assert [s.host for s in servers] == ["h1", "h2", "h10"]
 
 
+def test_numbered_gaps_get_priorities_by_position(env):
+    """Documented default priority: the position (1 for the first server), not the number."""
+    servers = load_base_servers({**env, "NUKE_COMFYUI_IP_1": "h1", "NUKE_COMFYUI_IP_3": "h3"})
+    assert [(s.host, s.priority, s.source) for s in servers] == [
+        ("h1", 1, "NUKE_COMFYUI_IP_1"),
+        ("h3", 2, "NUKE_COMFYUI_IP_3"),
+    ]
+
+
+def test_numbered_explicit_priority_does_not_shift_the_next_default(env):
+    servers = load_base_servers(
+        {
+            **env,
+            "NUKE_COMFYUI_IP_2": "h2",
+            "NUKE_COMFYUI_PRIORITY_2": "7",
+            "NUKE_COMFYUI_IP_5": "h5",
+        }
+    )
+    assert [(s.host, s.priority) for s in servers] == [("h2", 7), ("h5", 2)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NUKE_COMFYUI_IP_0 / _01 are silently ignored (the default local server is used)",
+)
+@pytest.mark.parametrize("suffix", ["0", "01", "007"])
+def test_numbered_index_zero_or_leading_zero_is_an_error(env, suffix):
+    """``<n>`` is 1, 2, 3...: ``_0`` or ``_01`` is a typo that must not send work elsewhere."""
+    variable = f"NUKE_COMFYUI_IP_{suffix}"
+    with pytest.raises(ConfigError) as info:
+        load_base_servers({**env, variable: "10.0.0.9"})
+    assert info.value.source == variable
+
+
+@pytest.mark.xfail(
+    strict=True, reason="BUG: NUKE_COMFYUI_IP_01 next to NUKE_COMFYUI_IP_1 is silently dropped"
+)
+def test_numbered_leading_zero_next_to_valid_servers_is_an_error(env):
+    with pytest.raises(ConfigError):
+        load_base_servers({**env, "NUKE_COMFYUI_IP_1": "h1", "NUKE_COMFYUI_IP_01": "h2"})
+
+
 def test_numbered_empty_variables_count_as_unset(env):
     servers = load_base_servers(
         {**env, "NUKE_COMFYUI_IP_1": "h1", "NUKE_COMFYUI_IP_2": "", "NUKE_COMFYUI_PORT_2": " "}
@@ -393,6 +442,24 @@ def test_legacy_single_dir_applies_to_every_url(env):
         {**env, "NUKE_COMFYUI_URL": '["a", "b"]', "NUKE_COMFYUI_DIR": "//nas/comfy"}
     )
     assert [s.dir_local for s in servers] == ["//nas/comfy", "//nas/comfy"]
+
+
+@pytest.mark.parametrize("old_dir", ["//nas/comfy", '["//nas/comfy"]'])
+def test_legacy_one_old_dir_serves_a_whole_url_list(env, old_dir):
+    """Documented: NUKE_COMFYUI_DIR may be one folder (plain or a one-item list) for all URLs."""
+    servers = load_base_servers(
+        {
+            **env,
+            "NUKE_COMFYUI_URL": '["a", "b", "c"]',
+            "NUKE_COMFYUI_DIR": old_dir,
+            "NUKE_COMFYUI_DIR_REMOTE": "/srv/comfy",
+        }
+    )
+    assert [(s.host, s.dir_local, s.dir_remote, s.priority) for s in servers] == [
+        ("a", "//nas/comfy", "/srv/comfy", 1),
+        ("b", "//nas/comfy", "/srv/comfy", 2),
+        ("c", "//nas/comfy", "/srv/comfy", 3),
+    ]
 
 
 def test_legacy_host(env):

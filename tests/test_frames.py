@@ -393,3 +393,35 @@ def test_format_frame_path_without_token_is_a_clear_error(pattern: str) -> None:
         format_frame_path(pattern, 1)
     assert pattern in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MAX_FRAMES limit is inclusive, across parts and through the constructor
+
+_HALF = MAX_FRAMES // 2
+
+
+def test_parse_allows_exactly_max_frames_across_several_parts() -> None:
+    """``1-500000 500001-1000000`` is exactly the limit: a legitimate (huge) request, not a typo."""
+    fr = FrameRange.parse(f"1-{_HALF} {_HALF + 1}-{MAX_FRAMES}")
+    assert len(fr) == MAX_FRAMES
+    assert (fr.first, fr.last) == (1, MAX_FRAMES)
+
+
+def test_parse_refuses_one_frame_over_max_across_parts_quoting_the_part() -> None:
+    text = f"1-{_HALF} {_HALF + 1}-{MAX_FRAMES + 1}"
+    with pytest.raises(FrameRangeError) as info:
+        FrameRange.parse(text)
+    assert info.value.part == f"{_HALF + 1}-{MAX_FRAMES + 1}"
+    assert info.value.text == text
+
+
+def test_parse_allows_exactly_max_frames_in_one_part() -> None:
+    assert len(FrameRange.parse(f"1-{MAX_FRAMES}")) == MAX_FRAMES
+
+
+def test_constructor_allows_exactly_max_frames_and_refuses_one_more() -> None:
+    """The limit holds for ranges built from frame lists (Nuke knobs), not only parsed text."""
+    assert len(FrameRange(tuple(range(MAX_FRAMES)))) == MAX_FRAMES
+    with pytest.raises(FrameRangeError, match=f"at most {MAX_FRAMES} frames"):
+        FrameRange(tuple(range(MAX_FRAMES + 1)))

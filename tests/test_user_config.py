@@ -178,6 +178,34 @@ def test_save_and_load_round_trip(env, user_file):
     ]
 
 
+def test_disabled_added_server_stays_disabled_after_save_and_load(env, user_file):
+    """A server the user switched off must not come back on at the next start of Nuke."""
+    user = UserConfig().add_server(new_server("c", enabled=False, priority=4))
+    save_user_config(user, user_file)
+    (loaded,) = load_user_config(user_file).added
+    assert (loaded.name, loaded.enabled, loaded.priority) == ("c", False, 4)
+    assert [(s.name, s.enabled) for s in load_servers(env)] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+    ]
+
+
+def test_disabling_an_added_server_survives_save_and_load(env, user_file):
+    user = UserConfig().add_server(new_server("c")).set_enabled("c", False)
+    save_user_config(user, user_file)
+    assert [(s.name, s.enabled) for s in load_servers(env)][-1] == ("c", False)
+    # and switching it back on is saved too
+    save_user_config(load_user_config(user_file).set_enabled("c", True), user_file)
+    assert [(s.name, s.enabled) for s in load_servers(env)][-1] == ("c", True)
+
+
+def test_disabled_base_server_stays_disabled_after_save_and_load(env, user_file):
+    save_user_config(UserConfig().set_enabled("b", False), user_file)
+    assert load_user_config(user_file).edits == {"b": ServerEdit(enabled=False)}
+    assert [(s.name, s.enabled) for s in load_servers(env)] == [("a", True), ("b", False)]
+
+
 def test_removed_base_server_stays_removed(env, user_file):
     save_user_config(UserConfig().remove_server("b"), user_file)
     document = json.loads(user_file.read_text())

@@ -115,6 +115,10 @@ def test_missing_file_is_a_workflow_error(tmp_path: Path) -> None:
         ({"1": {"class_type": "X", "inputs": {"a": ["2", 0]}}}, "missing node 2", "1"),
         ({"1": {"class_type": "X", "inputs": {"a": [1, 2, 3]}}}, "not a link", "1"),
         ({"1": {"class_type": "X", "inputs": {"a": ["1", "0"]}}}, "not a link", "1"),
+        # bool is an int subclass, but True is not an output index: a typo, never output 1
+        ({"1": {"class_type": "X", "inputs": {"a": ["1", True]}}}, "not a link", "1"),
+        ({"1": {"class_type": "X", "inputs": {"a": ["1", False]}}}, "not a link", "1"),
+        ({"1": {"class_type": "X", "inputs": {"a": ["1"]}}}, "not a link", "1"),
     ],
 )
 def test_malformed_api_workflows(data: Any, match: str, node_id: str | None) -> None:
@@ -423,6 +427,14 @@ def test_override_can_relink_an_input() -> None:
         build_frame_prompt(load("invert.json"), 1, overrides=[Override.parse('3.images=["99", 0]')])
 
 
+@pytest.mark.parametrize("value", ['["1", true]', '["1", 0, 0]', '["99", 0]'])
+def test_override_with_a_malformed_link_is_refused(value: str) -> None:
+    """An override is checked like the workflow's own links: ComfyUI would fail mid-render."""
+    with pytest.raises(WorkflowError, match="override: input 'images' of node 3") as info:
+        build_frame_prompt(load("invert.json"), 1, overrides=[Override.parse(f"3.images={value}")])
+    assert info.value.node_id == "3"
+
+
 @pytest.mark.parametrize(
     ("override", "match", "node_id"),
     [
@@ -657,6 +669,15 @@ def test_map_batch_outputs_drops_handles() -> None:
 def test_map_batch_outputs_count_mismatch_is_an_error() -> None:
     with pytest.raises(WorkflowError, match="returned 3 images for 4 frames"):
         map_batch_outputs(["a", "b", "c"], (1, 2, 3, 4), (2, 3))
+
+
+@pytest.mark.parametrize("extra", [1, 4])
+def test_map_batch_outputs_more_images_than_frames_is_an_error(extra: int) -> None:
+    """A workflow that grew the batch (interpolation, an extra frame) cannot be paired by
+    position: the first images would be written over the wrong frames without a word."""
+    images = [f"i{n}" for n in range(4 + extra)]
+    with pytest.raises(WorkflowError, match=f"returned {4 + extra} images for 4 frames"):
+        map_batch_outputs(images, (2, 3, 4, 5), (3, 4))
 
 
 def test_map_batch_outputs_delivered_must_be_rendered() -> None:
