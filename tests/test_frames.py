@@ -425,3 +425,32 @@ def test_constructor_allows_exactly_max_frames_and_refuses_one_more() -> None:
     assert len(FrameRange(tuple(range(MAX_FRAMES)))) == MAX_FRAMES
     with pytest.raises(FrameRangeError, match=f"at most {MAX_FRAMES} frames"):
         FrameRange(tuple(range(MAX_FRAMES + 1)))
+
+
+def test_auto_chunker_accepts_sub_second_targets() -> None:
+    """Any positive target is valid: fast workflows may aim at half a second per chunk."""
+    assert AutoChunker(target_seconds=0.5, seconds_per_frame=0.1, workers=1).size_for(100) == 5
+
+
+def test_auto_chunker_chunks_per_worker_sets_the_untimed_size() -> None:
+    """One chunk per worker is allowed and gives the largest untimed chunks."""
+    assert AutoChunker(workers=2, chunks_per_worker=1).size_for(80) == 40
+    assert AutoChunker(workers=2, chunks_per_worker=2).size_for(80) == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"min_size": 0}, "min_size"),
+        ({"min_size": 0, "max_size": 0}, "min_size"),
+        ({"chunks_per_worker": 0}, "chunks_per_worker"),
+        ({"workers": True}, "workers"),
+        ({"target_seconds": "30"}, "target_seconds"),
+        ({"seconds_per_frame": "2"}, "seconds_per_frame"),
+    ],
+)
+def test_auto_chunker_refuses_more_bad_arguments(kwargs: dict, field: str) -> None:
+    """A chunk size of 0 or no chunks per worker would hang or divide by zero mid-render."""
+    with pytest.raises(ConfigError) as info:
+        AutoChunker(**kwargs)
+    assert info.value.field == field
