@@ -159,6 +159,13 @@ BAD_ITEMS = [
     ([{"name": "a", "ip": "h", "priority": 0}], "priority", "1 or more"),
     ([{"name": "a", "ip": "h", "priority": 1.5}], "priority", "must be an integer"),
     ([{"name": "a", "ip": "h", "max_in_flight": 0}], "max_in_flight", "1 or more"),
+    # JSON true is not the integer 1 (bool is an int subclass in Python)
+    ([{"name": "a", "ip": "h", "priority": True}], "priority", "must be an integer, got boolean"),
+    (
+        [{"name": "a", "ip": "h", "max_in_flight": True}],
+        "max_in_flight",
+        "must be an integer, got boolean",
+    ),
     ([{"name": 5, "ip": "h"}], "name", "must be a string"),
     ([{"name": " ", "ip": "h"}], "name", "must not be empty"),
     ([{"name": "a", "ip": 10}], "ip", "must be a string"),
@@ -195,6 +202,106 @@ def test_servers_variable_errors_name_source_and_field(env, items, field, words)
     assert words in str(error)
     assert str(error).startswith("NUKE_COMFYUI_SERVERS: " + (f"{field}: " if field else ""))
     assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("items", "words"),
+    [
+        ({"name": "a"}, "got object"),
+        ([{"name": "a", "ip": "h", "headers": ["X"]}], "must be an object, got array"),
+        ([{"name": "a", "ip": "h", "tags": {"gpu": 1}}], "must be an array of strings, got object"),
+        ([{"name": "a", "ip": None}], "missing host"),
+        ([{"name": "a", "ip": "h", "port": 81.0}], "must be an integer, got number"),
+        ([{"name": "a", "ip": "h", "port": None}], "must be an integer, got null"),
+    ],
+)
+def test_errors_speak_of_json_types(env, items, words):
+    """Users wrote JSON: messages say object/array/number/null, never dict/list/float/None."""
+    with pytest.raises(ConfigError, match=words):
+        load_base_servers(servers_env(env, items))
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_port_range_is_inclusive(env, port):
+    (server,) = load_base_servers(servers_env(env, [{"ip": "h", "port": port}]))
+    assert server.port == port
+    (legacy,) = load_base_servers({**env, "NUKE_COMFYUI_URL": f"h:{port}"})
+    assert legacy.port == port
+
+
+@pytest.mark.parametrize(
+    ("item", "url"),
+    [
+        ({"url": "https://h", "scheme": "HTTPS"}, "https://h:8188"),
+        ({"url": "http://h:81", "port": 81}, "http://h:81"),
+        ({"ip": "h", "scheme": "https"}, "https://h:8188"),
+    ],
+)
+def test_url_may_repeat_its_scheme_and_port(env, item, url):
+    (server,) = load_base_servers(servers_env(env, [item]))
+    assert server.url == url
+
+
+def test_scheme_disagreeing_with_url_is_an_error(env):
+    with pytest.raises(ConfigError, match="disagrees with url") as info:
+        load_base_servers(servers_env(env, [{"url": "https://h", "scheme": "http"}]))
+    assert info.value.field == "scheme"
+
+
+def test_error_names_an_unnamed_entry_by_position(env):
+    with pytest.raises(ConfigError, match=r"server #2: port 0 is out of range"):
+        load_base_servers(servers_env(env, [{"ip": "h"}, {"ip": "g", "port": 0}]))
+
+
+def test_error_outside_a_list_has_no_position():
+    with pytest.raises(ConfigError) as info:
+        parse_server_dict({"ip": "h", "port": 0}, "user file x")
+    assert str(info.value).startswith("user file x: port: port 0 is out of range")
+
+
+def test_duplicate_names_say_which_entries(env):
+    items = [{"name": "a", "ip": "h"}, {"name": "b", "ip": "g"}, {"name": "a", "ip": "f"}]
+    with pytest.raises(ConfigError, match=r"servers #1 and #3"):
+        load_base_servers(servers_env(env, items))
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port"),
+    [
+        ("::1", "::1", 8188),
+        ("http://[::1]:8189", "::1", 8189),
+        ("https://[fe80::2]", "fe80::2", 8188),
+    ],
+)
+def test_legacy_url_ipv6_bare_or_bracketed(env, url, host, port):
+    (server,) = load_base_servers({**env, "NUKE_COMFYUI_URL": url})
+    assert (server.host, server.port) == (host, port)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NUKE_COMFYUI_URL='[::1]:8189' (IPv6 without scheme) is read as a JSON list",
+)
+def test_legacy_url_bracketed_ipv6_without_scheme(env):
+    """Addresses without a scheme get http:// (documented); IPv6 ones start with '['."""
+    (server,) = load_base_servers({**env, "NUKE_COMFYUI_URL": "[::1]:8189"})
+    assert (server.host, server.port) == ("::1", 8189)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="BUG: a bracketed IPv6 'ip' with a port is accepted (url gets 2 ports)"
+)
+def test_bracketed_ipv6_ip_with_a_port_is_an_error(env):
+    with pytest.raises(ConfigError, match="port") as info:
+        load_base_servers(servers_env(env, [{"ip": "[::1]:8188"}]))
+    assert info.value.field == "ip"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an 'ip' with unbalanced brackets is accepted")
+@pytest.mark.parametrize("host", ["[::1", "::1]"])
+def test_ip_with_unbalanced_brackets_is_an_error(env, host):
+    with pytest.raises(ConfigError):
+        load_base_servers(servers_env(env, [{"ip": host}]))
 
 
 def test_error_says_which_entry(env):
@@ -303,11 +410,59 @@ def test_numbered_order_is_numeric_and_gaps_allowed(env):
     assert [s.host for s in servers] == ["h1", "h2", "h10"]
 
 
+def test_numbered_gaps_get_priorities_by_position(env):
+    """Documented default priority: the position (1 for the first server), not the number."""
+    servers = load_base_servers({**env, "NUKE_COMFYUI_IP_1": "h1", "NUKE_COMFYUI_IP_3": "h3"})
+    assert [(s.host, s.priority, s.enabled, s.source) for s in servers] == [
+        ("h1", 1, True, "NUKE_COMFYUI_IP_1"),
+        ("h3", 2, True, "NUKE_COMFYUI_IP_3"),
+    ]
+
+
+def test_numbered_explicit_priority_does_not_shift_the_next_default(env):
+    servers = load_base_servers(
+        {
+            **env,
+            "NUKE_COMFYUI_IP_2": "h2",
+            "NUKE_COMFYUI_PRIORITY_2": "7",
+            "NUKE_COMFYUI_IP_5": "h5",
+        }
+    )
+    assert [(s.host, s.priority) for s in servers] == [("h2", 7), ("h5", 2)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NUKE_COMFYUI_IP_0 / _01 are silently ignored (the default local server is used)",
+)
+@pytest.mark.parametrize("suffix", ["0", "01", "007"])
+def test_numbered_index_zero_or_leading_zero_is_an_error(env, suffix):
+    """``<n>`` is 1, 2, 3...: ``_0`` or ``_01`` is a typo that must not send work elsewhere."""
+    variable = f"NUKE_COMFYUI_IP_{suffix}"
+    with pytest.raises(ConfigError) as info:
+        load_base_servers({**env, variable: "10.0.0.9"})
+    assert info.value.source == variable
+
+
+@pytest.mark.xfail(
+    strict=True, reason="BUG: NUKE_COMFYUI_IP_01 next to NUKE_COMFYUI_IP_1 is silently dropped"
+)
+def test_numbered_leading_zero_next_to_valid_servers_is_an_error(env):
+    with pytest.raises(ConfigError):
+        load_base_servers({**env, "NUKE_COMFYUI_IP_1": "h1", "NUKE_COMFYUI_IP_01": "h2"})
+
+
 def test_numbered_empty_variables_count_as_unset(env):
     servers = load_base_servers(
         {**env, "NUKE_COMFYUI_IP_1": "h1", "NUKE_COMFYUI_IP_2": "", "NUKE_COMFYUI_PORT_2": " "}
     )
     assert [s.host for s in servers] == ["h1"]
+
+
+def test_numbered_empty_variable_listed_first_hides_nothing(env):
+    """The environment's order is arbitrary: a cleared variable seen first must not end the scan."""
+    servers = load_base_servers({"NUKE_COMFYUI_IP_2": "", **env, "NUKE_COMFYUI_IP_1": "h1"})
+    assert [(s.host, s.source) for s in servers] == [("h1", "NUKE_COMFYUI_IP_1")]
 
 
 def test_numbered_ip_may_carry_scheme_and_port(env):
@@ -395,6 +550,24 @@ def test_legacy_single_dir_applies_to_every_url(env):
     assert [s.dir_local for s in servers] == ["//nas/comfy", "//nas/comfy"]
 
 
+@pytest.mark.parametrize("old_dir", ["//nas/comfy", '["//nas/comfy"]'])
+def test_legacy_one_old_dir_serves_a_whole_url_list(env, old_dir):
+    """Documented: NUKE_COMFYUI_DIR may be one folder (plain or a one-item list) for all URLs."""
+    servers = load_base_servers(
+        {
+            **env,
+            "NUKE_COMFYUI_URL": '["a", "b", "c"]',
+            "NUKE_COMFYUI_DIR": old_dir,
+            "NUKE_COMFYUI_DIR_REMOTE": "/srv/comfy",
+        }
+    )
+    assert [(s.host, s.dir_local, s.dir_remote, s.priority) for s in servers] == [
+        ("a", "//nas/comfy", "/srv/comfy", 1),
+        ("b", "//nas/comfy", "/srv/comfy", 2),
+        ("c", "//nas/comfy", "/srv/comfy", 3),
+    ]
+
+
 def test_legacy_host(env):
     (server,) = load_base_servers({**env, "NUKE_COMFYUI_HOST": "192.168.1.123:8189"})
     assert (server.host, server.port, server.source) == ("192.168.1.123", 8189, "NUKE_COMFYUI_HOST")
@@ -423,6 +596,16 @@ def test_legacy_ip_and_port_with_dirs(env):
 def test_legacy_ip_without_port(env):
     (server,) = load_base_servers({**env, "NUKE_COMFYUI_IP": "10.0.0.5"})
     assert server.url == "http://10.0.0.5:8188"
+
+
+def test_legacy_ip_with_port_and_the_same_port_variable(env):
+    (server,) = load_base_servers(
+        {**env, "NUKE_COMFYUI_IP": "10.0.0.5:8190", "NUKE_COMFYUI_PORT": "8190"}
+    )
+    assert server.url == "http://10.0.0.5:8190"
+    with pytest.raises(ConfigError, match="disagrees") as info:
+        load_base_servers({**env, "NUKE_COMFYUI_IP": "10.0.0.5:8190", "NUKE_COMFYUI_PORT": "81"})
+    assert (info.value.source, info.value.field) == ("NUKE_COMFYUI_PORT", "port")
 
 
 def test_legacy_port_alone(env):

@@ -393,3 +393,66 @@ def test_format_frame_path_without_token_is_a_clear_error(pattern: str) -> None:
         format_frame_path(pattern, 1)
     assert pattern in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MAX_FRAMES limit is inclusive, across parts and through the constructor
+
+_HALF = MAX_FRAMES // 2
+
+
+def test_parse_allows_exactly_max_frames_across_several_parts() -> None:
+    """``1-500000 500001-1000000`` is exactly the limit (a million frames): a legitimate, huge
+    request, not a typo."""
+    fr = FrameRange.parse("1-500000 500001-1000000")
+    assert len(fr) == MAX_FRAMES
+    assert (fr.first, fr.last) == (1, 1_000_000)
+
+
+def test_parse_refuses_one_frame_over_max_across_parts_quoting_the_part() -> None:
+    text = "1-500000 500001-1000001"
+    assert text == f"1-{_HALF} {_HALF + 1}-{MAX_FRAMES + 1}"
+    with pytest.raises(FrameRangeError) as info:
+        FrameRange.parse(text)
+    assert info.value.part == f"{_HALF + 1}-{MAX_FRAMES + 1}"
+    assert info.value.text == text
+
+
+def test_parse_allows_exactly_max_frames_in_one_part() -> None:
+    assert len(FrameRange.parse(f"1-{MAX_FRAMES}")) == MAX_FRAMES
+
+
+def test_constructor_allows_exactly_max_frames_and_refuses_one_more() -> None:
+    """The limit holds for ranges built from frame lists (Nuke knobs), not only parsed text."""
+    assert len(FrameRange(tuple(range(MAX_FRAMES)))) == MAX_FRAMES
+    with pytest.raises(FrameRangeError, match=f"at most {MAX_FRAMES} frames"):
+        FrameRange(tuple(range(MAX_FRAMES + 1)))
+
+
+def test_auto_chunker_accepts_sub_second_targets() -> None:
+    """Any positive target is valid: fast workflows may aim at half a second per chunk."""
+    assert AutoChunker(target_seconds=0.5, seconds_per_frame=0.1, workers=1).size_for(100) == 5
+
+
+def test_auto_chunker_chunks_per_worker_sets_the_untimed_size() -> None:
+    """One chunk per worker is allowed and gives the largest untimed chunks."""
+    assert AutoChunker(workers=2, chunks_per_worker=1).size_for(80) == 40
+    assert AutoChunker(workers=2, chunks_per_worker=2).size_for(80) == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"min_size": 0}, "min_size"),
+        ({"min_size": 0, "max_size": 0}, "min_size"),
+        ({"chunks_per_worker": 0}, "chunks_per_worker"),
+        ({"workers": True}, "workers"),
+        ({"target_seconds": "30"}, "target_seconds"),
+        ({"seconds_per_frame": "2"}, "seconds_per_frame"),
+    ],
+)
+def test_auto_chunker_refuses_more_bad_arguments(kwargs: dict, field: str) -> None:
+    """A chunk size of 0 or no chunks per worker would hang or divide by zero mid-render."""
+    with pytest.raises(ConfigError) as info:
+        AutoChunker(**kwargs)
+    assert info.value.field == field

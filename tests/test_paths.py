@@ -8,7 +8,11 @@ from hypothesis import strategies as st
 
 from comfy_cluster.core.config.paths import POSIX, WINDOWS, PathMapper, detect_style
 
-WIN_LINUX = PathMapper("U:/", "/home/user/ComfyUI/")
+
+def win_linux() -> PathMapper:
+    """Built per test, not at import: a broken mapper then fails its tests instead of hiding
+    the whole module behind a collection error."""
+    return PathMapper("U:/", "/home/user/ComfyUI/")
 
 
 @pytest.mark.parametrize(
@@ -21,10 +25,12 @@ WIN_LINUX = PathMapper("U:/", "/home/user/ComfyUI/")
         ("U:", "/home/user/ComfyUI"),
         ("U://input//./a.png", "/home/user/ComfyUI/input/a.png"),
         ("U:/input/../a.png", "/home/user/ComfyUI/input/../a.png"),
+        # no separator after the drive letter: the first name keeps all its letters
+        ("U:input/a.png", "/home/user/ComfyUI/input/a.png"),
     ],
 )
 def test_windows_client_linux_server(local, remote):
-    assert WIN_LINUX.to_remote(local) == remote
+    assert win_linux().to_remote(local) == remote
 
 
 @pytest.mark.parametrize(
@@ -36,7 +42,7 @@ def test_windows_client_linux_server(local, remote):
     ],
 )
 def test_linux_server_back_to_windows(remote, local):
-    assert WIN_LINUX.to_local(remote) == local
+    assert win_linux().to_local(remote) == local
 
 
 @pytest.mark.parametrize(
@@ -50,14 +56,14 @@ def test_linux_server_back_to_windows(remote, local):
     ],
 )
 def test_remote_paths_outside_the_prefix_are_unchanged(outside):
-    assert WIN_LINUX.to_local(outside) == outside
-    assert not WIN_LINUX.covers_remote(outside)
+    assert win_linux().to_local(outside) == outside
+    assert not win_linux().covers_remote(outside)
 
 
 @pytest.mark.parametrize("outside", ["V:/output/a.png", "/home/user/ComfyUI/a.png", "a.png"])
 def test_local_paths_outside_the_prefix_are_unchanged(outside):
-    assert WIN_LINUX.to_remote(outside) == outside
-    assert not WIN_LINUX.covers_local(outside)
+    assert win_linux().to_remote(outside) == outside
+    assert not win_linux().covers_local(outside)
 
 
 def test_linux_client_windows_server_uses_the_configured_separator():
@@ -73,6 +79,28 @@ def test_windows_sides_match_case_insensitively_on_component_boundaries():
     mapper = PathMapper("U:/Shots", "/srv/shots")
     assert mapper.to_remote("u:/SHOTS/a.png") == "/srv/shots/a.png"
     assert mapper.to_remote("U:/Shots2/a.png") == "U:/Shots2/a.png"
+
+
+@pytest.mark.parametrize(
+    ("remote_dir", "expected"),
+    [
+        ("U:", "U:/output/a.png"),  # nothing written after the drive: "/" (Nuke accepts it)
+        ("D:\\ComfyUI/x", "D:/ComfyUI/x/output/a.png"),  # mixed: "/"
+        ("D:\\ComfyUI\\x", "D:\\ComfyUI\\x\\output\\a.png"),  # backslashes only
+    ],
+)
+def test_windows_side_separator_is_backslash_only_when_written_only_with_backslashes(
+    remote_dir, expected
+):
+    assert PathMapper("/mnt/comfy", remote_dir).to_remote("/mnt/comfy/output/a.png") == expected
+
+
+def test_forced_windows_side_without_drive_maps_back_without_doubling_the_root():
+    """A share mounted as ``/mnt/share`` but matched the Windows way still gets ``/mnt/...``."""
+    forced = PathMapper("/mnt/share", "/srv", local_style=WINDOWS)
+    assert forced.to_local("/srv/shots/a.png") == "/mnt/share/shots/a.png"
+    relative = PathMapper("share\\comfy", "/srv")
+    assert relative.to_local("/srv/a.png") == "share\\comfy\\a.png"
 
 
 def test_unc_share():

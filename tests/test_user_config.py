@@ -124,6 +124,22 @@ def test_remove_added_server_forgets_it_and_restore_base():
     assert [s.name for s in user.add_server(new_server("a")).apply(base)] == ["b", "a"]
 
 
+def test_priority_one_is_the_most_preferred_and_allowed():
+    base = tuple(config.parse_server_dict(d, "base") for d in BASE)
+    user = UserConfig().set_priority("b", 1).add_server(new_server("c")).set_priority("c", 1)
+    assert [(s.name, s.priority) for s in user.apply(base)] == [("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_adding_a_server_again_replaces_it_and_keeps_the_others():
+    user = (
+        UserConfig()
+        .add_server(new_server("c"))
+        .add_server(new_server("d", host="10.0.0.8"))
+        .add_server(new_server("c", host="10.0.0.9"))
+    )
+    assert [(s.name, s.host) for s in user.added] == [("d", "10.0.0.8"), ("c", "10.0.0.9")]
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True, None])
 def test_set_priority_rejects_bad_values(value):
     with pytest.raises(ConfigError) as info:
@@ -178,6 +194,53 @@ def test_save_and_load_round_trip(env, user_file):
     ]
 
 
+def test_disabled_added_server_stays_disabled_after_save_and_load(env, user_file):
+    """A server the user switched off must not come back on at the next start of Nuke."""
+    user = UserConfig().add_server(new_server("c", enabled=False, priority=4))
+    save_user_config(user, user_file)
+    (loaded,) = load_user_config(user_file).added
+    assert (loaded.name, loaded.enabled, loaded.priority) == ("c", False, 4)
+    assert [(s.name, s.enabled) for s in load_servers(env)] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+    ]
+
+
+def test_disabling_an_added_server_survives_save_and_load(env, user_file):
+    user = UserConfig().add_server(new_server("c")).set_enabled("c", False)
+    save_user_config(user, user_file)
+    assert [(s.name, s.enabled) for s in load_servers(env)][-1] == ("c", False)
+    # and switching it back on is saved too
+    save_user_config(load_user_config(user_file).set_enabled("c", True), user_file)
+    assert [(s.name, s.enabled) for s in load_servers(env)][-1] == ("c", True)
+
+
+def test_disabled_base_server_stays_disabled_after_save_and_load(env, user_file):
+    save_user_config(UserConfig().set_enabled("b", False), user_file)
+    assert load_user_config(user_file).edits == {"b": ServerEdit(enabled=False)}
+    assert [(s.name, s.enabled) for s in load_servers(env)] == [("a", True), ("b", False)]
+
+
+def test_hand_written_edit_to_priority_one_is_read(env, user_file):
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text('{"edits": {"b": {"priority": 1}}}', encoding="utf-8")
+    assert [(s.name, s.priority) for s in load_servers(env)] == [("a", 1), ("b", 1)]
+
+
+def test_saved_file_reads_like_the_documented_example(user_file):
+    """People edit this file by hand: version first, two-space indents, keys in the order of
+    the documentation (not sorted), one trailing newline."""
+    user = UserConfig().add_server(new_server("c")).set_enabled("a", False).remove_server("b")
+    save_user_config(user, user_file)
+    text = user_file.read_text(encoding="utf-8")
+    assert text.startswith('{\n  "version": 1,\n  "added": {\n    "c": {\n      "host": ')
+    assert text.endswith("}\n") and not text.endswith("\n\n")
+    document = json.loads(text)
+    assert list(document) == ["version", "added", "edits", "removed"]
+    assert list(document["added"]["c"])[:3] == ["host", "port", "scheme"]
+
+
 def test_removed_base_server_stays_removed(env, user_file):
     save_user_config(UserConfig().remove_server("b"), user_file)
     document = json.loads(user_file.read_text())
@@ -206,6 +269,50 @@ def test_file_is_private(user_file):
     os.chmod(user_file, 0o644)
     save_user_config(UserConfig().add_server(new_server(token="t")), user_file)
     assert stat.S_IMODE(user_file.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_new_folder_for_the_file_is_private(tmp_path):
+    """The folder created for the token file is the user's alone (mode 0700)."""
+    old_umask = os.umask(0o022)
+    try:
+        target = tmp_path / "home" / ".nuke" / "comfy_cluster" / "servers.json"
+        save_user_config(UserConfig().add_server(new_server(token="t")), target)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.name != "posix", reason="directory fsync is POSIX only")
+def test_write_is_durable_before_and_after_the_rename(monkeypatch, user_file):
+    """Documented: the temp file is flushed to disk, then renamed, and the rename made durable.
+
+    Each ``fsync`` is recorded with what it syncs: the file must already hold the whole text
+    (a buffered write synced too early loses it on a crash), and the folder is synced last.
+    """
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        info = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    save_user_config(UserConfig().remove_server("x"), user_file)
+    size = user_file.stat().st_size
+    assert [kind for kind, _ in synced] == ["file", "dir"]
+    assert synced[0] == ("file", size)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_saving_leaks_no_file_descriptors(user_file):
+    """Nuke sessions last days and the panel saves on every edit."""
+    save_user_config(UserConfig(), user_file)
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        save_user_config(UserConfig().remove_server(f"s{n}"), user_file)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,18 @@ def test_ui_format_is_refused_with_export_api_hint() -> None:
     with pytest.raises(WorkflowError, match=r"Export \(API\)") as info:
         load("ui_format.json")
     assert "ui_format.json" in str(info.value)
+    # recognised as a UI export as a whole, not blamed on a node called "nodes"
+    assert "is a ComfyUI UI workflow" in str(info.value)
+    assert info.value.node_id is None
+
+
+@pytest.mark.parametrize("node_id", ["nodes", "links"])
+def test_an_api_node_named_nodes_or_links_is_not_a_ui_workflow(node_id: str) -> None:
+    """Only both keys together mark a UI export; one node id may be any string."""
+    data = raw("invert.json")
+    data[node_id] = data.pop("2")
+    data["3"]["inputs"]["images"] = [node_id, 0]
+    assert Workflow.load(data).output_node() == "3"
 
 
 def test_json_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
@@ -115,6 +127,10 @@ def test_missing_file_is_a_workflow_error(tmp_path: Path) -> None:
         ({"1": {"class_type": "X", "inputs": {"a": ["2", 0]}}}, "missing node 2", "1"),
         ({"1": {"class_type": "X", "inputs": {"a": [1, 2, 3]}}}, "not a link", "1"),
         ({"1": {"class_type": "X", "inputs": {"a": ["1", "0"]}}}, "not a link", "1"),
+        # bool is an int subclass, but True is not an output index: a typo, never output 1
+        ({"1": {"class_type": "X", "inputs": {"a": ["1", True]}}}, "not a link", "1"),
+        ({"1": {"class_type": "X", "inputs": {"a": ["1", False]}}}, "not a link", "1"),
+        ({"1": {"class_type": "X", "inputs": {"a": ["1"]}}}, "not a link", "1"),
     ],
 )
 def test_malformed_api_workflows(data: Any, match: str, node_id: str | None) -> None:
@@ -423,6 +439,14 @@ def test_override_can_relink_an_input() -> None:
         build_frame_prompt(load("invert.json"), 1, overrides=[Override.parse('3.images=["99", 0]')])
 
 
+@pytest.mark.parametrize("value", ['["1", true]', '["1", 0, 0]', '["99", 0]'])
+def test_override_with_a_malformed_link_is_refused(value: str) -> None:
+    """An override is checked like the workflow's own links: ComfyUI would fail mid-render."""
+    with pytest.raises(WorkflowError, match="override: input 'images' of node 3") as info:
+        build_frame_prompt(load("invert.json"), 1, overrides=[Override.parse(f"3.images={value}")])
+    assert info.value.node_id == "3"
+
+
 @pytest.mark.parametrize(
     ("override", "match", "node_id"),
     [
@@ -527,6 +551,29 @@ def test_batch_of_one_frame_adds_no_nodes() -> None:
     assert prompt["1"]["inputs"]["image"] == "a.png"
 
 
+def test_batch_of_one_frame_is_the_per_frame_prompt() -> None:
+    """One frame needs no batching: the prompt is exactly the per-frame one, links as written
+    (ComfyUI accepts integer node ids in links; we must not rewrite them)."""
+    data = raw("invert.json")
+    data["2"]["inputs"]["image"] = [1, 0]
+    data["3"]["inputs"]["images"] = [2, 0]
+    wf = Workflow.load(data)
+    batch = build_batch_prompt(wf, [7], image_values=["a.png"], output_prefix="p")
+    assert batch == build_frame_prompt(wf, 7, image_value="a.png", output_prefix="p")
+    assert batch["2"]["inputs"]["image"] == [1, 0]
+
+
+def test_batch_new_ids_come_after_every_numeric_id_even_with_gaps() -> None:
+    """Added nodes never take a gap in the numbering: ids above the highest stay unambiguous
+    next to the workflow's own nodes in ComfyUI's history and errors."""
+    data = raw("invert.json")
+    data["9"] = data.pop("3")  # ids 1, 2, 9: gaps at 3..8
+    wf = Workflow.load(data)
+    prompt = build_batch_prompt(wf, [1, 2, 3], image_values=["a", "b", "c"])
+    assert_valid_graph(prompt)
+    assert sorted(set(prompt) - set(data), key=int) == ["10", "11", "12", "13"]
+
+
 def test_batch_new_ids_skip_non_numeric_and_existing_ids() -> None:
     data = {
         "load": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
@@ -572,6 +619,20 @@ def test_batch_refuses_mask_output_use() -> None:
         "1",
         1,
     ]
+
+
+def test_batch_refuses_mask_use_of_the_loader_whatever_its_id() -> None:
+    """The refusal depends on which node the link names (loader "10" here), not on ids that
+    happen to equal the output index."""
+    data = raw("batch_temporal.json")
+    data["14"] = {"class_type": "MaskToImage", "inputs": {"mask": ["10", 1]}}
+    with pytest.raises(WorkflowError, match="MASK") as info:
+        build_batch_prompt(Workflow.load(data), [1, 2], image_values=["a", "b"])
+    assert info.value.node_id == "14"
+    # output 1 of another node is no concern of the loader
+    data["14"]["inputs"]["mask"] = ["11", 1]
+    prompt = build_batch_prompt(Workflow.load(data), [1, 2], image_values=["a", "b"])
+    assert prompt["14"]["inputs"]["mask"] == ["11", 1]
 
 
 @pytest.mark.parametrize(
@@ -638,7 +699,52 @@ def test_sequence_prompt_refuses_a_non_sequence_loader() -> None:
     assert info.value.node_id == "1"
 
 
-@pytest.mark.parametrize(("first", "count"), [(-1, 3), (0, 0), (0, 1.5)])
+def _sequence_with_tokens() -> Workflow:
+    data = raw("sequence_vhs.json")
+    data["3"]["inputs"]["filename_prefix"] = "sh010/out_{frame:04d}"
+    return Workflow.load(data)
+
+
+def test_sequence_prompt_expands_tokens_to_the_given_frame_and_applies_overrides() -> None:
+    """Each chunk's prompt names its own first frame (in outputs and overrides)."""
+    prompt = build_sequence_prompt(
+        _sequence_with_tokens(),
+        "Plate Sequence",
+        4,
+        1,
+        frame=1005,
+        overrides=["Plate Sequence.select_every_nth={frame}"],
+    )
+    assert prompt["3"]["inputs"]["filename_prefix"] == "sh010/out_1005"
+    assert prompt["1"]["inputs"]["select_every_nth"] == 1005
+    assert (
+        prompt["1"]["inputs"]["skip_first_images"],
+        prompt["1"]["inputs"]["image_load_cap"],
+    ) == (
+        4,
+        1,
+    )
+
+
+def test_sequence_prompt_without_a_frame_leaves_tokens_as_written() -> None:
+    prompt = build_sequence_prompt(_sequence_with_tokens(), "1", 0, 2)
+    assert prompt["3"]["inputs"]["filename_prefix"] == "sh010/out_{frame:04d}"
+
+
+def test_sequence_prompt_directory_must_be_an_input_of_the_loader() -> None:
+    """A loader without a ``directory`` input cannot be sent to a folder: refused, not ignored."""
+    data = raw("sequence_vhs.json")
+    del data["1"]["inputs"]["directory"]
+    wf = Workflow.load(data)
+    assert build_sequence_prompt(wf, "1", 0, 2)["1"]["inputs"]["image_load_cap"] == 2
+    with pytest.raises(WorkflowError, match="'directory'") as info:
+        build_sequence_prompt(wf, "1", 0, 2, directory="/mnt/x")
+    assert info.value.node_id == "1"
+
+
+@pytest.mark.parametrize(
+    ("first", "count"), [(-1, 3), (0, 0), (0, 1.5), (True, 3), (0, True), ("0", 3)]
+)
 def test_sequence_prompt_refuses_bad_windows(first: int, count: Any) -> None:
     with pytest.raises(WorkflowError, match="whole number"):
         build_sequence_prompt(load("sequence_vhs.json"), "1", first, count)
@@ -657,6 +763,15 @@ def test_map_batch_outputs_drops_handles() -> None:
 def test_map_batch_outputs_count_mismatch_is_an_error() -> None:
     with pytest.raises(WorkflowError, match="returned 3 images for 4 frames"):
         map_batch_outputs(["a", "b", "c"], (1, 2, 3, 4), (2, 3))
+
+
+@pytest.mark.parametrize("extra", [1, 4])
+def test_map_batch_outputs_more_images_than_frames_is_an_error(extra: int) -> None:
+    """A workflow that grew the batch (interpolation, an extra frame) cannot be paired by
+    position: the first images would be written over the wrong frames without a word."""
+    images = [f"i{n}" for n in range(4 + extra)]
+    with pytest.raises(WorkflowError, match=f"returned {4 + extra} images for 4 frames"):
+        map_batch_outputs(images, (2, 3, 4, 5), (3, 4))
 
 
 def test_map_batch_outputs_delivered_must_be_rendered() -> None:

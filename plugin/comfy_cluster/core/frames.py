@@ -436,9 +436,9 @@ def format_frame_path(pattern: str, frame: int) -> str:
         if hashes is not None:
             width = len(hashes)
         elif printf is not None:
-            width = int(printf) if printf else 0
+            width = int(printf) if printf else 0  # pragma: no mutate (width 1 = no padding)
         else:
-            width = int(houdini) if houdini else 0
+            width = int(houdini) if houdini else 0  # pragma: no mutate (width 1 = no padding)
         return f"{frame:0{width}d}" if width else str(frame)
 
     return _FRAME_TOKEN.sub(pad, pattern)

@@ -115,7 +115,7 @@ def _check_ca_bundle(value: object, source: str, who: str, server: str) -> Optio
 def _unknown_key_message(key: str, who: str) -> str:
     import difflib  # only on the error path
 
-    close = difflib.get_close_matches(key, SERVER_KEYS, n=1)
+    close = difflib.get_close_matches(key, SERVER_KEYS, n=1)  # pragma: no mutate (best first)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{who}unknown key {key!r}{hint}; known keys: {', '.join(SERVER_KEYS)}"
 
