@@ -1,0 +1,439 @@
+"""The job book's rules at the job level, driven by hand: no threads, no servers, a fake clock.
+
+Each test plays the calls the worker slots make (``next_attempt``, ``claim_frame``,
+``frame_written``, ``finish_attempt``, ``probe_due``/``probe_result``, ``close_slot``) and
+checks what the *job* sees: which slot gets which chunk, how often a chunk runs, who is blamed,
+and how the job ends. These are the rules that keep "every frame written exactly once" and
+"a healthy server keeps working" true when something goes wrong mid-job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from comfy_cluster.core.balance import FastestCompletion, SpeedTracker
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
+from comfy_cluster.core.engine.balancing import JobBalancer
+from comfy_cluster.core.engine.book import JobBook
+from comfy_cluster.core.engine.chunk_queue import ChunkQueue
+from comfy_cluster.core.engine.ending import final_result
+from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
+from comfy_cluster.core.frames import Chunk, FixedChunker
+from comfy_cluster.core.server import ServerConfig
+
+WORKFLOW = {"1": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+
+Chooser = Callable[[Chunk, Sequence[str], Mapping[str, int], int, Sequence[str]], Any]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def first_free(
+    chunk: Chunk, free: Sequence[str], in_flight: Mapping[str, int], remaining: int, able: Any
+) -> Optional[tuple[str, str]]:
+    """The simplest chooser: the first free server in configuration order."""
+    return free[0], f"{free[0]}: first free"
+
+
+class Job:
+    """One job's book with its slots, events and clock; ``slots`` maps server -> slot count."""
+
+    def __init__(
+        self,
+        frames: str = "1-4",
+        servers: Sequence[str] = ("a", "b"),
+        *,
+        slots: Optional[Mapping[str, int]] = None,
+        chunk_size: int = 1,
+        mode: str = "frame",
+        chooser: Chooser = first_free,
+        output: str = "o.####.png",
+        **settings: Any,
+    ) -> None:
+        batch = {"input_pattern": "i.####.png"} if mode == "batch" else {}
+        self.job = RenderJob(WORKFLOW, frames, output, mode=mode, **batch)
+        self.events: list[ev.JobEvent] = []
+        self.clock = Clock()
+        self.settings = EngineSettings(**settings)
+        self.book = JobBook(
+            self.job,
+            FixedChunker(chunk_size).split(self.job.frame_range),
+            servers,
+            frames_to_render=self.job.frame_range.frames,
+            chooser=chooser,
+            sink=ev.EventSink(self.events.append),
+            clock=self.clock,
+            settings=self.settings,
+        )
+        counts = slots or {s: 1 for s in servers}
+        for server in servers:
+            for n in range(counts.get(server, 0)):
+                self.book.add_slot(f"{server}-{n}", server)
+
+    def take(self, slot: str) -> Attempt:
+        """The attempt ``slot`` starts now (it must have one)."""
+        got = self.book.next_attempt(slot, 0.0)
+        assert isinstance(got, Attempt), f"{slot} got {got!r}"
+        return got
+
+    def deliver(self, attempt: Attempt, frames: Optional[Sequence[int]] = None) -> None:
+        """Write ``frames`` (default: the whole chunk) as a worker does."""
+        for frame in attempt.chunk.frames if frames is None else frames:
+            assert self.book.claim_frame(attempt, frame), frame
+            self.book.frame_written(attempt, frame, f"/out/{frame}")
+
+    def finish(self, attempt: Attempt, kind: OutcomeKind = OutcomeKind.OK, **kw: Any) -> None:
+        self.book.finish_attempt(attempt, Outcome(kind, **kw))
+
+    def of(self, cls: type) -> list[Any]:
+        self.book.flush()
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def assigned(self) -> list[tuple[int, str]]:
+        """(chunk index, server) of every ChunkAssigned so far, in order."""
+        return [(e.chunk_index, e.server) for e in self.of(ev.ChunkAssigned)]
+
+
+# -- item 4: suspension, probes, coming back --------------------------------------------------
+
+
+def test_a_suspended_server_that_answers_its_probe_gets_chunks_again() -> None:
+    """A server that looked dead is suspended, not dropped: once its probe answers it must take
+    work again in the same job (else one network blip halves the farm for the whole job)."""
+    j = Job("1-6", probe_interval=1.0, probe_interval_max=8.0, blocklist_after=5)
+    a_first = j.take("a-0")
+    j.finish(a_first, OutcomeKind.SERVER, why="refused", down=True)
+    assert j.book.next_attempt("a-0", 0.0) is False  # suspended: no work, not out of the job
+    assert "a" not in j.book.blocklist
+    assert not j.book.probe_due("a-0")  # the probe waits probe_interval
+    j.clock.advance(0.99)
+    assert not j.book.probe_due("a-0")
+    j.clock.advance(0.01)
+    assert j.book.probe_due("a-0")
+    assert not j.book.probe_due("a-0")  # claimed: one probe at a time
+    before = len(j.assigned())
+    j.book.probe_result("a", True)
+    back = j.take("a-0")
+    # Not the chunk it failed (the other server may take that), the next one in line.
+    assert back.server == "a" and back.chunk.index == 2
+    assert j.assigned()[before:] == [(2, "a")]
+
+
+def probe_times(j: Job, slot: str, server: str, failures: int, step: float = 0.25) -> list[float]:
+    """Clock times (from now) at which each probe of ``server`` fell due; each one fails."""
+    start = j.clock.now
+    times = []
+    for _ in range(failures):
+        for _ in range(1000):
+            if j.book.probe_due(slot):
+                break
+            j.clock.advance(step)
+        else:
+            pytest.fail("no probe came due")
+        times.append(j.clock.now - start)
+        j.book.probe_result(server, False, "still refused")
+    return times
+
+
+def test_probe_backoff_grows_from_short_to_long_and_caps() -> None:
+    """A dead server is asked again soon, then less and less often (doubling), never more
+    often: probing a dead host every half second for an hour is noise, and a shrinking backoff
+    would hammer it."""
+    j = Job("1-6", probe_interval=1.0, probe_interval_max=4.0, blocklist_after=20)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
+    times = probe_times(j, "a-0", "a", 5)
+    gaps = [round(t2 - t1, 2) for t1, t2 in zip([0.0, *times], times)]
+    assert gaps == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert "a" not in j.book.blocklist
+
+
+def test_probes_that_keep_failing_take_the_server_out_and_end_a_job_with_none_left() -> None:
+    """``blocklist_after`` failures (the first suspension counts) take a server out of the job;
+    when it was the last one, the job fails naming why instead of waiting forever."""
+    j = Job("1-3", servers=("a",), probe_interval=1.0, blocklist_after=3)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
+    probe_times(j, "a-0", "a", 2)
+    assert "unreachable (3 failures)" in j.book.blocklist["a"]
+    assert [e.server for e in j.of(ev.ServerBlocklisted)] == ["a"]
+    assert j.book.next_attempt("a-0", 0.0) is None
+    end = j.book.end()
+    assert end is not None and end.status is JobStatus.FAILED
+    assert "no eligible server left" in end.message and "a: unreachable" in end.message
+    assert not j.book.probe_due("a-0")
+
+
+def test_a_late_probe_answer_for_a_server_not_suspended_changes_nothing() -> None:
+    j = Job("1-2", probe_interval=1.0, blocklist_after=1)
+    j.book.probe_result("a", False, "late")
+    assert j.book.blocklist == {} and j.book.end() is None
+
+
+def test_a_suspended_server_is_not_probed_once_the_job_ended() -> None:
+    j = Job("1-4", probe_interval=1.0)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
+    j.clock.advance(5)
+    j.book.fail("stop")
+    assert not j.book.probe_due("a-0")
+
+
+# -- item 5: the first reason wins; cancel stays cancel ----------------------------------------
+
+
+def test_the_first_failure_reason_is_kept() -> None:
+    """Later failures (workers tripping over the stop) must not hide the root cause."""
+    j = Job()
+    error = RuntimeError("root")
+    j.book.fail("the root cause", "7", error)
+    j.book.fail("a consequence", "9", RuntimeError("later"))
+    assert j.book.next_attempt("a-0", 0.0) is None
+    end = j.book.end()
+    assert end is not None and end.status is JobStatus.FAILED
+    assert (end.message, end.node_id, end.error) == ("the root cause", "7", error)
+    j.book.cancel()
+    assert j.book.end() == end  # a cancel after a failure does not rewrite it either
+
+
+def test_a_cancelled_job_never_turns_into_a_failed_one(tmp_path: Path) -> None:
+    """After cancel, attempts end with errors and frames are missing on disk: the job is
+    still CANCELLED (the user asked for it), not FAILED (which would page someone)."""
+    j = Job("1-4", output=str(tmp_path / "o.####.png"))
+    running = j.take("a-0")
+    j.job.cancel_token.set()
+    j.book.cancel()
+    j.finish(running, OutcomeKind.JOB, why="workflow rejected: boom")
+    j.book.fail("no server took work")
+    end = j.book.end()
+    assert end is not None and end.status is JobStatus.CANCELLED
+    result = final_result(j.job, j.book, lambda: 1.5)
+    assert result.status is JobStatus.CANCELLED and result.message == "cancelled"
+    assert result.frames_missing == (1, 2, 3, 4)
+    assert isinstance(j.events[-1], ev.JobCancelled)
+    assert not j.of(ev.JobFailed)
+
+
+def test_a_complete_job_is_not_over_written_by_a_late_failure_or_cancel(tmp_path: Path) -> None:
+    """Every frame on disk: a failure or cancel arriving after that is too late to matter."""
+    j = Job("1", servers=("a",), output=str(tmp_path / "o.####.png"))
+    a = j.take("a-0")
+    (tmp_path / "o.0001.png").write_bytes(b"x")
+    j.deliver(a)
+    j.book.fail("late")
+    j.book.cancel()
+    assert j.book.end() is None
+    assert j.book.wait_ended(0.0)
+    result = final_result(j.job, j.book, lambda: 2.0)
+    assert result.ok and result.frames_written == (1,) and result.per_server == {"a": 1}
+    done = j.of(ev.JobDone)
+    assert len(done) == 1 and done[0].frames_written == 1 and done[0].seconds == 2.0
+
+
+# -- item 6: closing or suspending a slot never re-queues a running chunk ----------------------
+
+
+def test_closing_a_slot_never_requeues_the_chunk_still_running_there() -> None:
+    """A chunk running on a slot that closes must not also be handed to another slot: two
+    servers would render it, and whichever loses the race wastes a whole chunk of work."""
+    j = Job("1", servers=("a", "b"))
+    running = j.take("a-0")
+    j.book.close_slot("a-0")
+    assert j.book.next_attempt("b-0", 0.0) is False
+    j.deliver(running)
+    j.finish(running)
+    assert j.book.wait_ended(0.0) and j.book.end() is None
+    assert j.assigned() == [(running.chunk.index, "a")]
+
+
+def test_closing_a_slot_returns_the_chunk_it_never_started() -> None:
+    """The other half of the rule: work handed to a slot that goes away is not lost."""
+    j = Job("1-2", servers=("a", "b"), slots={"a": 2, "b": 1})
+    j.take("a-0")  # a-1 is handed chunk 2 at the same time; b-0 gets nothing
+    assert j.assigned() == [(0, "a"), (1, "a")]
+    j.book.close_slot("a-1")
+    moved = j.take("b-0")
+    assert moved.chunk.index == 1
+    assert j.book.next_attempt("a-1", 0.0) is False or j.book.end() is not None
+
+
+def test_suspending_a_server_never_requeues_a_chunk_still_running_on_it() -> None:
+    """Server ``a`` has two slots; one fails as "down". The chunk still running on the other
+    slot stays there (it may well finish); only the failed one and any chunk handed out but
+    not started go back. Each chunk runs at most once at a time."""
+    j = Job("1-4", servers=("a", "b"), slots={"a": 2, "b": 1}, probe_interval=5.0)
+    dying = j.take("a-0")
+    still = j.take("a-1")
+    assert {dying.chunk.index, still.chunk.index} == {0, 1}
+    j.finish(dying, OutcomeKind.SERVER, why="server down", down=True)
+    handed: list[int] = []
+    for _ in range(6):
+        got = j.book.next_attempt("b-0", 0.0)
+        if not isinstance(got, Attempt):
+            break
+        handed.append(got.chunk.index)
+        j.deliver(got)
+        j.finish(got)
+    assert sorted(handed) == [dying.chunk.index, 2, 3]
+    assert still.chunk.index not in handed
+    j.deliver(still)
+    j.finish(still)
+    assert j.book.wait_ended(0.0) and j.book.end() is None
+
+
+def test_suspending_a_server_takes_back_the_chunk_handed_to_its_idle_slot() -> None:
+    """A chunk assigned to a slot of the dead server but not started must move on, or it
+    waits for that server's probe (or the job's idle timeout)."""
+    j = Job("1-3", servers=("a", "b"), slots={"a": 2, "b": 1}, probe_interval=5.0)
+    dying = j.take("a-0")  # a-1 is handed chunk 1, b-0 chunk 2
+    assert j.assigned() == [(0, "a"), (1, "a"), (2, "b")]
+    j.finish(dying, OutcomeKind.SERVER, why="server down", down=True)
+    assert j.book.next_attempt("a-1", 0.0) is False
+    done = []
+    for _ in range(4):
+        got = j.book.next_attempt("b-0", 0.0)
+        if not isinstance(got, Attempt):
+            break
+        done.append(got.chunk.index)
+        j.deliver(got)
+        j.finish(got)
+    assert sorted(done) == [0, 1, 2]
+    assert j.book.wait_ended(0.0) and j.book.end() is None
+
+
+def test_an_aborted_attempt_goes_back_once_and_blames_nobody() -> None:
+    """An attempt stopped by something that is not the server's fault (the job's own stop
+    racing it) returns its chunk once, unnarrowed and uncounted: no retry, no blocklist."""
+    j = Job("1-4", servers=("a", "b"), chunk_size=2, blocklist_after=1)
+    aborted = j.take("a-0")
+    other = j.take("b-0")
+    j.deliver(aborted, aborted.chunk.frames[:1])
+    j.finish(aborted, OutcomeKind.ABORTED)
+    assert j.book.retries == 0 and j.book.blocklist == {}
+    assert not j.of(ev.ChunkRetried)
+    again = j.take("a-0")  # a may take it again: it did nothing wrong
+    assert again.chunk == aborted.chunk
+    j.deliver(other)
+    j.finish(other)
+    assert j.book.next_attempt("b-0", 0.0) is False  # handed out once only
+    j.deliver(again, again.chunk.frames[1:])
+    j.finish(again)
+    assert j.book.wait_ended(0.0) and j.book.end() is None
+
+
+def test_a_waiting_chunk_is_never_queued_twice() -> None:
+    """``put_back`` of a chunk already waiting must not duplicate it: two slots would get the
+    same chunk and render it twice."""
+    queue = ChunkQueue([Chunk(0, (1,), (), ())], ["a", "b"], clock=lambda: 0.0)
+    queue.add_slot("a-0", "a")
+    queue.add_slot("b-0", "b")
+    (first,) = queue.dispatch(first_free, eligible=("a", "b"), suspended=(), remaining=1) or ()
+    queue.unassign(queue.slot("a-0"))  # handed out, never started: back in line
+    queue.put_back(queue.queued(first))  # e.g. an abort reported for the same chunk
+    again = queue.dispatch(first_free, eligible=("a", "b"), suspended=(), remaining=1) or []
+    assert [a.chunk.index for a in again] == [0]
+
+
+# -- item 8: never hold a chunk while every other server is idle -------------------------------
+
+
+def balanced_job(speeds: dict[str, float], frames: str = "1-4") -> tuple[Job, JobBalancer]:
+    servers = [ServerConfig(name=n, host="127.0.0.1", port=9000 + i) for i, n in enumerate(speeds)]
+    balancer = JobBalancer(servers, FastestCompletion(), SpeedTracker(initial=speeds))
+    j = Job(frames, servers=tuple(speeds), chooser=balancer.choose)
+    return j, balancer
+
+
+def test_the_tail_rule_holds_for_a_faster_server_only_while_it_is_busy() -> None:
+    """With ``fast`` busy, the slow server is left idle (``fast`` comes back sooner). Once
+    ``fast`` has nothing in flight and cannot come back (its only slot is gone), holding
+    would strand the chunk until the idle timeout fails the job: ``slow`` must take it."""
+    j, _ = balanced_job({"fast": 0.1, "slow": 10.0})
+    running = j.take("fast-0")
+    assert j.book.next_attempt("slow-0", 0.0) is False  # held for fast: fine while it works
+    j.book.close_slot("fast-0")  # its worker is gone...
+    j.deliver(running)
+    j.finish(running)  # ...and it has nothing in flight any more
+    taken = j.take("slow-0")
+    assert taken.server == "slow" and taken.chunk.index == 1
+
+
+def test_the_tail_rule_never_holds_while_every_other_server_is_idle() -> None:
+    """The rule itself: a chunk offered to a slow server is held only when some other able
+    server is busy (it will come back for the work); with all of them idle, hand it out."""
+    speeds = {"fast": 0.1, "slow": 10.0}
+    balancer = JobBalancer(
+        [ServerConfig(name=n, host="h", port=1 + i) for i, n in enumerate(speeds)],
+        FastestCompletion(),
+        SpeedTracker(initial=speeds),
+    )
+    chunk = Chunk(3, (4,), (), ())
+    able = ("fast", "slow")
+    idle = balancer.choose(chunk, ["slow"], {"fast": 0, "slow": 0}, 4, able)
+    assert idle is not None and idle[0] == "slow"
+    assert balancer.choose(chunk, ["slow"], {"fast": 1, "slow": 0}, 4, able) is None
+
+
+# -- whose fault a rejection is (the events test that could not fail) -------------------------
+
+
+def rejection() -> WorkflowRejected:
+    return WorkflowRejected(
+        "Cannot execute because node X does not exist.",
+        error_type="invalid_prompt",
+        node_errors=(),
+    )
+
+
+def test_a_rejection_everywhere_after_one_server_accepted_is_not_the_workflows_fault() -> None:
+    """Every other eligible server rejected, but one accepted a prompt of this job earlier: the
+    workflow is valid (that server ran it), so the rejecting server is degraded, not the job
+    failed."""
+    j = Job(servers=("a", "b"))
+    j.book.mark_validated("a")  # a ran a prompt of this job
+    assert j.book.judge("a", rejection()).kind is OutcomeKind.DEGRADED  # then lost a node
+    assert j.book.judge("b", rejection()).kind is OutcomeKind.DEGRADED
+    fresh = Job(servers=("a", "b"))
+    assert fresh.book.judge("a", rejection()).kind is OutcomeKind.DEGRADED
+    outcome = fresh.book.judge("b", rejection())
+    assert outcome.kind is OutcomeKind.JOB and "every server (a, b)" in outcome.why
+
+
+def test_the_same_execution_error_on_two_servers_names_both() -> None:
+    j = Job(servers=("a", "b", "c"))
+    oom = ExecutionFailed("out of memory", node_id="5", exception_type="OOM")
+    assert j.book.judge("a", oom).kind is OutcomeKind.SERVER
+    assert j.book.judge("a", oom).kind is OutcomeKind.SERVER  # the same server twice: still its
+    outcome = j.book.judge("b", oom)
+    assert outcome.kind is OutcomeKind.JOB and "(on a and b)" in outcome.why
+
+
+def test_a_supervisor_wait_ends_at_once_when_the_job_ends_on_another_thread() -> None:
+    """``wait_ended`` is how the controller learns the job ended; it must not sleep through it."""
+    j = Job("1-2")
+    woke = threading.Event()
+
+    def supervisor() -> None:
+        j.book.wait_ended(60.0)
+        woke.set()
+
+    t = threading.Thread(target=supervisor, daemon=True)
+    t.start()
+    j.book.fail("stop")
+    assert woke.wait(10.0)
