@@ -437,3 +437,337 @@ def test_a_supervisor_wait_ends_at_once_when_the_job_ends_on_another_thread() ->
     t.start()
     j.book.fail("stop")
     assert woke.wait(10.0)
+
+
+# -- the book's promptness: who is woken, what is delivered at once -----------------------------
+
+
+class WatchedCondition(threading.Condition):
+    """A Condition that tells when a thread starts waiting on it (then it released the lock)."""
+
+    waiting = threading.Semaphore(0)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        WatchedCondition.waiting.release()
+        return super().wait(timeout)
+
+
+class Switch:
+    """A chooser that declines while ``hold`` is set (first free server otherwise)."""
+
+    def __init__(self) -> None:
+        self.hold = True
+
+    def __call__(self, chunk: Chunk, free: Sequence[str], *rest: Any) -> Optional[tuple[str, str]]:
+        return None if self.hold else first_free(chunk, free, *rest)
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Job]:
+    """Builds a Job whose book's condition reports waiters, so a test knows a slot really
+    waits before it acts (no sleeps)."""
+
+    def build(*args: Any, **kw: Any) -> Job:
+        WatchedCondition.waiting = threading.Semaphore(0)
+        with monkeypatch.context() as m:
+            m.setattr(threading, "Condition", WatchedCondition)
+            return Job(*args, **kw)
+
+    return build
+
+
+class Asker:
+    """A worker slot asking for work on its own thread (``next_attempt`` with a long timeout)."""
+
+    def __init__(self, j: Job, slot: str, timeout: float = 60.0) -> None:
+        self.result: Any = "not returned"
+        self.thread = threading.Thread(
+            target=lambda: setattr(self, "result", j.book.next_attempt(slot, timeout)),
+            daemon=True,
+        )
+        self.thread.start()
+
+    def waits(self) -> None:
+        """Returns once the slot waits on the book's condition."""
+        assert WatchedCondition.waiting.acquire(timeout=10), "the slot never waited"
+
+    def returned(self, within: float = 10.0) -> Any:
+        self.thread.join(within)
+        assert not self.thread.is_alive(), "the slot was not woken"
+        return self.result
+
+
+def test_a_slot_waiting_for_work_is_woken_when_the_supervisor_hands_it_a_chunk(
+    watched: Callable[..., Job],
+) -> None:
+    """The supervisor's wait re-dispatches (a chooser may decline now and accept later): a
+    slot given work must start at once, not after its own poll times out."""
+    switch = Switch()
+    j = watched("1-2", servers=("a",), chooser=switch)
+    asker = Asker(j, "a-0")
+    asker.waits()
+    switch.hold = False
+    assert not j.book.wait_ended(0.0)
+    got = asker.returned()
+    assert isinstance(got, Attempt) and got.chunk.index == 0
+
+
+def test_a_slot_of_a_server_taken_out_while_it_waits_stops_at_once(
+    watched: Callable[..., Job],
+) -> None:
+    """A failed probe that takes the server out must wake its waiting slots so they end."""
+    j = watched(
+        "1-4", servers=("a", "b"), slots={"a": 2, "b": 1}, probe_interval=1000.0, blocklist_after=2
+    )
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
+    asker = Asker(j, "a-1")
+    asker.waits()
+    j.clock.advance(1000.0)
+    assert j.book.probe_due("a-0")
+    j.book.probe_result("a", False, "refused")
+    assert "a" in j.book.blocklist
+    assert asker.returned() is False  # woken; its next ask ends it
+    assert j.book.next_attempt("a-1", 60.0) is None
+
+
+def test_a_slot_whose_probe_is_due_is_not_made_to_wait(watched: Callable[..., Job]) -> None:
+    j = watched("1-4", probe_interval=5.0)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
+    j.clock.advance(5.0)
+    asker = Asker(j, "a-0")
+    assert asker.returned() is False  # at once: time to probe
+    assert j.book.probe_due("a-0")
+
+
+def test_a_slot_with_nothing_to_do_waits_until_woken(watched: Callable[..., Job]) -> None:
+    """No busy loop: an idle slot blocks in the book until something happens (here a wake)."""
+    j = watched("1", servers=("a", "b"))
+    running = j.take("a-0")
+    j.book.flush()
+    asker = Asker(j, "b-0")
+    asker.waits()
+    asker.thread.join(0.05)
+    assert asker.thread.is_alive()
+    j.book.wake()
+    assert asker.returned() is False
+    assert running.chunk.index == 0
+
+
+def test_a_slot_with_work_already_handed_to_it_does_not_wait(watched: Callable[..., Job]) -> None:
+    j = watched("1-2", servers=("a", "b"))
+    j.take("a-0")  # b-0 is handed chunk 1 at the same time
+    j.book.flush()
+    got = Asker(j, "b-0").returned()
+    assert isinstance(got, Attempt) and got.chunk.index == 1
+
+
+def test_a_slot_delivers_waiting_events_instead_of_sleeping_on_them(
+    watched: Callable[..., Job],
+) -> None:
+    """Events another thread queued reach the callback promptly: an idle slot with events
+    waiting flushes them and returns instead of waiting out its poll."""
+    j = watched("1-2", servers=("a",), probe_interval=1000.0)
+    first = j.take("a-0")
+    j.book.set_fraction(first, 0.5)  # queued, not yet delivered
+    j.finish(first, OutcomeKind.SERVER, why="refused", down=True)
+    j.events.clear()
+    j.book.set_fraction(first, 0.9)  # a stale progress event, queued
+    assert Asker(j, "a-0").returned() is False
+    assert any(isinstance(e, ev.ChunkProgress) for e in j.events)
+
+
+def test_the_supervisor_wait_blocks_until_woken(watched: Callable[..., Job]) -> None:
+    j = watched("1-2")
+    returned: list[bool] = []
+    t = threading.Thread(target=lambda: returned.append(j.book.wait_ended(60.0)), daemon=True)
+    t.start()
+    t.join(0.05)
+    assert t.is_alive()
+    j.book.wake()
+    t.join(10)
+    assert returned == [False]
+
+
+def test_the_last_frame_wakes_the_supervisor_at_once() -> None:
+    j = Job("1", servers=("a",))
+    a = j.take("a-0")
+    returned: list[bool] = []
+    t = threading.Thread(target=lambda: returned.append(j.book.wait_ended(60.0)), daemon=True)
+    t.start()
+    j.deliver(a)
+    t.join(10)
+    assert returned == [True]
+
+
+# -- events are delivered by the call that caused them ------------------------------------------
+
+
+def test_events_reach_the_callback_from_the_call_that_caused_them() -> None:
+    """A worker never calls flush itself after these: the book delivers on the way out."""
+    j = Job("1-3", servers=("a", "b"), probe_interval=1.0)
+    a = j.book.next_attempt("a-0", 0.0)
+    assert isinstance(a, Attempt)
+    assert [type(e) for e in j.events] == [ev.ChunkAssigned, ev.ChunkAssigned]
+    j.finish(a, OutcomeKind.SERVER, why="refused", down=True)
+    assert isinstance(j.events[-1], ev.ChunkRetried) and j.events[-1].why == "refused"
+    j.clock.advance(1.0)
+    assert j.book.probe_due("a-0")
+    j.book.probe_result("a", True)
+    assert (2, "a") in [
+        (e.chunk_index, e.server) for e in j.events if isinstance(e, ev.ChunkAssigned)
+    ]
+
+
+def test_a_freed_slot_is_handed_the_next_chunk_by_the_finish_itself() -> None:
+    j = Job("1-3", servers=("a",))
+    a = j.take("a-0")
+    j.deliver(a)
+    j.finish(a)
+    assert j.assigned() == [(0, "a"), (1, "a")]
+
+
+def test_a_chunk_given_back_by_a_closing_slot_is_handed_on_at_once() -> None:
+    j = Job("1-2", servers=("a", "b"), slots={"a": 2, "b": 1})
+    j.take("a-0")  # a-1 is handed chunk 1
+    j.book.close_slot("a-1")
+    assert j.assigned()[-1] == (1, "b")
+
+
+def test_a_slot_of_a_blocklisted_server_gives_back_the_chunk_handed_to_it() -> None:
+    """Work assigned to a slot of a server that is then taken out must not be stranded."""
+    j = Job("1-3", servers=("a", "b"), slots={"a": 2, "b": 1}, blocklist_after=1)
+    failing = j.take("a-0")  # a-1 is handed chunk 1, b-0 chunk 2
+    j.finish(failing, OutcomeKind.SERVER, why="boom")
+    assert "a" in j.book.blocklist
+    assert j.book.next_attempt("a-1", 0.0) is None
+    done = []
+    for _ in range(5):
+        got = j.book.next_attempt("b-0", 0.0)
+        if not isinstance(got, Attempt):
+            break
+        done.append(got.chunk.index)
+        j.deliver(got)
+        j.finish(got)
+    assert sorted(done) == [0, 1, 2]
+    assert j.book.wait_ended(0.0) and j.book.end() is None
+
+
+# -- the write protocol at the book ---------------------------------------------------------------
+
+
+def test_nothing_is_claimed_or_dispatched_after_the_job_ended() -> None:
+    j = Job("1-4", servers=("a", "b"))
+    a = j.take("a-0")
+    b = j.take("b-0")
+    j.book.fail("stop")
+    assert not j.book.is_current(a)
+    assert not j.book.claim_frame(a, a.chunk.frames[0])
+    before = j.assigned()
+    j.finish(b, OutcomeKind.ABORTED)
+    assert j.assigned() == before
+
+
+def test_a_cancel_stops_attempts_and_dispatch_before_the_supervisor_sees_it() -> None:
+    j = Job("1-4", servers=("a", "b"))
+    a = j.take("a-0")
+    b = j.take("b-0")
+    assert j.book.is_current(a)
+    j.job.cancel_token.set()
+    assert not j.book.is_current(a)
+    before = j.assigned()
+    j.finish(b, OutcomeKind.ABORTED)
+    assert j.assigned() == before
+
+
+def test_a_finished_attempt_is_stale_and_its_claims_refused() -> None:
+    j = Job("1-2", servers=("a",), chunk_size=2)
+    a = j.take("a-0")
+    j.deliver(a, [1])
+    j.finish(a, OutcomeKind.SERVER, why="boom")
+    assert not j.book.is_current(a)
+    assert not j.book.claim_frame(a, 2)
+
+
+def test_a_released_frame_may_be_claimed_by_the_next_attempt() -> None:
+    """A failed write must not block the frame forever."""
+    j = Job("1", servers=("a", "b"))
+    a = j.take("a-0")
+    assert j.book.claim_frame(a, 1)
+    j.book.release_frame(a, 1)
+    j.finish(a, OutcomeKind.SERVER, why="write failed")
+    b = j.take("b-0")
+    assert j.book.claim_frame(b, 1)
+    assert not j.book.delivered(1)
+    j.book.frame_written(b, 1, "/o/1")
+    assert j.book.delivered(1) and j.book.undelivered([1, 2]) == (2,)
+
+
+def test_frame_events_say_which_frame_and_how_far_the_chunk_is() -> None:
+    j = Job("1-2", servers=("a",), chunk_size=2)
+    a = j.take("a-0")
+    j.book.set_fraction(a, 1.7)
+    j.book.set_fraction(a, -3.0)
+    j.deliver(a, [1])
+    progress = j.of(ev.ChunkProgress)
+    assert [p.frame_fraction for p in progress] == [1.0, 0.0, 0.0]
+    assert [p.frames_done for p in progress] == [0, 0, 1]
+    written = j.of(ev.FrameWritten)
+    assert [(w.frame, w.path, w.server) for w in written] == [(1, "/out/1", "a")]
+
+
+def test_a_failed_attempts_running_fraction_leaves_the_progress() -> None:
+    j = Job("1-2", servers=("a",))
+    a = j.take("a-0")
+    j.book.set_fraction(a, 0.5)
+    assert j.book.progress()[0] == 0.25
+    j.finish(a, OutcomeKind.SERVER, why="boom")
+    assert j.book.progress()[0] == 0.0
+
+
+def test_an_attempt_that_ends_ok_without_every_frame_is_retried_saying_so() -> None:
+    j = Job("1-2", servers=("a", "b"), chunk_size=2)
+    a = j.take("a-0")
+    j.deliver(a, [1])
+    j.finish(a)
+    retried = j.of(ev.ChunkRetried)
+    assert [(r.why, r.frames) for r in retried] == [
+        ("finished without delivering every frame", (2,))
+    ]
+    assert j.book.retries == 1
+
+
+def test_an_aborted_attempt_that_delivered_its_whole_chunk_is_not_queued_again() -> None:
+    j = Job("1-2", servers=("a",))
+    a = j.take("a-0")
+    j.deliver(a)
+    j.finish(a, OutcomeKind.ABORTED)
+    assert j.assigned() == [(0, "a"), (1, "a")]
+
+
+def test_live_prompts_lists_what_may_still_sit_on_a_server() -> None:
+    j = Job()
+    j.book.prompt_submitted("a", "p1")
+    j.book.prompt_submitted("a", "p2")
+    j.book.prompt_submitted("b", "q1")
+    j.book.prompt_finished("a", "p1")
+    j.book.prompt_finished("b", "q1")
+    j.book.prompt_finished("c", "never")
+    assert j.book.live_prompts() == {"a": ("p2",)}
+
+
+def test_work_waiting_with_nothing_running_counts_as_idle() -> None:
+    """The controller fails a job whose work waits too long with nothing running anywhere
+    (every server suspended); a running attempt is not idleness."""
+    j = Job("1-2", servers=("a",), probe_interval=100.0)
+    a = j.take("a-0")
+    assert j.book.idle_for() == 0.0
+    j.clock.advance(50)
+    assert j.book.idle_for() == 0.0
+    j.finish(a, OutcomeKind.SERVER, why="refused", down=True)
+    assert j.book.idle_for() == 0.0
+    j.clock.advance(30)
+    assert j.book.idle_for() == 30.0
+    j.clock.advance(70)
+    assert j.book.probe_due("a-0")
+    j.book.probe_result("a", True)
+    assert j.book.idle_for() == 0.0
