@@ -9,6 +9,7 @@ twice after a retry. Fakes are subclassed here, never edited.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +18,7 @@ import pytest
 from fake_comfy import FakeCluster, FakeServer, invert
 from workflows import invert_workflow
 
+from comfy_cluster.core.balance import SpeedTracker
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import JobResult, JobStatus, RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
@@ -335,3 +337,233 @@ def test_the_result_counts_every_frame_written_and_by_whom(shot: Shot) -> None:
     done = events.of(ev.JobDone)[0]
     assert done.per_server == result.per_server and done.frames_written == 8
     assert result.paths[5] == str(shot.path(5).absolute())
+
+
+# -- the scheduler and the job's controller ----------------------------------------------------
+
+
+def hanging_cluster() -> tuple[FakeCluster, FakeServer]:
+    server = FakeServer("h", plan=["hang"] * 10)
+    return FakeCluster([server]), server
+
+
+def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_closing_the_scheduler_cancels_every_running_job_and_waits_for_them(shot: Shot) -> None:
+    """``close()`` (or leaving the ``with`` block) must not leave a job rendering behind the
+    user's back: each is cancelled and has ended when it returns."""
+    cluster, server = hanging_cluster()
+    with cluster:
+        scheduler = scheduler_for(cluster, stall_timeout=30)
+        with scheduler:
+            first = scheduler.start(shot.job("1-2"))
+            until(lambda: server.received)
+            second = scheduler.start(shot.job("3-4"))
+            assert set(scheduler.active_jobs()) == {first, second}
+        assert first.done and second.done and scheduler.active_jobs() == ()
+        assert first.result is not None and first.result.status is JobStatus.CANCELLED
+        assert second.result is not None and second.result.status is JobStatus.CANCELLED
+        until(lambda: not server.our_prompts_left())
+
+
+def test_close_with_a_timeout_of_zero_does_not_wait(shot: Shot) -> None:
+    cluster, server = hanging_cluster()
+    with cluster:
+        scheduler = scheduler_for(cluster, stall_timeout=30, join_timeout=30)
+        handle = scheduler.start(shot.job("1"))
+        until(lambda: server.received)
+        scheduler.close(timeout=0)
+        assert handle.wait(10) is not None
+
+
+def test_cancel_is_prompt_even_when_the_supervisor_polls_rarely(tmp_path: Path) -> None:
+    """``cancel()`` wakes the job's controller: with a 10 s poll step the job still ends at
+    once, while its only slot waits for an input frame the host never writes."""
+
+    def never(frame: int, timeout: float) -> bool:
+        return False
+
+    shot = Shot(tmp_path)
+    cluster = FakeCluster([FakeServer("a")])
+    with cluster, scheduler_for(cluster, poll_interval=2.0, input_poll=0.05) as scheduler:
+        handle = scheduler.start(shot.job("1-2"), wait_for_input=never)
+        assert handle.wait(0.2) is None
+        handle.cancel()
+        result = handle.wait(5)
+    assert result is not None and result.status is JobStatus.CANCELLED
+
+
+def test_the_job_thread_is_a_daemon_and_progress_reaches_one(shot: Shot) -> None:
+    """A hung job must never keep the host application from exiting."""
+    with FakeCluster([FakeServer("d")]) as cluster, scheduler_for(cluster) as scheduler:
+        handle = scheduler.start(shot.job("1-2"))
+        job_threads = [t for t in threading.enumerate() if t.name.startswith("comfy-cluster-job-")]
+        result = handle.wait(10)
+    assert all(t.daemon for t in job_threads)
+    assert result is not None and result.ok
+    assert handle.progress == 1.0
+
+
+def test_no_worker_of_a_job_still_runs_when_its_result_is_handed_over(shot: Shot) -> None:
+    cluster = FakeCluster([FakeServer("w", max_in_flight=2)])
+    with cluster, scheduler_for(cluster) as scheduler:
+        result = scheduler.run(shot.job("1-4"))
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("comfy-cluster-w-")]
+    assert result.ok and alive == []
+
+
+def test_server_names_must_be_unique() -> None:
+    a = ServerConfig(name="a", host="h", port=1)
+    with pytest.raises(ValueError, match="unique"):
+        Scheduler([a, dataclasses.replace(a, port=2)])
+
+
+def test_speeds_learnt_by_one_job_serve_the_next(shot: Shot) -> None:
+    """The scheduler's speed record is shared: a second job need not re-measure."""
+    speed = SpeedTracker()
+    cluster = FakeCluster([FakeServer("s")])
+    with cluster, scheduler_for(cluster, speed=speed) as scheduler:
+        assert scheduler.speed is speed
+        assert scheduler.run(shot.job("1-2")).ok
+    assert speed.seconds_per_frame("s") is not None
+
+
+def test_a_flaky_server_is_tried_three_times_before_its_chunk_moves(shot: Shot) -> None:
+    """The default retry policy: three tries per request, then the work moves on."""
+    flaky = FakeServer("flaky", plan=["lost"] * 10)
+    with FakeCluster([flaky, FakeServer("ok")]) as cluster:
+        options: dict[str, Any] = dict(client_factory=cluster.client_factory, sleep=lambda s: None)
+        with Scheduler(cluster.configs, blocklist_after=1, **options) as scheduler:
+            result = scheduler.run(shot.job("1"))
+    assert result.ok and flaky.submits == 3 and "flaky" in result.blocklisted
+
+
+class Frozen:
+    """A clock that never moves: every duration the engine reports is 0."""
+
+    def __call__(self) -> float:
+        return 5000.0
+
+
+def test_job_times_come_from_the_injected_clock(shot: Shot) -> None:
+    events = Events()
+    cluster = FakeCluster([FakeServer("c")])
+    with cluster, scheduler_for(cluster, clock=Frozen()) as scheduler:
+        done = scheduler.run(shot.job("1-2"), events.append)
+        early = scheduler.run(shot.job("1-2", strategy="nope"))
+    assert done.ok and done.seconds == 0.0 and events.of(ev.JobDone)[0].seconds == 0.0
+    assert early.status is JobStatus.FAILED and early.seconds == 0.0
+
+
+def test_a_job_that_always_has_work_running_never_times_out(shot: Shot) -> None:
+    """``no_server_timeout`` counts time with work waiting and *nothing* running: a busy job
+    is never idle, however small the limit."""
+    with FakeCluster([FakeServer("busy", seconds=0.05)]) as cluster:
+        result = run(cluster, shot.job("1-4"), no_server_timeout=0.0)
+    assert result.ok, result.message
+
+
+def test_a_job_whose_servers_all_stay_down_fails_naming_them(shot: Shot) -> None:
+    """Every server suspended and not due for a probe for a long time: the job fails after
+    ``no_server_timeout`` instead of waiting for a probe that may never answer."""
+    dead = FakeServer("dead")
+    dead.kill()
+    with FakeCluster([dead]) as cluster:
+        result = run(
+            cluster,
+            shot.job("1-2"),
+            probe_interval=60.0,
+            blocklist_after=10,
+            no_server_timeout=0.3,
+        )
+    assert result.status is JobStatus.FAILED
+    assert "no server took work" in result.message and "dead ready" in result.message
+
+
+class Health:
+    """Health monitor stand-in: every server READY; remembers set_active."""
+
+    def __init__(self) -> None:
+        self.active: list[tuple[bool, str]] = []
+
+    def snapshot(self) -> dict:
+        return {}
+
+    def set_active(self, active: bool, who: str = "default") -> None:
+        self.active.append((active, who))
+
+
+def test_the_health_monitor_is_told_while_a_job_runs(shot: Shot) -> None:
+    """The monitor polls faster while a job runs; it must hear the start and the end."""
+    health = Health()
+    job = shot.job("1")
+    with FakeCluster([FakeServer("m")]) as cluster:
+        result = run(cluster, job, health=health)
+    assert result.ok
+    assert health.active == [(True, f"job-{job.job_id}"), (False, f"job-{job.job_id}")]
+
+
+class BrokenOnce:
+    """A speed record that fails once on the job's own thread (a bug in a collaborator)."""
+
+    def __init__(self) -> None:
+        self.broke = False
+
+    def record(self, server: str, seconds: float, frames: int = 1) -> float:
+        return seconds
+
+    def seconds_per_frame(self, server: str) -> Optional[float]:
+        if not self.broke and threading.current_thread().name.startswith("comfy-cluster-job-"):
+            self.broke = True
+            raise RuntimeError("speed record bug")
+        return None
+
+
+def test_a_bug_after_the_job_started_still_ends_it_cleanly_naming_the_bug(shot: Shot) -> None:
+    events = Events()
+    with FakeCluster([FakeServer("bug")]) as cluster:
+        result = run(cluster, shot.job("1-2"), events, speed=BrokenOnce())
+    assert result.status is JobStatus.FAILED
+    assert "internal error" in result.message and "speed record bug" in result.message
+    assert isinstance(events[-1], ev.JobFailed)
+
+
+def test_a_server_with_one_slot_never_gets_two_prompts(shot: Shot) -> None:
+    server = GatedServer("one", together=2, patience=0.3)
+    with FakeCluster([server]) as cluster:
+        result = run(cluster, shot.job("1-2"))
+    assert result.ok and server.max_depth == 1
+
+
+class Broken:
+    """A speed record that always fails on the job's own thread."""
+
+    def record(self, server: str, seconds: float, frames: int = 1) -> float:
+        return seconds
+
+    def seconds_per_frame(self, server: str) -> Optional[float]:
+        if threading.current_thread().name.startswith("comfy-cluster-job-"):
+            raise RuntimeError("speed record bug")
+        return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine bug: JobRun.main() calls _fail_early() inside its except block; when ending "
+    "the job raises again (here: the ETA, on JobFailed), on_end is never called and "
+    "JobHandle.wait() blocks forever",
+)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_collaborator_that_keeps_failing_still_ends_the_job(shot: Shot) -> None:
+    """A job must always end: a caller blocked in ``Scheduler.run()`` has no other way out."""
+    with FakeCluster([FakeServer("bug2")]) as cluster:
+        scheduler = scheduler_for(cluster, speed=Broken())
+        handle = scheduler.start(shot.job("1"))
+        result = handle.wait(1.0)
+        scheduler.close(timeout=0)
+    assert result is not None and result.status is JobStatus.FAILED
