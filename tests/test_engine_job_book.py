@@ -771,3 +771,78 @@ def test_work_waiting_with_nothing_running_counts_as_idle() -> None:
     assert j.book.probe_due("a-0")
     j.book.probe_result("a", True)
     assert j.book.idle_for() == 0.0
+
+
+def test_the_end_wakes_every_waiting_slot(watched: Callable[..., Job]) -> None:
+    """A failure or cancel must reach slots idling in the book at once, so they stop."""
+    for end in ("fail", "cancel"):
+        j = watched("1", servers=("a", "b"))
+        j.take("a-0")
+        j.book.flush()
+        asker = Asker(j, "b-0")
+        asker.waits()
+        if end == "cancel":
+            j.book.cancel()
+        else:
+            j.book.fail("stop")
+        asker.returned()
+        assert j.book.next_attempt("b-0", 60.0) is None
+
+
+def test_a_cancel_wakes_the_supervisor() -> None:
+    j = Job("1-2")
+    returned: list[bool] = []
+    t = threading.Thread(target=lambda: returned.append(j.book.wait_ended(60.0)), daemon=True)
+    t.start()
+    j.book.cancel()
+    t.join(10)
+    assert returned == [True]
+
+
+def test_the_supervisor_sleeps_again_after_a_wake() -> None:
+    """One wake is one wake: the next wait blocks again (no busy loop after the first)."""
+    j = Job("1-2")
+    j.book.wake()
+    assert not j.book.wait_ended(60.0)  # returns at once: it was woken
+    t = threading.Thread(target=lambda: j.book.wait_ended(60.0), daemon=True)
+    t.start()
+    t.join(0.05)
+    assert t.is_alive()
+    j.book.fail("stop")
+    t.join(10)
+
+
+def test_a_server_out_of_the_job_is_announced_once_with_its_first_reason() -> None:
+    """Two slots of one server failing in turn: one ServerBlocklisted, the first reason."""
+    j = Job("1-4", servers=("a", "b"), slots={"a": 2, "b": 1}, blocklist_after=1)
+    first, second = j.take("a-0"), j.take("a-1")
+    j.finish(first, OutcomeKind.SERVER, why="first")
+    j.finish(second, OutcomeKind.DEGRADED, why="second")
+    assert [e.server for e in j.of(ev.ServerBlocklisted)] == ["a"]
+    assert "first" in j.book.blocklist["a"]
+
+
+def test_a_second_failure_while_suspended_does_not_restart_the_backoff() -> None:
+    """Another slot of a suspended server reporting it down must not push the probe back."""
+    j = Job(
+        "1-4", servers=("a", "b"), slots={"a": 2, "b": 1}, probe_interval=1.0, blocklist_after=9
+    )
+    first, second = j.take("a-0"), j.take("a-1")
+    j.finish(first, OutcomeKind.SERVER, why="refused", down=True)
+    j.clock.advance(0.5)
+    j.finish(second, OutcomeKind.SERVER, why="refused", down=True)
+    j.clock.advance(0.5)
+    assert j.book.probe_due("a-0")
+
+
+def test_a_suspended_slot_waits_only_until_its_probe_is_due(watched: Callable[..., Job]) -> None:
+    j = watched("1-4", servers=("a",), slots={"a": 2}, probe_interval=1000.0)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
+    far = Asker(j, "a-1")
+    far.waits()
+    far.thread.join(0.05)
+    assert far.thread.is_alive()  # the probe is 1000 s away: it sleeps (up to its timeout)
+    j.book.wake()
+    assert far.returned() is False
+    j.clock.advance(1000.0 - 0.05)
+    assert Asker(j, "a-1").returned() is False  # due in 0.05 s: back after that, not 60 s

@@ -435,11 +435,14 @@ def test_running_prompts_count_toward_progress() -> None:
 
 
 def test_the_1_percent_event_threshold_scales_with_the_prompts_frames() -> None:
-    ledger = FrameLedger(range(1, 9))
+    ledger = FrameLedger(range(1, 200))
     a = Attempt(1, Chunk(0, (1, 2, 3, 4), (), ()), "a", "a-0", "t")
     assert ledger.set_fraction(a, 0.5, 4)
     assert not ledger.set_fraction(a, 0.505, 4)  # 0.02 frames: under 1 % of 4 frames
     assert ledger.set_fraction(a, 0.515, 4)  # 0.06 frames
+    long = Attempt(2, Chunk(1, tuple(range(1, 101)), (), ()), "a", "a-1", "t")
+    assert ledger.set_fraction(long, 0.5, 100)
+    assert ledger.set_fraction(long, 0.51, 100)  # exactly 1 % (one frame): worth an event
 
 
 @pytest.mark.xfail(
