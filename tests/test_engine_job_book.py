@@ -536,15 +536,17 @@ def test_a_slot_whose_probe_is_due_is_not_made_to_wait(watched: Callable[..., Jo
     j.clock.advance(5.0)
     asker = Asker(j, "a-0")
     assert asker.returned() is False  # at once: time to probe
+    assert not WatchedCondition.waiting.acquire(blocking=False)  # it never blocked
     assert j.book.probe_due("a-0")
 
 
 def test_a_slot_with_nothing_to_do_waits_until_woken(watched: Callable[..., Job]) -> None:
-    """No busy loop: an idle slot blocks in the book until something happens (here a wake)."""
+    """No busy loop: an idle slot blocks in the book until something happens (here a wake),
+    whatever its poll step (the default step is half a second)."""
     j = watched("1", servers=("a", "b"))
     running = j.take("a-0")
     j.book.flush()
-    asker = Asker(j, "b-0")
+    asker = Asker(j, "b-0", timeout=1.0)
     asker.waits()
     asker.thread.join(0.05)
     assert asker.thread.is_alive()
@@ -634,21 +636,19 @@ def test_a_chunk_given_back_by_a_closing_slot_is_handed_on_at_once() -> None:
 
 
 def test_a_slot_of_a_blocklisted_server_gives_back_the_chunk_handed_to_it() -> None:
-    """Work assigned to a slot of a server that is then taken out must not be stranded."""
-    j = Job("1-3", servers=("a", "b"), slots={"a": 2, "b": 1}, blocklist_after=1)
+    """Work assigned to a slot of a server that is then taken out must not be stranded: it
+    goes to a free slot elsewhere at once."""
+    j = Job("1-3", servers=("a", "b"), slots={"a": 2, "b": 3}, blocklist_after=1)
     failing = j.take("a-0")  # a-1 is handed chunk 1, b-0 chunk 2
-    j.finish(failing, OutcomeKind.SERVER, why="boom")
+    assert j.assigned() == [(0, "a"), (1, "a"), (2, "b")]
+    j.finish(failing, OutcomeKind.SERVER, why="boom")  # chunk 0 goes to b-1
     assert "a" in j.book.blocklist
     assert j.book.next_attempt("a-1", 0.0) is None
-    done = []
-    for _ in range(5):
-        got = j.book.next_attempt("b-0", 0.0)
-        if not isinstance(got, Attempt):
-            break
-        done.append(got.chunk.index)
+    assert j.assigned()[-2:] == [(0, "b"), (1, "b")]
+    for slot in ("b-0", "b-1", "b-2"):
+        got = j.take(slot)
         j.deliver(got)
         j.finish(got)
-    assert sorted(done) == [0, 1, 2]
     assert j.book.wait_ended(0.0) and j.book.end() is None
 
 
