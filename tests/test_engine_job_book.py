@@ -846,3 +846,18 @@ def test_a_suspended_slot_waits_only_until_its_probe_is_due(watched: Callable[..
     assert far.returned() is False
     j.clock.advance(1000.0 - 0.05)
     assert Asker(j, "a-1").returned() is False  # due in 0.05 s: back after that, not 60 s
+
+
+def test_a_failure_that_takes_a_server_out_wakes_its_idle_slots(
+    watched: Callable[..., Job],
+) -> None:
+    """``a``'s second slot idles in the book; ``a`` is taken out by its first slot's failure
+    and nothing is left to hand out: the idle slot must still learn it at once and stop."""
+    j = watched("1", servers=("a", "b"), slots={"a": 2, "b": 0}, blocklist_after=1)
+    failing = j.take("a-0")
+    j.book.flush()
+    asker = Asker(j, "a-1")
+    asker.waits()
+    j.finish(failing, OutcomeKind.SERVER, why="boom")
+    assert asker.returned() is False
+    assert j.book.next_attempt("a-1", 60.0) is None

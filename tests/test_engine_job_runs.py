@@ -567,3 +567,36 @@ def test_a_collaborator_that_keeps_failing_still_ends_the_job(shot: Shot) -> Non
         result = handle.wait(1.0)
         scheduler.close(timeout=0)
     assert result is not None and result.status is JobStatus.FAILED
+
+
+class StuckTransfer(HttpTransfer):
+    """A download that never returns until the test lets it (a hung network share)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fetch_output(self, client: Any, server: ServerConfig, ref: Any, dest: Path) -> Path:
+        self.entered.set()
+        self.release.wait(30)
+        return super().fetch_output(client, server, ref, dest)
+
+
+def test_a_stuck_worker_cannot_hold_the_end_of_a_cancelled_job(shot: Shot) -> None:
+    """Stopping waits ``join_timeout`` for the slots, then ends the job anyway: a worker stuck
+    in a download must not make ``cancel()`` hang."""
+    transfer = StuckTransfer()
+    with FakeCluster([FakeServer("stuck")]) as cluster:
+        scheduler = scheduler_for(
+            cluster, join_timeout=0.3, transfer_factory=lambda shared: transfer
+        )
+        try:
+            handle = scheduler.start(shot.job("1"))
+            assert transfer.entered.wait(10)
+            handle.cancel()
+            result = handle.wait(10)
+        finally:
+            transfer.release.set()
+            scheduler.close()
+    assert result is not None and result.status is JobStatus.CANCELLED
