@@ -861,3 +861,115 @@ def test_a_failure_that_takes_a_server_out_wakes_its_idle_slots(
     j.finish(failing, OutcomeKind.SERVER, why="boom")
     assert asker.returned() is False
     assert j.book.next_attempt("a-1", 60.0) is None
+
+
+# -- the queue's order and the failover limits ---------------------------------------------------
+
+
+def test_a_chunk_is_given_up_after_six_failures_anywhere_not_before() -> None:
+    """``max_chunk_attempts``: a chunk failing again and again (even on the job's only
+    server) fails the job on its sixth failure, naming the count and the last error."""
+    j = Job("1", servers=("a",), blocklist_after=99, max_chunk_servers=9)
+    for n in range(1, 7):
+        assert j.book.end() is None, n
+        j.finish(j.take("a-0"), OutcomeKind.SERVER, why=f"boom {n}")
+    end = j.book.end()
+    assert end is not None and "failed 6 times; last: a: boom 6" in end.message
+    assert j.book.retries == 6
+
+
+def test_a_server_failing_too_often_is_out_and_a_job_with_none_left_fails() -> None:
+    j = Job("1-2", servers=("a",), blocklist_after=1)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="boom")
+    assert j.book.blocklist == {"a": "failed 1 chunks; last: boom"}
+    end = j.book.end()
+    assert (
+        end is not None
+        and end.message == "no eligible server left (a: failed 1 chunks; last: boom)"
+    )
+
+
+def test_a_degraded_server_is_out_at_once_without_counting_a_failure() -> None:
+    """A server that cannot run this workflow (a missing node) leaves the job on the spot; its
+    chunk goes to the others as it was."""
+    j = Job("1-2", servers=("a", "b"), blocklist_after=5)
+    a = j.take("a-0")
+    j.finish(a, OutcomeKind.DEGRADED, why="rejected the workflow: no FancyNode")
+    assert j.book.blocklist == {"a": "rejected the workflow: no FancyNode"}
+    assert [(e.server, e.why) for e in j.of(ev.ServerBlocklisted)] == [
+        ("a", "rejected the workflow: no FancyNode")
+    ]
+    assert j.book.end() is None and j.take("b-0").server == "b"
+
+
+def test_a_plain_server_failure_neither_suspends_nor_blocks_the_server() -> None:
+    j = Job("1-3", servers=("a", "b"), blocklist_after=3)
+    j.finish(j.take("a-0"), OutcomeKind.SERVER, why="boom")
+    again = j.take("a-0")
+    assert again.server == "a" and again.chunk.index != 0
+
+
+def test_a_declined_chunk_holds_every_chunk_behind_it() -> None:
+    """Chunks go out in order: when the chooser holds one (waiting for a better server), the
+    ones behind it wait too rather than jumping the queue."""
+
+    def hold_first(chunk: Chunk, free: Sequence[str], *rest: Any) -> Optional[tuple[str, str]]:
+        return None if chunk.index == 0 else (free[0], "ok")
+
+    j = Job("1-3", servers=("a",), chooser=hold_first)
+    assert j.book.next_attempt("a-0", 0.0) is False
+    assert j.assigned() == []
+
+
+def tail_job(slots: Mapping[str, int]) -> Job:
+    """fast (0.1 s/frame) and slow (10 s/frame) under ``fastest``, one-frame chunks."""
+    speeds = {"fast": 0.1, "slow": 10.0}
+    servers = [ServerConfig(name=n, host="h", port=7000 + i) for i, n in enumerate(speeds)]
+    balancer = JobBalancer(servers, FastestCompletion(), SpeedTracker(initial=speeds))
+    return Job(
+        "1-3",
+        servers=tuple(speeds),
+        slots=slots,
+        chooser=balancer.choose,
+        probe_interval=100.0,
+        blocklist_after=9,
+    )
+
+
+def test_the_tail_rule_does_not_wait_for_a_server_that_failed_the_chunk() -> None:
+    """A busy faster server that already failed this chunk will not take it back: holding the
+    chunk for it would only delay the job."""
+    j = tail_job({"fast": 2, "slow": 1})
+    first, second = j.take("fast-0"), j.take("fast-1")
+    assert j.book.next_attempt("slow-0", 0.0) is False  # held while fast is busy
+    j.finish(first, OutcomeKind.SERVER, why="boom")  # fast failed chunk 0; fast-1 still busy
+    moved = j.take("slow-0")
+    assert moved.chunk.index == first.chunk.index
+    assert second.server == "fast"
+
+
+def test_the_tail_rule_does_not_wait_for_a_suspended_server() -> None:
+    """``fast`` looked dead on one slot (its other slot still runs): a chunk it never failed
+    must not be held for it, since it takes no work until a probe answers."""
+    j = tail_job({"fast": 2, "slow": 2})
+    first, _second = j.take("fast-0"), j.take("fast-1")
+    assert j.book.next_attempt("slow-0", 0.0) is False  # chunk 2 held while fast works
+    j.finish(first, OutcomeKind.SERVER, why="refused", down=True)
+    taken = {j.take("slow-0").chunk.index, j.take("slow-1").chunk.index}
+    assert taken == {first.chunk.index, 2}
+
+
+def test_an_idle_slot_is_not_woken_when_there_is_nothing_for_anyone(
+    watched: Callable[..., Job],
+) -> None:
+    """Slots asking for work when none waits must not wake each other (a busy loop)."""
+    j = watched("1", servers=("a", "b", "c"))
+    j.take("a-0")
+    j.book.flush()
+    asker = Asker(j, "b-0")
+    asker.waits()
+    assert j.book.next_attempt("c-0", 0.0) is False
+    asker.thread.join(0.05)
+    assert asker.thread.is_alive()
+    j.book.wake()
+    asker.returned()
