@@ -973,3 +973,15 @@ def test_an_idle_slot_is_not_woken_when_there_is_nothing_for_anyone(
     assert asker.thread.is_alive()
     j.book.wake()
     asker.returned()
+
+
+def test_the_workflows_fault_fails_the_job_at_once_naming_the_node() -> None:
+    """A JOB outcome (the same error on two servers, a structural rejection, our own disk) is
+    not retried anywhere: the job fails with that reason."""
+    j = Job("1-4", servers=("a", "b"))
+    error = ValueError("bad input")
+    j.finish(j.take("a-0"), OutcomeKind.JOB, why="node 3 failed twice", node_id="3", error=error)
+    end = j.book.end()
+    assert end is not None and end.status is JobStatus.FAILED
+    assert (end.message, end.node_id, end.error) == ("node 3 failed twice", "3", error)
+    assert not j.of(ev.ChunkRetried) and j.book.retries == 0
