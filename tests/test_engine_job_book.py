@@ -1,10 +1,14 @@
-"""The job book's rules at the job level, driven by hand: no threads, no servers, a fake clock.
+"""The job book's rules at the job level, driven by hand: no servers, a fake clock.
 
 Each test plays the calls the worker slots make (``next_attempt``, ``claim_frame``,
 ``frame_written``, ``finish_attempt``, ``probe_due``/``probe_result``, ``close_slot``) and
 checks what the *job* sees: which slot gets which chunk, how often a chunk runs, who is blamed,
 and how the job ends. These are the rules that keep "every frame written exactly once" and
 "a healthy server keeps working" true when something goes wrong mid-job.
+
+Most tests run on the test's thread alone. Where the rule is about *waking* (a slot idling in
+the book must learn of new work or of the end at once), a real thread waits in the book and a
+watched condition tells the test when it waits: no sleeps decide anything.
 """
 
 from __future__ import annotations
@@ -985,3 +989,16 @@ def test_the_workflows_fault_fails_the_job_at_once_naming_the_node() -> None:
     assert end is not None and end.status is JobStatus.FAILED
     assert (end.message, end.node_id, end.error) == ("node 3 failed twice", "3", error)
     assert not j.of(ev.ChunkRetried) and j.book.retries == 0
+
+
+def test_a_batch_chunk_is_retried_whole_for_context_but_only_missing_frames_count() -> None:
+    """Batch chunks keep their shape on a retry (the model sees the same neighbours), while
+    the retry event names only the frames still missing; delivered ones are not rewritten."""
+    j = Job("1-4", servers=("a", "b"), chunk_size=4, mode="batch")
+    a = j.take("a-0")
+    j.deliver(a, [1, 2])
+    j.finish(a, OutcomeKind.SERVER, why="download failed")
+    assert [e.frames for e in j.of(ev.ChunkRetried)] == [(3, 4)]
+    again = j.take("b-0")
+    assert again.chunk.frames == (1, 2, 3, 4)
+    assert not j.book.claim_frame(again, 1) and j.book.claim_frame(again, 3)
