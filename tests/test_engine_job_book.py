@@ -1002,3 +1002,42 @@ def test_a_batch_chunk_is_retried_whole_for_context_but_only_missing_frames_coun
     again = j.take("b-0")
     assert again.chunk.frames == (1, 2, 3, 4)
     assert not j.book.claim_frame(again, 1) and j.book.claim_frame(again, 3)
+
+
+def test_a_frame_chunk_is_retried_with_only_its_missing_frames() -> None:
+    j = Job("1-3", servers=("a", "b"), chunk_size=3)
+    a = j.take("a-0")
+    j.deliver(a, [1])
+    j.finish(a, OutcomeKind.SERVER, why="boom")
+    assert j.take("b-0").chunk.frames == (2, 3)
+
+
+class Gate:
+    """Lets the first choice through, then holds every chunk until opened."""
+
+    def __init__(self, choose: Chooser) -> None:
+        self.choose = choose
+        self.calls = 0
+        self.open = False
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.choose(*args) if self.open or self.calls == 1 else None
+
+
+@pytest.mark.parametrize("rounds", [1, 2], ids=["one-dispatch", "two-dispatches"])
+def test_fastest_counts_each_chunk_in_flight_once(rounds: int) -> None:
+    """``a`` (1 s/frame, two slots) already runs one chunk; ``b`` (2.5 s/frame) is idle. The
+    next chunk finishes sooner queued on ``a`` (2 s) than on ``b`` (2.5 s): counting a's
+    running chunk twice would send it to the slower server."""
+    speeds = {"a": 1.0, "b": 2.5}
+    servers = [ServerConfig(name=n, host="h", port=7100 + i) for i, n in enumerate(speeds)]
+    balancer = JobBalancer(servers, FastestCompletion(), SpeedTracker(initial=speeds))
+    gate = Gate(balancer.choose)
+    gate.open = rounds == 1
+    j = Job("1-3", servers=("a", "b"), slots={"a": 2, "b": 1}, chooser=gate)
+    j.take("a-0")
+    gate.open = True
+    second = j.take("a-1")
+    assert second.server == "a" and second.chunk.index == 1
+    assert j.assigned()[:2] == [(0, "a"), (1, "a")]
