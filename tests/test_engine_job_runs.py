@@ -600,3 +600,63 @@ def test_a_stuck_worker_cannot_hold_the_end_of_a_cancelled_job(shot: Shot) -> No
             transfer.release.set()
             scheduler.close()
     assert result is not None and result.status is JobStatus.CANCELLED
+
+
+class StuckSubmitServer(FakeServer):
+    """Queues the prompt, then never answers the POST (until released): the slot is stuck in
+    ``submit`` while our prompt runs on the server."""
+
+    def __init__(self, name: str, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.posted = threading.Event()
+        self.release = threading.Event()
+
+    def submit(self, prompt: dict, prompt_id: str, client_id: str) -> str:
+        pid = super().submit(prompt, prompt_id, client_id)
+        self.posted.set()
+        self.release.wait(30)
+        return pid
+
+
+def test_cancel_removes_a_prompt_whose_post_never_returned(shot: Shot) -> None:
+    """The slot that sent it is stuck, so the job's end sweeps the server itself: nothing of
+    a cancelled job may keep a GPU busy."""
+    server = StuckSubmitServer("sticky", plan=["hang"])
+    with FakeCluster([server]) as cluster:
+        scheduler = scheduler_for(cluster, join_timeout=0.2, stall_timeout=30)
+        try:
+            handle = scheduler.start(shot.job("1"))
+            assert server.posted.wait(10)
+            handle.cancel()
+            result = handle.wait(10)
+            assert result is not None and result.status is JobStatus.CANCELLED
+            until(lambda: not server.our_prompts_left(), timeout=5)
+        finally:
+            server.release.set()
+            scheduler.close()
+
+
+class SlowClosingCluster(FakeCluster):
+    """Clients that take a moment to close (a websocket saying goodbye)."""
+
+    def client_factory(self, config: ServerConfig) -> Any:
+        client = super().client_factory(config)
+        close = client.close
+
+        def slow_close() -> None:
+            time.sleep(0.2)
+            close()
+
+        client.close = slow_close  # type: ignore[method-assign]
+        return client
+
+
+def test_the_result_comes_after_every_slot_of_the_job_has_stopped(shot: Shot) -> None:
+    """When ``wait()`` returns, no slot of the job is still talking to a server."""
+    cluster = SlowClosingCluster([FakeServer("slowclose", max_in_flight=2)])
+    with cluster, scheduler_for(cluster) as scheduler:
+        result = scheduler.run(shot.job("1-2"))
+        alive = [
+            t.name for t in threading.enumerate() if t.name.startswith("comfy-cluster-slowclose-")
+        ]
+    assert result.ok and alive == []
