@@ -138,9 +138,12 @@ def test_rejection_by_every_server_is_the_jobs_fault() -> None:
     )
     assert state.judge("a", missing).kind is OutcomeKind.DEGRADED
     assert state.judge("b", missing).kind is OutcomeKind.JOB
-    # Once a server accepted the workflow, a rejection elsewhere is that server's problem.
+    # Once a server accepted the workflow, a rejection is that server's problem even when
+    # every other eligible server rejected too: "a" ran a prompt of this job, then rejected
+    # one (a node uninstalled mid-job); "b" rejecting now is not proof the workflow is bad.
     state2, _ = make_state(servers=("a", "b"))
     state2.mark_validated("a")
+    assert state2.judge("a", missing).kind is OutcomeKind.DEGRADED
     assert state2.judge("b", missing).kind is OutcomeKind.DEGRADED
     structural = WorkflowRejected("Prompt has no outputs", error_type="prompt_no_outputs")
     assert state2.judge("b", structural).kind is OutcomeKind.JOB
