@@ -139,11 +139,18 @@ def test_a_fixed_batch_chunk_size_keeps_its_handles() -> None:
 # -- the plan: frames on disk --------------------------------------------------------------------
 
 
+def _png(path: Path) -> None:
+    """A whole image on disk (resume keeps only frames that pass the image check)."""
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(path)
+
+
 def test_existing_output_frames_error_resume_or_overwrite(tmp_path: Path) -> None:
     """``error`` refuses (listing them), ``resume`` skips them, ``overwrite`` renders all."""
     out = str(tmp_path / "o.####.png")
     for f in (2, 3):
-        (tmp_path / f"o.{f:04d}.png").write_bytes(b"old")
+        _png(tmp_path / f"o.{f:04d}.png")
 
     def job(existing: str) -> RenderJob:
         return RenderJob(NO_INPUT, "1-4", out, existing=existing)
@@ -161,7 +168,7 @@ def test_existing_output_frames_error_resume_or_overwrite(tmp_path: Path) -> Non
 
 
 def test_a_resumed_job_with_every_frame_on_disk_has_nothing_to_send(tmp_path: Path) -> None:
-    (tmp_path / "o.0001.png").write_bytes(b"old")
+    _png(tmp_path / "o.0001.png")
     p = plan(
         RenderJob(NO_INPUT, "1", str(tmp_path / "o.####.png"), existing="resume"), [server("a")]
     )

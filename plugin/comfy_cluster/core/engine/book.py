@@ -112,6 +112,11 @@ class JobBook:
         with self._cond:
             self._stop.fail(message, node_id, error)
 
+    def fail_verification(self, message: str) -> None:
+        """End the job as failed because frames counted as written are not on disk. Any thread."""
+        with self._cond:
+            self._stop.fail_verification(message)
+
     def cancel(self) -> None:
         """End the job as cancelled unless it already ended. Any thread."""
         with self._cond:

@@ -31,7 +31,9 @@ def final_result(job: RenderJob, book: JobBook, elapsed: Callable[[], float]) ->
     missing = tuple(f for f in requested if f not in on_disk)
     end = book.end()
     if end is None and missing:
-        book.fail(f"{len(missing)} frame(s) missing on disk at the end: {frames_text(missing)}")
+        book.fail_verification(
+            f"{len(missing)} frame(s) missing on disk at the end: {frames_text(missing)}"
+        )
         end = book.end()
     seconds = elapsed()
     per_server: dict[str, int] = {}

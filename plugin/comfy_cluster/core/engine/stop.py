@@ -50,6 +50,13 @@ class JobStop:
             self.end = JobEnd(JobStatus.FAILED, message, node_id, error)
         self.wake()
 
+    def fail_verification(self, message: str) -> None:
+        """The disk contradicts the ledger (a frame reported written is not there): the job
+        fails even though every frame was counted, unless it already ended otherwise."""
+        if self.end is None:
+            self.end = JobEnd(JobStatus.FAILED, message, None, None)
+        self.wake()
+
     def cancel(self) -> None:
         if not self.over:
             self.end = JobEnd(JobStatus.CANCELLED)
