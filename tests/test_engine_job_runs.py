@@ -550,12 +550,6 @@ class Broken:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: JobRun.main() calls _fail_early() inside its except block; when ending "
-    "the job raises again (here: the ETA, on JobFailed), on_end is never called and "
-    "JobHandle.wait() blocks forever",
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_collaborator_that_keeps_failing_still_ends_the_job(shot: Shot) -> None:
     """A job must always end: a caller blocked in ``Scheduler.run()`` has no other way out."""

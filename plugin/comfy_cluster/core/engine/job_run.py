@@ -24,7 +24,7 @@ from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.ending import early_result, final_result
 from comfy_cluster.core.engine.events import EventSink, JobStarted
 from comfy_cluster.core.engine.inputs import InputHook, InputWaiter
-from comfy_cluster.core.engine.job import JobResult, RenderJob
+from comfy_cluster.core.engine.job import JobResult, JobStatus, RenderJob
 from comfy_cluster.core.engine.plan import EarlyFailure, JobPlan, plan_job
 from comfy_cluster.core.engine.server_watch import ServerWatch
 from comfy_cluster.core.engine.settings import EngineSettings
@@ -94,11 +94,29 @@ class JobRun:
                 result = self._run()
             except Exception as exc:  # a bug: still end the job cleanly
                 log.exception("job %s crashed", self.job.job_id)
-                result = self._fail_early(f"internal error: {exc!r}", error=exc)
+                result = self._crashed(exc)
         finally:
             # Before on_end: whoever waits for this job may start the next one on this output.
             self.output_lock.release()
         self.on_end(result)
+
+    def _crashed(self, exc: Exception) -> JobResult:
+        """The result of a job whose run raised: failed, told through the usual end if that
+        works, else bare (whoever waits on the job must always get a result)."""
+        message = f"internal error: {exc!r}"
+        try:
+            return self._fail_early(message, error=exc)
+        except Exception:
+            log.exception("job %s could not end cleanly", self.job.job_id)
+            frames = self.job.frame_range.frames
+            return JobResult(
+                job_id=self.job.job_id,
+                status=JobStatus.FAILED,
+                frames_requested=frames,
+                frames_missing=frames,
+                seconds=self.clock() - self.started,
+                message=message,
+            )
 
     def _take_output(self) -> Optional[JobResult]:
         """Probe the output folder and take the output lock; the early result if either fails."""
