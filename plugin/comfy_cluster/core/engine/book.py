@@ -15,7 +15,13 @@ from typing import Any, Callable, Optional, Union
 
 from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
 from comfy_cluster.core.engine.chunk_queue import Chooser, ChunkQueue
-from comfy_cluster.core.engine.events import ChunkAssigned, ChunkProgress, EventSink, FrameWritten
+from comfy_cluster.core.engine.events import (
+    ChunkAssigned,
+    ChunkProgress,
+    EventSink,
+    FrameWritten,
+    ServerRejoined,
+)
 from comfy_cluster.core.engine.failover import Failover
 from comfy_cluster.core.engine.feed import EtaFn, JobFeed
 from comfy_cluster.core.engine.job import RenderJob
@@ -208,7 +214,8 @@ class JobBook:
             if server not in self._standing.suspended:
                 return
             if ok:
-                del self._standing.suspended[server]
+                gone = self._standing.suspended.pop(server)
+                self._feed.post(ServerRejoined, server=server, why=gone.why)
             else:
                 self._failover.probe_failed(server, why)
             self._dispatch_locked()

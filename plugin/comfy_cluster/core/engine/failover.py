@@ -57,6 +57,11 @@ class Failover:
         server = attempt.server
         if outcome.kind is OutcomeKind.DEGRADED:
             self.blocklist(server, why)
+        elif outcome.down and self.standing.comes_back(server):
+            # It worked in this job: gone for now, probed until it answers (not a failure).
+            queued.count_failure(server)
+            if self.standing.suspend(server, why):
+                self.queue.unassign_server(server)
         else:
             queued.count_failure(server)
             failures = self.standing.count_failure(server)

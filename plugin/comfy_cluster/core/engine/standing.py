@@ -21,21 +21,28 @@ __all__ = ["ServerStanding", "Suspension"]
 class Suspension:
     """A server that looked dead: no work until a probe answers."""
 
-    __slots__ = ("delay", "probing", "until", "why")
+    __slots__ = ("delay", "last", "probing", "until", "why")
 
-    def __init__(self, until: float, delay: float, why: str) -> None:
+    def __init__(self, until: float, delay: float, why: str, last: float) -> None:
         self.until = until  # clock time of the next probe
         self.delay = delay  # backoff before the probe after that
         self.probing = False  # one slot of the server is probing now
         self.why = why
+        self.last = last  # clock time of the suspension or of the last failed probe
 
 
 class ServerStanding:
     """Blocklist, failure counts, suspensions and fault judgements of one job's servers.
 
-    A server failing ``blocklist_after`` chunks (or probes) is out of the job. Caller holds the
-    job's lock.
+    A server failing ``blocklist_after`` chunks (or probes) is out of the job, except that a
+    server which worked in this job and then became unreachable (:meth:`comes_back`) stays
+    suspended and is probed for the rest of the job: it rejoins when it answers. Probes come
+    at least every ``REJOIN_PROBE`` seconds while no server is usable. Caller holds the job's
+    lock.
     """
+
+    #: The longest wait between probes while every eligible server is suspended.
+    REJOIN_PROBE = 1.0
 
     def __init__(
         self, servers: Sequence[str], clock: Callable[[], float], settings: EngineSettings
@@ -83,19 +90,37 @@ class ServerStanding:
         """Stop handing work to ``server`` until a probe answers; False if out or suspended."""
         if server in self.blocklist or server in self.suspended:
             return False
+        now = self._clock()
         self.suspended[server] = Suspension(
-            self._clock() + self.probe_interval,
+            now + self.probe_interval,
             min(self.probe_interval * 2, self.probe_interval_max),
             why,
+            now,
         )
         return True
+
+    def comes_back(self, server: str) -> bool:
+        """Whether ``server`` worked in this job (accepted a prompt): unreachable now, it is
+        waited for and probed for the rest of the job instead of being taken out."""
+        return server in self._validated_on
+
+    def none_usable(self) -> bool:
+        """Every server still in the job is suspended (no server can take work now)."""
+        return all(s in self.suspended for s in self.eligible())
+
+    def _due(self, suspension: Suspension) -> float:
+        """Clock time the probe of ``suspension`` is due: its backoff, but at least every
+        ``REJOIN_PROBE`` s while no server is usable."""
+        if self.none_usable():
+            return min(suspension.until, suspension.last + self.REJOIN_PROBE)
+        return suspension.until
 
     def until_probe(self, server: str) -> Optional[float]:
         """Seconds until ``server``'s next probe is due; ``None`` when none is awaited."""
         suspension = self.suspended.get(server)
         if suspension is None or suspension.probing:
             return None
-        return max(0.0, suspension.until - self._clock())
+        return max(0.0, self._due(suspension) - self._clock())
 
     def claim_probe(self, server: str) -> bool:
         """Whether ``server`` should be probed now; claims the probe (one slot at a time)."""
@@ -104,7 +129,7 @@ class ServerStanding:
             suspension is None
             or suspension.probing
             or server in self.blocklist
-            or self._clock() < suspension.until
+            or self._clock() < self._due(suspension)
         ):
             return False
         suspension.probing = True
@@ -115,8 +140,11 @@ class ServerStanding:
         Returns the reason to take it out of the job when it has failed too often."""
         suspension = self.suspended[server]
         suspension.probing = False
-        suspension.until = self._clock() + suspension.delay
+        suspension.last = self._clock()
+        suspension.until = suspension.last + suspension.delay
         suspension.delay = min(suspension.delay * 2, self.probe_interval_max)
+        if self.comes_back(server):
+            return None  # it worked in this job: waited for (the job's idle limit applies)
         failures = self.count_failure(server)
         if not self.too_many(failures):
             return None
