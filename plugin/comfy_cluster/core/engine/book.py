@@ -26,6 +26,7 @@ from comfy_cluster.core.engine.failover import Failover
 from comfy_cluster.core.engine.feed import EtaFn, JobFeed
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.ledger import FrameLedger
+from comfy_cluster.core.engine.live import LivePrompts
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.engine.stop import JobEnd, JobStop
@@ -73,8 +74,10 @@ class JobBook:
         )
         stop = self._stop = JobStop(self._cond, ledger)
         self._failover = Failover(job.mode, queue, standing, feed, stop, settings)
-        #: server -> prompts we may have queued there (for the cancel sweep).
-        self._live_prompts: dict[str, set[str]] = {}
+        #: Prompts we may have queued, per server (for the cancel sweep): its own lock.
+        live = LivePrompts()
+        self.prompt_submitted, self.prompt_finished = live.submitted, live.finished
+        self.live_prompts = live.by_server
         #: Chunk attempts that failed and were retried.
         self.retries = 0
         #: Servers out of this job, with the reason (read without the lock: single lookups).
@@ -194,6 +197,21 @@ class JobBook:
             )
         self._cond.notify_all()
 
+    def pull_back(self, attempt: Attempt, commit: bool) -> bool:
+        """Whether ``attempt``'s prompt, still queued behind other work on its server, should
+        move: nothing waits and another usable server has a free slot. ``commit``: it moves
+        (the chunk avoids this server; the worker then stops the attempt with Aborted)."""
+        with self._cond:
+            st = self._standing
+            usable = [s for s in st.eligible() if s not in st.suspended]
+            if not self._queue.is_current(attempt) or self._stop.end is not None:
+                return False
+            if not self._queue.idle_elsewhere(attempt.server, usable):
+                return False
+            if commit:
+                self._queue.queued(attempt).moved_from.add(attempt.server)
+            return True
+
     def idle_for(self) -> float:
         """Seconds that work has been waiting with nothing running anywhere (0 if not)."""
         with self._cond:
@@ -283,20 +301,6 @@ class JobBook:
                     frames_done=self._ledger.frames_done_in(attempt),
                     frame_fraction=fraction,
                 )
-
-    def prompt_submitted(self, server: str, prompt_id: str) -> None:
-        """Remember a prompt we may have queued (called *before* POST, so cancel can find it)."""
-        with self._cond:
-            self._live_prompts.setdefault(server, set()).add(prompt_id)
-
-    def prompt_finished(self, server: str, prompt_id: str) -> None:
-        with self._cond:
-            self._live_prompts.get(server, set()).discard(prompt_id)
-
-    def live_prompts(self) -> dict[str, tuple[str, ...]]:
-        """Prompts that may still sit on a server, by server (for the cancel sweep)."""
-        with self._cond:
-            return {s: tuple(ids) for s, ids in self._live_prompts.items() if ids}
 
     # -- whose fault (see ServerStanding) -------------------------------------------------------
 

@@ -88,6 +88,7 @@ class Worker:
             stuck=stuck,
             call=self._ask,
             cancel=job.cancel_token,
+            waits=getattr(tools, "waits", None),
         )
         self.link = ServerLink(
             server, tools.client_factory, settings, self.watch.on_event, book.over
@@ -302,6 +303,7 @@ class Worker:
                 frames,
                 lambda: self._check(attempt),
                 lambda fraction, n: self._progress(attempt, fraction, n),
+                lambda commit: self.book.pull_back(attempt, commit),
             )
         except PromptStuck as exc:
             self._abandon(pid)
