@@ -168,3 +168,28 @@ def test_a_server_that_never_worked_is_still_taken_out() -> None:
         assert standing.claim_probe("a")
         reasons.append(standing.probe_failed("a", "refused"))
     assert reasons[0] is None and reasons[1] is not None and "unreachable" in reasons[1]
+
+
+def test_a_server_out_for_what_it_did_gets_one_second_chance() -> None:
+    now = [0.0]
+    standing = ServerStanding(["a", "b"], lambda: now[0], EngineSettings(rejoin_after=30.0))
+    assert standing.block("a", "sent junk")
+    assert "a" not in standing.eligible() and standing.waits_for_second_chance("a")
+    assert standing.eligible() == ("b",)  # the job never waits for it
+    assert not standing.claim_probe("a") and standing.until_probe("a") == 30.0
+    now[0] = 30.0
+    assert standing.claim_probe("a") and not standing.claim_probe("a")  # one slot probes
+    assert standing.rejoin("a") == "sent junk"
+    assert "a" in standing.eligible() and not standing.waits_for_second_chance("a")
+    assert standing.block("a", "sent junk again")
+    assert not standing.waits_for_second_chance("a")  # at most once per job
+
+
+def test_a_failed_second_chance_leaves_it_out() -> None:
+    now = [0.0]
+    standing = ServerStanding(["a"], lambda: now[0], EngineSettings(rejoin_after=1.0))
+    standing.block("a", "authentication refused")
+    now[0] = 1.0
+    assert standing.claim_probe("a")
+    standing.no_second_chance("a")
+    assert not standing.waits_for_second_chance("a") and "a" in standing.blocklist

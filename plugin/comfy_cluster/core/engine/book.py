@@ -14,13 +14,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Union
 
 from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
+from comfy_cluster.core.engine.book_servers import ServerTurns
 from comfy_cluster.core.engine.chunk_queue import Chooser, ChunkQueue
 from comfy_cluster.core.engine.events import (
     ChunkAssigned,
     ChunkProgress,
     EventSink,
     FrameWritten,
-    ServerRejoined,
 )
 from comfy_cluster.core.engine.failover import Failover
 from comfy_cluster.core.engine.feed import EtaFn, JobFeed
@@ -38,7 +38,7 @@ __all__ = ["JobBook", "JobEnd"]
 _DEFAULTS = EngineSettings()
 
 
-class JobBook:
+class JobBook(ServerTurns):
     """All mutable state of one running job, under one lock. Any thread may call any method.
 
     Rules: chunks wait client-side until a slot of a server is free; a frame is written at
@@ -197,55 +197,10 @@ class JobBook:
             )
         self._cond.notify_all()
 
-    def pull_back(self, attempt: Attempt, commit: bool) -> bool:
-        """Whether ``attempt``'s prompt, still queued behind other work on its server, should
-        move: nothing waits and another usable server has a free slot. ``commit``: it moves
-        (the chunk avoids this server; the worker then stops the attempt with Aborted)."""
-        with self._cond:
-            st = self._standing
-            usable = [s for s in st.eligible() if s not in st.suspended]
-            if not self._queue.is_current(attempt) or self._stop.end is not None:
-                return False
-            if not self._queue.idle_elsewhere(attempt.server, usable):
-                return False
-            if commit:
-                self._queue.queued(attempt).moved_from.add(attempt.server)
-            return True
-
     def idle_for(self) -> float:
         """Seconds that work has been waiting with nothing running anywhere (0 if not)."""
         with self._cond:
             return self._queue.idle_for()
-
-    # -- suspended servers ----------------------------------------------------------------------
-
-    def probe_due(self, slot: str) -> bool:
-        """Whether ``slot`` probes its suspended server now (claimed: one slot per server)."""
-        with self._cond:
-            server = self._queue.slot(slot).server
-            return self._stop.end is None and self._standing.claim_probe(server)
-
-    def probe_result(self, server: str, ok: bool, why: str = "") -> None:
-        """The probe of a suspended ``server`` answered (``ok``) or failed: resume it, or back off
-        and count a failure; ``blocklist_after`` failures take it out of the job."""
-        with self._cond:
-            if server not in self._standing.suspended:
-                return
-            if ok:
-                gone = self._standing.suspended.pop(server)
-                self._feed.post(ServerRejoined, server=server, why=gone.why)
-            else:
-                self._failover.probe_failed(server, why)
-            self._dispatch_locked()
-            self._cond.notify_all()
-        self.flush()
-
-    def server_refused(self, server: str, outcome: Outcome) -> None:
-        """``server`` refuses us (health saw a 401/403): out of the job at once."""
-        with self._cond:
-            if not self._stop.over and self._failover.refused(server, outcome):
-                self._dispatch_locked()
-        self.flush()
 
     # -- per-attempt reporting ----------------------------------------------------------------
 

@@ -57,6 +57,11 @@ class ServerStanding:
         self.blocklist: dict[str, str] = {}
         #: Servers that looked dead, until a probe answers.
         self.suspended: dict[str, Suspension] = {}
+        self.rejoin_after = settings.rejoin_after
+        #: Servers out of the job for what they did, with the clock time of their one probe.
+        self.second_chance: dict[str, float] = {}
+        self._had_second_chance: set[str] = set()
+        self._probing_out: set[str] = set()
         self._failures: dict[str, int] = {}
         self._rejections: dict[str, WorkflowRejected] = {}
         self._validated_on: set[str] = set()
@@ -73,7 +78,28 @@ class ServerStanding:
         if server in self.blocklist:
             return False
         self.blocklist[server] = why
+        if server not in self._had_second_chance and not why.startswith("unreachable"):
+            self._had_second_chance.add(server)
+            self.second_chance[server] = self._clock() + self.rejoin_after
         return True
+
+    def waits_for_second_chance(self, server: str) -> bool:
+        """``server`` is out of the job but will be probed once (its slots stay)."""
+        return server in self.second_chance
+
+    def rejoin(self, server: str) -> Optional[str]:
+        """The one probe of ``server`` (out for what it did) answered: back in the job with a
+        clean count. Returns why it had been out."""
+        self.second_chance.pop(server, None)
+        self._probing_out.discard(server)
+        self._failures.pop(server, None)
+        self._rejections.pop(server, None)
+        return self.blocklist.pop(server, None)
+
+    def no_second_chance(self, server: str) -> None:
+        """The one probe of ``server`` failed: it stays out for the rest of the job."""
+        self.second_chance.pop(server, None)
+        self._probing_out.discard(server)
 
     def count_failure(self, server: str) -> int:
         """One more failure of ``server``; returns how many it has had in this job."""
@@ -117,6 +143,10 @@ class ServerStanding:
 
     def until_probe(self, server: str) -> Optional[float]:
         """Seconds until ``server``'s next probe is due; ``None`` when none is awaited."""
+        if server in self.second_chance:
+            if server in self._probing_out:
+                return None
+            return max(0.0, self.second_chance[server] - self._clock())
         suspension = self.suspended.get(server)
         if suspension is None or suspension.probing:
             return None
@@ -124,6 +154,12 @@ class ServerStanding:
 
     def claim_probe(self, server: str) -> bool:
         """Whether ``server`` should be probed now; claims the probe (one slot at a time)."""
+        if server in self.second_chance:
+            due = self._clock() >= self.second_chance[server]
+            if not due or server in self._probing_out:
+                return False
+            self._probing_out.add(server)
+            return True
         suspension = self.suspended.get(server)
         if (
             suspension is None
