@@ -89,3 +89,23 @@ def test_queued_behind_other_clients_without_a_stuck_call(tmp_path: Path) -> Non
         assert said == []
     finally:
         stop_all(sims)
+
+
+def test_work_queued_behind_others_moves_to_a_free_server() -> None:
+    from test_events import make_state
+
+    from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+
+    state, _ = make_state(frames="1-2", servers=("a", "b"))
+    first = state.next_attempt("slot-a", 0.0)
+    second = state.next_attempt("slot-b", 0.0)
+    assert first and second and first.server == "a"
+    assert not state.pull_back(first, False)  # b is busy: nowhere better to go
+    state.frame_written(second, second.chunk.frames[0], "/out")
+    state.finish_attempt(second, Outcome.ok())
+    assert state.pull_back(first, True)  # b is free and nothing waits: move
+    state.finish_attempt(first, Outcome(OutcomeKind.ABORTED))
+    assert state.next_attempt("slot-a", 0.0) is False  # the chunk avoids a now
+    moved = state.next_attempt("slot-b", 0.0)
+    assert moved and moved.chunk.index == first.chunk.index and moved.server == "b"
+    assert state.retries == 0
