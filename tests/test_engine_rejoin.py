@@ -108,7 +108,7 @@ def test_whole_cluster_outage_is_waited_out(tmp_path: Path) -> None:
         assert result.status is JobStatus.DONE
         written = Counter(e.frame for e in rec.of(ev.FrameWritten))
         assert sorted(written) == list(range(1, 25)) and set(written.values()) == {1}
-        assert not rec.of(ev.ServerBlocklisted)
+        assert not result.blocklisted  # out as unreachable for a while, then back
         assert {e.server for e in rec.of(ev.ServerRejoined)} == {s.options.name for s in sims}
     finally:
         stop_all(sims)
@@ -145,17 +145,23 @@ def test_probes_come_every_second_while_no_server_is_usable() -> None:
     standing.mark_validated("a")
     standing.mark_validated("b")
     assert standing.suspend("a", "down")
+    reasons = []
     for _ in range(6):  # a alone is down: its probes back off to 10 s
         now[0] += 20.0
         assert standing.claim_probe("a")
-        assert standing.probe_failed("a", "refused") is None  # it worked here: never out
+        reason = standing.probe_failed("a", "refused")
+        if reason is not None:
+            reasons.append(reason)
+            standing.block("a", reason)
+    assert len(reasons) == 1 and reasons[0].startswith("unreachable (3 failures)")
+    assert "a" in standing.away and "a" not in standing.eligible()  # out, still probed
     assert standing.until_probe("a") == 10.0
     assert standing.suspend("b", "down")  # now nothing is usable: at most 1 s between probes
     assert standing.until_probe("a") == 1.0
     now[0] += 1.0
     assert standing.claim_probe("a")
-    assert standing.probe_failed("a", "refused") is None
-    assert "a" in standing.eligible()
+    assert standing.back("a") is not None  # it answered: back in the job
+    assert "a" in standing.eligible() and "a" not in standing.blocklist
 
 
 def test_a_server_that_never_worked_is_still_taken_out() -> None:

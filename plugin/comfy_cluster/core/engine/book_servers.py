@@ -47,13 +47,14 @@ class ServerTurns:
         """The probe of a suspended ``server`` answered (``ok``) or failed: resume it, or back off
         and count a failure; ``blocklist_after`` failures take it out of the job."""
         with self._cond:
-            if self._standing.waits_for_second_chance(server):
+            st = self._standing
+            if st.waits_for_second_chance(server) and server not in st.away:
                 self._second_chance(server, ok)
-            elif server not in self._standing.suspended:
+            elif server not in st.suspended:
                 return
             elif ok:
-                gone = self._standing.suspended.pop(server)
-                self._feed.post(ServerRejoined, server=server, why=gone.why)
+                gone = st.back(server)
+                self._feed.post(ServerRejoined, server=server, why=gone.why if gone else "")
             else:
                 self._failover.probe_failed(server, why)
             self._dispatch_locked()

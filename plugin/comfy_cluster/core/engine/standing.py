@@ -35,10 +35,10 @@ class ServerStanding:
     """Blocklist, failure counts, suspensions and fault judgements of one job's servers.
 
     A server failing ``blocklist_after`` chunks (or probes) is out of the job, except that a
-    server which worked in this job and then became unreachable (:meth:`comes_back`) stays
-    suspended and is probed for the rest of the job: it rejoins when it answers. Probes come
-    at least every ``REJOIN_PROBE`` seconds while no server is usable. Caller holds the job's
-    lock.
+    server which worked in this job and then became unreachable (:meth:`comes_back`) is
+    probed for the rest of the job, even once it is out (``away``): it rejoins when it answers,
+    and the job waits for it (up to its idle limit) instead of failing. Probes come at least
+    every ``REJOIN_PROBE`` seconds while no server is usable. Caller holds the job's lock.
     """
 
     #: The longest wait between probes while every eligible server is suspended.
@@ -62,6 +62,8 @@ class ServerStanding:
         self.second_chance: dict[str, float] = {}
         self._had_second_chance: set[str] = set()
         self._probing_out: set[str] = set()
+        #: Servers out of the job as unreachable after working in it: still probed.
+        self.away: set[str] = set()
         self._failures: dict[str, int] = {}
         self._rejections: dict[str, WorkflowRejected] = {}
         self._validated_on: set[str] = set()
@@ -84,8 +86,16 @@ class ServerStanding:
         return True
 
     def waits_for_second_chance(self, server: str) -> bool:
-        """``server`` is out of the job but will be probed once (its slots stay)."""
-        return server in self.second_chance
+        """``server`` is out of the job but will be probed (once, or while ``away``)."""
+        return server in self.second_chance or server in self.away
+
+    def back(self, server: str) -> Optional[Suspension]:
+        """The probe of suspended ``server`` answered: back in the job (from ``away`` too)."""
+        if server in self.away:
+            self.away.discard(server)
+            self.blocklist.pop(server, None)
+            self._failures.pop(server, None)
+        return self.suspended.pop(server, None)
 
     def rejoin(self, server: str) -> Optional[str]:
         """The one probe of ``server`` (out for what it did) answered: back in the job with a
@@ -143,7 +153,7 @@ class ServerStanding:
 
     def until_probe(self, server: str) -> Optional[float]:
         """Seconds until ``server``'s next probe is due; ``None`` when none is awaited."""
-        if server in self.second_chance:
+        if server in self.second_chance and server not in self.away:
             if server in self._probing_out:
                 return None
             return max(0.0, self.second_chance[server] - self._clock())
@@ -154,7 +164,7 @@ class ServerStanding:
 
     def claim_probe(self, server: str) -> bool:
         """Whether ``server`` should be probed now; claims the probe (one slot at a time)."""
-        if server in self.second_chance:
+        if server in self.second_chance and server not in self.away:
             due = self._clock() >= self.second_chance[server]
             if not due or server in self._probing_out:
                 return False
@@ -164,7 +174,7 @@ class ServerStanding:
         if (
             suspension is None
             or suspension.probing
-            or server in self.blocklist
+            or (server in self.blocklist and server not in self.away)
             or self._clock() < self._due(suspension)
         ):
             return False
@@ -179,12 +189,15 @@ class ServerStanding:
         suspension.last = self._clock()
         suspension.until = suspension.last + suspension.delay
         suspension.delay = min(suspension.delay * 2, self.probe_interval_max)
-        if self.comes_back(server):
-            return None  # it worked in this job: waited for (the job's idle limit applies)
         failures = self.count_failure(server)
         if not self.too_many(failures):
             return None
-        del self.suspended[server]
+        if self.comes_back(server):
+            self.away.add(server)  # out of the job, still probed (it may come back)
+            if server in self.blocklist:
+                return None
+        else:
+            del self.suspended[server]
         return f"unreachable ({failures} failures); last: {why or suspension.why}"
 
     # -- whose fault ------------------------------------------------------------------------
