@@ -42,7 +42,7 @@ class ServerStanding:
     """
 
     #: The longest wait between probes while every eligible server is suspended.
-    REJOIN_PROBE = 1.0
+    REJOIN_PROBE = 0.5
 
     def __init__(
         self, servers: Sequence[str], clock: Callable[[], float], settings: EngineSettings
@@ -90,7 +90,14 @@ class ServerStanding:
         return server in self.second_chance or server in self.away
 
     def back(self, server: str) -> Optional[Suspension]:
-        """The probe of suspended ``server`` answered: back in the job (from ``away`` too)."""
+        """The probe of suspended ``server`` answered: back in the job (from ``away`` too). One
+        server back hints that others may be too (a network or a rack restored): the other
+        suspended servers are probed soon again, their backoff restarted."""
+        now = self._clock()
+        for other, suspension in self.suspended.items():
+            if other != server:
+                suspension.until = min(suspension.until, now + self.probe_interval)
+                suspension.delay = min(self.probe_interval * 2, self.probe_interval_max)
         if server in self.away:
             self.away.discard(server)
             self.blocklist.pop(server, None)
