@@ -14,12 +14,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Union
 
 from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
+from comfy_cluster.core.engine.book_servers import ServerTurns
 from comfy_cluster.core.engine.chunk_queue import Chooser, ChunkQueue
-from comfy_cluster.core.engine.events import ChunkAssigned, ChunkProgress, EventSink, FrameWritten
+from comfy_cluster.core.engine.events import (
+    ChunkAssigned,
+    ChunkProgress,
+    EventSink,
+    FrameWritten,
+)
 from comfy_cluster.core.engine.failover import Failover
 from comfy_cluster.core.engine.feed import EtaFn, JobFeed
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.ledger import FrameLedger
+from comfy_cluster.core.engine.live import LivePrompts
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.engine.stop import JobEnd, JobStop
@@ -31,7 +38,7 @@ __all__ = ["JobBook", "JobEnd"]
 _DEFAULTS = EngineSettings()
 
 
-class JobBook:
+class JobBook(ServerTurns):
     """All mutable state of one running job, under one lock. Any thread may call any method.
 
     Rules: chunks wait client-side until a slot of a server is free; a frame is written at
@@ -67,8 +74,10 @@ class JobBook:
         )
         stop = self._stop = JobStop(self._cond, ledger)
         self._failover = Failover(job.mode, queue, standing, feed, stop, settings)
-        #: server -> prompts we may have queued there (for the cancel sweep).
-        self._live_prompts: dict[str, set[str]] = {}
+        #: Prompts we may have queued, per server (for the cancel sweep): its own lock.
+        live = LivePrompts()
+        self.prompt_submitted, self.prompt_finished = live.submitted, live.finished
+        self.live_prompts = live.by_server
         #: Chunk attempts that failed and were retried.
         self.retries = 0
         #: Servers out of this job, with the reason (read without the lock: single lookups).
@@ -198,35 +207,6 @@ class JobBook:
         with self._cond:
             return self._queue.idle_for()
 
-    # -- suspended servers ----------------------------------------------------------------------
-
-    def probe_due(self, slot: str) -> bool:
-        """Whether ``slot`` probes its suspended server now (claimed: one slot per server)."""
-        with self._cond:
-            server = self._queue.slot(slot).server
-            return self._stop.end is None and self._standing.claim_probe(server)
-
-    def probe_result(self, server: str, ok: bool, why: str = "") -> None:
-        """The probe of a suspended ``server`` answered (``ok``) or failed: resume it, or back off
-        and count a failure; ``blocklist_after`` failures take it out of the job."""
-        with self._cond:
-            if server not in self._standing.suspended:
-                return
-            if ok:
-                del self._standing.suspended[server]
-            else:
-                self._failover.probe_failed(server, why)
-            self._dispatch_locked()
-            self._cond.notify_all()
-        self.flush()
-
-    def server_refused(self, server: str, outcome: Outcome) -> None:
-        """``server`` refuses us (health saw a 401/403): out of the job at once."""
-        with self._cond:
-            if not self._stop.over and self._failover.refused(server, outcome):
-                self._dispatch_locked()
-        self.flush()
-
     # -- per-attempt reporting ----------------------------------------------------------------
 
     def is_current(self, attempt: Attempt) -> bool:
@@ -281,20 +261,6 @@ class JobBook:
                     frames_done=self._ledger.frames_done_in(attempt),
                     frame_fraction=fraction,
                 )
-
-    def prompt_submitted(self, server: str, prompt_id: str) -> None:
-        """Remember a prompt we may have queued (called *before* POST, so cancel can find it)."""
-        with self._cond:
-            self._live_prompts.setdefault(server, set()).add(prompt_id)
-
-    def prompt_finished(self, server: str, prompt_id: str) -> None:
-        with self._cond:
-            self._live_prompts.get(server, set()).discard(prompt_id)
-
-    def live_prompts(self) -> dict[str, tuple[str, ...]]:
-        """Prompts that may still sit on a server, by server (for the cancel sweep)."""
-        with self._cond:
-            return {s: tuple(ids) for s, ids in self._live_prompts.items() if ids}
 
     # -- whose fault (see ServerStanding) -------------------------------------------------------
 

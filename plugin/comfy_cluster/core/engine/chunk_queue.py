@@ -29,13 +29,16 @@ Chooser = Callable[
 class QueuedChunk:
     """A chunk of the job with its failure history; waits in the queue or is out on a slot."""
 
-    __slots__ = ("chunk", "failed_on", "failures")
+    __slots__ = ("chunk", "failed_on", "failures", "moved_from")
 
     def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
         #: server name -> failures of this chunk there.
         self.failed_on: dict[str, int] = {}
         self.failures = 0
+        #: Servers this chunk was taken back from while it waited behind other work there
+        #: (not failures: avoided like them, never counted against the chunk).
+        self.moved_from: set[str] = set()
 
     def count_failure(self, server: str) -> None:
         self.failures += 1
@@ -121,6 +124,15 @@ class ChunkQueue:
         s = self._slots[slot]
         s.closed = True
         self.unassign(s)
+
+    def idle_elsewhere(self, server: str, usable: Sequence[str]) -> bool:
+        """Nothing waits and a ``usable`` server other than ``server`` has a free slot."""
+        if self._pending:
+            return False
+        return any(
+            s.attempt is None and not s.closed and s.server != server and s.server in usable
+            for s in self._slots.values()
+        )
 
     def unassign_server(self, server: str) -> None:
         for slot in self._slots.values():
@@ -228,9 +240,11 @@ class ChunkQueue:
 
 
 def _allowed(queued: QueuedChunk, servers: Sequence[str], eligible: Sequence[str]) -> list[str]:
-    """The free ``servers`` that may take ``queued``: those that have not failed it, or, when
-    every eligible server has, all of them (a last resort); empty: skip the chunk for now."""
-    allowed = [name for name in servers if name not in queued.failed_on]
-    if not allowed and all(name in queued.failed_on for name in eligible):
+    """The free ``servers`` that may take ``queued``: those that have not failed it (nor had it
+    taken back), or, when every eligible server has, all of them (a last resort); empty: skip
+    the chunk for now."""
+    avoid = queued.moved_from.union(queued.failed_on)
+    allowed = [name for name in servers if name not in avoid]
+    if not allowed and all(name in avoid for name in eligible):
         return list(servers)
     return allowed

@@ -42,6 +42,7 @@ __all__ = [
     "OnEvent",
     "ServerBlocklisted",
     "ServerChecked",
+    "ServerRejoined",
     "ServerStateChanged",
 ]
 
@@ -117,6 +118,15 @@ class ServerBlocklisted(JobEvent):
 
     server: str
     why: str
+
+
+@dataclass(frozen=True)
+class ServerRejoined(JobEvent):
+    """``server``, which had left the job (unreachable, or excluded once for what it did),
+    answers again and takes work from now on; ``why`` said why it had left."""
+
+    server: str
+    why: str = ""
 
 
 @dataclass(frozen=True)

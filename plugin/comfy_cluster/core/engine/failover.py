@@ -57,6 +57,11 @@ class Failover:
         server = attempt.server
         if outcome.kind is OutcomeKind.DEGRADED:
             self.blocklist(server, why)
+        elif outcome.down and self.standing.comes_back(server):
+            # It worked in this job: gone for now, probed until it answers (not a failure).
+            queued.count_failure(server)
+            if self.standing.suspend(server, why):
+                self.queue.unassign_server(server)
         else:
             queued.count_failure(server)
             failures = self.standing.count_failure(server)
@@ -106,8 +111,8 @@ class Failover:
 
     def check_servers_left(self, outcome: Optional[Outcome]) -> None:
         """Fail the job when every server is out of it (``outcome``: the last straw)."""
-        if self.standing.eligible() or self.stop.over:
-            return
+        if self.standing.eligible() or self.standing.away or self.stop.over:
+            return  # a server away (it worked, then stopped answering) is waited for
         reasons = "; ".join(f"{s}: {why}" for s, why in self.standing.blocklist.items())
         node_id, error = (outcome.node_id, outcome.error) if outcome else (None, None)
         self.stop.fail(f"no eligible server left ({reasons})", node_id, error)

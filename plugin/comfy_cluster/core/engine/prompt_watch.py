@@ -21,6 +21,7 @@ from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.stuck import StuckRule
 from comfy_cluster.core.engine.tools import SpeedRecord
+from comfy_cluster.core.engine.waits import QueuedBehind, QueueWaits
 from comfy_cluster.core.errors import (
     ComfyClusterError,
     PromptStuck,
@@ -54,6 +55,10 @@ class _Waiting:
     missed: bool
     #: Clock time our prompt was first seen pending in the server's queue.
     pending_since: Optional[float] = None
+    #: Clock time our prompt was last seen pending (it started after that).
+    pending_seen: Optional[float] = None
+    #: When a queued (not started) prompt is next looked at for a move to an idle server.
+    next_move: float = 0.0
 
 
 class PromptWatch:
@@ -77,8 +82,10 @@ class PromptWatch:
         stuck: StuckRule,
         call: Callable[[Callable[[], Any], str], Any],
         cancel: threading.Event,
+        waits: Optional[QueueWaits] = None,
     ) -> None:
         self.server = server
+        self.waits = waits
         self.output_node = output_node
         self.settings = settings
         self.clock = clock
@@ -169,8 +176,11 @@ class PromptWatch:
         frames: int,
         check: Callable[[], None],
         progress: Callable[[float, int], None],
+        move: Optional[Callable[[bool], bool]] = None,
     ) -> tuple[Any, ...]:
         """Wait for ``pid`` to finish; return the output node's images (and record the speed).
+        ``move(commit)`` says whether a prompt still queued should move to an idle server
+        (:meth:`_maybe_move`).
 
         The images come from the ``executed`` event of the output node, confirmed by
         ``executing`` node=None; ``/history`` is read only when events may have been missed
@@ -203,6 +213,28 @@ class PromptWatch:
                 entry = self._look_in_queue(w)
                 if entry is not None:
                     return self._result(w, entry)
+            if move is not None and self._started_at is None and now >= w.next_move:
+                self._maybe_move(w, now, move)
+
+    def _maybe_move(self, w: _Waiting, now: float, move: Callable[[bool], bool]) -> None:
+        """Our prompt has not started: past twice its expected time, while another server has
+        a free slot and nothing else waits, confirm with ``/queue`` that it is still queued and
+        raise QueuedBehind (the worker deletes it; the chunk moves)."""
+        spf = self.speed.seconds_per_frame(self.server)
+        if spf is None:
+            w.next_move = float("inf")  # no measured speed: no basis for a move
+            return
+        expected = spf * max(1, w.frames)
+        w.next_move = now + max(self.settings.poll_interval, expected / 2)
+        if now - w.submitted < 2 * expected or not move(False):
+            return
+        q = self.call(lambda: w.client.queue(), "/queue")
+        if w.pid in q.pending and self._started_at is None and move(True):
+            ahead = len(q.running) + q.pending.index(w.pid)
+            raise QueuedBehind(
+                f"queued {now - w.submitted:.1f} s behind {ahead} prompt(s) while another "
+                "server is free: moved"
+            )
 
     def _handle(
         self, w: _Waiting, event: Any, now: float, progress: Callable[[float, int], None]
@@ -270,12 +302,13 @@ class PromptWatch:
         now = self.clock()
         w.checked = now
         if w.pid in q.running:
-            if self._started_at is None:
-                self._started_at = w.pending_since or w.submitted
+            if self._started_at is None:  # the start event was missed: it started since
+                self._started_at = w.pending_seen or w.submitted
             self.stuck.check_running(now - self._started_at, now - self._last_event, w.frames)
             return None
         if w.pid in q.pending:
             w.pending_since = w.pending_since or now
+            w.pending_seen = now
             self.stuck.check_pending(q, w.pid, now - w.pending_since, w.frames)
             return None
         entry = self.call(lambda: w.client.history(w.pid), "/history")
@@ -292,7 +325,12 @@ class PromptWatch:
         return self._done(w, tuple(protocol.output_images(entry, node_id=self.output_node)))
 
     def _done(self, w: _Waiting, images: tuple[Any, ...]) -> tuple[Any, ...]:
-        seconds = max(0.0, self.clock() - (self._started_at or w.submitted))
+        now = self.clock()
+        seconds = max(0.0, now - (self._started_at or w.submitted))
+        if self.waits is not None:
+            # The wait behind other clients' prompts counts in the estimate (not in stuck).
+            seconds += self.waits.foreign_wait(self.server, w.submitted, self._started_at)
+            self.waits.ended(self.server, now)
         ignore_errors(lambda: self.speed.record(self.server, seconds, max(1, w.frames)))
         return images
 

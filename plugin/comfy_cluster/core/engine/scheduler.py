@@ -156,6 +156,7 @@ class Scheduler:
         input_poll: float = 0.25,
         answer_timeout: float = 5.0,
         cleanup_timeout: float = 1.0,
+        rejoin_after: float = 60.0,
     ) -> None:
         self.settings = EngineSettings(
             stall_timeout=stall_timeout,
@@ -174,6 +175,7 @@ class Scheduler:
             input_poll=input_poll,
             answer_timeout=answer_timeout,
             cleanup_timeout=cleanup_timeout,
+            rejoin_after=rejoin_after,
         )
         names = [s.name for s in servers]
         if len(set(names)) != len(names):

@@ -45,6 +45,9 @@ class EngineSettings:
     #: First wait before probing a server that looked dead; doubles up to ``probe_interval_max``.
     probe_interval: float = 0.5
     probe_interval_max: float = 10.0
+    #: A server taken out of a job for what it did (bad data, a cap, authentication, a missing
+    #: class or model) is probed once this long after, and rejoins once if it answers.
+    rejoin_after: float = 60.0
     #: How long a worker waits in all for one input frame (``wait_for_input``).
     input_timeout: float = 600.0
     #: The longest single wait on the input hook, so cancel stays responsive.
@@ -61,8 +64,8 @@ class EngineSettings:
             raise ValueError("stall_timeout, poll_interval and history_interval must be > 0")
         if self.probe_interval <= 0 or self.input_timeout <= 0 or self.input_poll <= 0:
             raise ValueError("probe_interval, input_timeout and input_poll must be > 0")
-        if self.answer_timeout <= 0 or self.cleanup_timeout <= 0:
-            raise ValueError("answer_timeout and cleanup_timeout must be > 0")
+        if self.answer_timeout <= 0 or self.cleanup_timeout <= 0 or self.rejoin_after <= 0:
+            raise ValueError("answer_timeout, cleanup_timeout and rejoin_after must be > 0")
         if self.blocklist_after < 1 or self.max_chunk_servers < 1:
             raise ValueError("blocklist_after and max_chunk_servers must be >= 1")
         # A maximum below the first interval would shrink the backoff: take the larger.

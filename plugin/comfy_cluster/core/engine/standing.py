@@ -21,21 +21,28 @@ __all__ = ["ServerStanding", "Suspension"]
 class Suspension:
     """A server that looked dead: no work until a probe answers."""
 
-    __slots__ = ("delay", "probing", "until", "why")
+    __slots__ = ("delay", "last", "probing", "until", "why")
 
-    def __init__(self, until: float, delay: float, why: str) -> None:
+    def __init__(self, until: float, delay: float, why: str, last: float) -> None:
         self.until = until  # clock time of the next probe
         self.delay = delay  # backoff before the probe after that
         self.probing = False  # one slot of the server is probing now
         self.why = why
+        self.last = last  # clock time of the suspension or of the last failed probe
 
 
 class ServerStanding:
     """Blocklist, failure counts, suspensions and fault judgements of one job's servers.
 
-    A server failing ``blocklist_after`` chunks (or probes) is out of the job. Caller holds the
-    job's lock.
+    A server failing ``blocklist_after`` chunks (or probes) is out of the job, except that a
+    server which worked in this job and then became unreachable (:meth:`comes_back`) is
+    probed for the rest of the job, even once it is out (``away``): it rejoins when it answers,
+    and the job waits for it (up to its idle limit) instead of failing. Probes come at least
+    every ``REJOIN_PROBE`` seconds while no server is usable. Caller holds the job's lock.
     """
+
+    #: The longest wait between probes while every eligible server is suspended.
+    REJOIN_PROBE = 0.5
 
     def __init__(
         self, servers: Sequence[str], clock: Callable[[], float], settings: EngineSettings
@@ -50,6 +57,13 @@ class ServerStanding:
         self.blocklist: dict[str, str] = {}
         #: Servers that looked dead, until a probe answers.
         self.suspended: dict[str, Suspension] = {}
+        self.rejoin_after = settings.rejoin_after
+        #: Servers out of the job for what they did, with the clock time of their one probe.
+        self.second_chance: dict[str, float] = {}
+        self._had_second_chance: set[str] = set()
+        self._probing_out: set[str] = set()
+        #: Servers out of the job as unreachable after working in it: still probed.
+        self.away: set[str] = set()
         self._failures: dict[str, int] = {}
         self._rejections: dict[str, WorkflowRejected] = {}
         self._validated_on: set[str] = set()
@@ -66,7 +80,43 @@ class ServerStanding:
         if server in self.blocklist:
             return False
         self.blocklist[server] = why
+        if server not in self._had_second_chance and not why.startswith("unreachable"):
+            self._had_second_chance.add(server)
+            self.second_chance[server] = self._clock() + self.rejoin_after
         return True
+
+    def waits_for_second_chance(self, server: str) -> bool:
+        """``server`` is out of the job but will be probed (once, or while ``away``)."""
+        return server in self.second_chance or server in self.away
+
+    def back(self, server: str) -> Optional[Suspension]:
+        """The probe of suspended ``server`` answered: back in the job (from ``away`` too). One
+        server back hints that others may be too (a network or a rack restored): the other
+        suspended servers are probed soon again, their backoff restarted."""
+        now = self._clock()
+        for other, suspension in self.suspended.items():
+            if other != server:
+                suspension.until = min(suspension.until, now + self.probe_interval)
+                suspension.delay = min(self.probe_interval * 2, self.probe_interval_max)
+        if server in self.away:
+            self.away.discard(server)
+            self.blocklist.pop(server, None)
+            self._failures.pop(server, None)
+        return self.suspended.pop(server, None)
+
+    def rejoin(self, server: str) -> Optional[str]:
+        """The one probe of ``server`` (out for what it did) answered: back in the job with a
+        clean count. Returns why it had been out."""
+        self.second_chance.pop(server, None)
+        self._probing_out.discard(server)
+        self._failures.pop(server, None)
+        self._rejections.pop(server, None)
+        return self.blocklist.pop(server, None)
+
+    def no_second_chance(self, server: str) -> None:
+        """The one probe of ``server`` failed: it stays out for the rest of the job."""
+        self.second_chance.pop(server, None)
+        self._probing_out.discard(server)
 
     def count_failure(self, server: str) -> int:
         """One more failure of ``server``; returns how many it has had in this job."""
@@ -83,28 +133,56 @@ class ServerStanding:
         """Stop handing work to ``server`` until a probe answers; False if out or suspended."""
         if server in self.blocklist or server in self.suspended:
             return False
+        now = self._clock()
         self.suspended[server] = Suspension(
-            self._clock() + self.probe_interval,
+            now + self.probe_interval,
             min(self.probe_interval * 2, self.probe_interval_max),
             why,
+            now,
         )
         return True
 
+    def comes_back(self, server: str) -> bool:
+        """Whether ``server`` worked in this job (accepted a prompt): unreachable now, it is
+        waited for and probed for the rest of the job instead of being taken out."""
+        return server in self._validated_on
+
+    def none_usable(self) -> bool:
+        """Every server still in the job is suspended (no server can take work now)."""
+        return all(s in self.suspended for s in self.eligible())
+
+    def _due(self, suspension: Suspension) -> float:
+        """Clock time the probe of ``suspension`` is due: its backoff, but at least every
+        ``REJOIN_PROBE`` s while no server is usable."""
+        if self.none_usable():
+            return min(suspension.until, suspension.last + self.REJOIN_PROBE)
+        return suspension.until
+
     def until_probe(self, server: str) -> Optional[float]:
         """Seconds until ``server``'s next probe is due; ``None`` when none is awaited."""
+        if server in self.second_chance and server not in self.away:
+            if server in self._probing_out:
+                return None
+            return max(0.0, self.second_chance[server] - self._clock())
         suspension = self.suspended.get(server)
         if suspension is None or suspension.probing:
             return None
-        return max(0.0, suspension.until - self._clock())
+        return max(0.0, self._due(suspension) - self._clock())
 
     def claim_probe(self, server: str) -> bool:
         """Whether ``server`` should be probed now; claims the probe (one slot at a time)."""
+        if server in self.second_chance and server not in self.away:
+            due = self._clock() >= self.second_chance[server]
+            if not due or server in self._probing_out:
+                return False
+            self._probing_out.add(server)
+            return True
         suspension = self.suspended.get(server)
         if (
             suspension is None
             or suspension.probing
-            or server in self.blocklist
-            or self._clock() < suspension.until
+            or (server in self.blocklist and server not in self.away)
+            or self._clock() < self._due(suspension)
         ):
             return False
         suspension.probing = True
@@ -115,12 +193,18 @@ class ServerStanding:
         Returns the reason to take it out of the job when it has failed too often."""
         suspension = self.suspended[server]
         suspension.probing = False
-        suspension.until = self._clock() + suspension.delay
+        suspension.last = self._clock()
+        suspension.until = suspension.last + suspension.delay
         suspension.delay = min(suspension.delay * 2, self.probe_interval_max)
         failures = self.count_failure(server)
         if not self.too_many(failures):
             return None
-        del self.suspended[server]
+        if self.comes_back(server):
+            self.away.add(server)  # out of the job, still probed (it may come back)
+            if server in self.blocklist:
+                return None
+        else:
+            del self.suspended[server]
         return f"unreachable ({failures} failures); last: {why or suspension.why}"
 
     # -- whose fault ------------------------------------------------------------------------

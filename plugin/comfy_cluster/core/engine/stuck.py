@@ -3,7 +3,9 @@
 A silent prompt is not necessarily stuck: a slow server renders a heavy frame for minutes
 without a websocket event. So the limit comes from that server's measured time per frame (times
 ``stuck_factor``), from the slowest measured server while it has none, and from
-``first_prompt_timeout`` while no server has one.
+``first_prompt_timeout`` while no server has one. The limits count from our prompt's start
+(its ``executing`` event, or when it heads ``queue_running``), never while it waits behind
+other clients' prompts.
 """
 
 from __future__ import annotations
@@ -62,18 +64,8 @@ class StuckRule:
             )
 
     def check_pending(self, q: Any, pid: str, waited: float, frames: int) -> None:
-        """Our prompt waits in the server's queue. Raise PromptStuck when it waited longer than
-        the prompts ahead of it should take (``run_limit`` each), or when the server is out of
-        the job: a prompt ahead that never ends must not hold the chunk (and the job) forever."""
+        """Our prompt waits in the server's queue: queued is not stuck (the stuck and stall
+        rules start when it starts running; the wait ahead of it counts in the balancer's
+        estimate instead). Only a server out of the job gives its queued work back."""
         if self.out_of_job():
             raise PromptStuck("queued on a server that is out of the job", server=self.server)
-        limit = self.run_limit(frames)
-        if limit is None:
-            return
-        ahead = len(q.running) + q.pending.index(pid) + 1
-        if waited > limit * ahead:
-            raise PromptStuck(
-                f"stuck: queued {waited:.1f} s behind {ahead - 1} prompt(s) "
-                f"(limit {limit * ahead:.1f} s)",
-                server=self.server,
-            )

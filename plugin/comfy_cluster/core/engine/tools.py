@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from comfy_cluster.core.engine.attempt import Aborted
 from comfy_cluster.core.engine.cleanup import ignore_errors
+from comfy_cluster.core.engine.waits import QueueWaits
 from comfy_cluster.core.errors import ServerSilent, ServerUnreachable, UnexpectedStatus
 from comfy_cluster.core.retry import RetryPolicy
 from comfy_cluster.core.server import ServerConfig
@@ -71,6 +72,8 @@ class EngineTools:
     transfer_factory: Callable[[bool], Transfer]
     #: The health monitor (``snapshot()``, ``set_active()``), or ``None``: learn from failures.
     health: Any = None
+    #: Our prompts' waits behind other clients' work, per server (shared by every job).
+    waits: QueueWaits = field(default_factory=QueueWaits)
 
 
 class Bounded:

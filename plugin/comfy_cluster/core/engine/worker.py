@@ -15,8 +15,9 @@ import logging
 import uuid
 from typing import Any, Callable, Optional
 
+from comfy_cluster.core.engine import comeback
 from comfy_cluster.core.engine.attempt import Aborted, Attempt, Outcome
-from comfy_cluster.core.engine.blame import blame, refusal, refused_by_health, why
+from comfy_cluster.core.engine.blame import blame
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.inputs import InputWaiter
 from comfy_cluster.core.engine.job import RenderJob
@@ -88,6 +89,7 @@ class Worker:
             stuck=stuck,
             call=self._ask,
             cancel=job.cancel_token,
+            waits=getattr(tools, "waits", None),
         )
         self.link = ServerLink(
             server, tools.client_factory, settings, self.watch.on_event, book.over
@@ -99,9 +101,11 @@ class Worker:
             while True:
                 attempt = book.next_attempt(self.slot, self.settings.wait_step)
                 if attempt is None:
+                    if comeback.second_chance(self):
+                        continue
                     break
                 if attempt is False:
-                    self._probe() if book.probe_due(self.slot) else self._check_refused()
+                    comeback.idle(self)
                     continue
                 book.finish_attempt(attempt, self._attempt(attempt))
         except Exception:
@@ -119,29 +123,6 @@ class Worker:
     def _ask(self, fn: Callable[[], Any], what: str = "a request") -> Any:
         """``fn`` under the retry policy, each try abandoned after ``answer_timeout``."""
         return self._call(lambda: self.link.ask(fn, what))
-
-    def _check_refused(self) -> None:
-        """No work for this slot: a server the health monitor saw refuse us (401/403) leaves
-        the job at once, saying what to check, instead of being waited for."""
-        error = refused_by_health(self.tools.health, self.name)
-        if error is not None:
-            self.book.server_refused(self.name, refusal(error))
-
-    def _probe(self) -> None:
-        """Probe this (suspended) server once: does it answer ``/queue`` again?"""
-        try:
-            self._connect()
-            self.link.ask(self.client.queue, "/queue")
-        except Aborted:
-            return
-        except ComfyClusterError as exc:
-            self.book.probe_result(self.name, False, why(exc))
-        except Exception as exc:  # a bug in a client: count it as a failed probe
-            log.exception("%s: probe failed", self.slot)
-            self.book.probe_result(self.name, False, repr(exc))
-        else:
-            log.info("%s: answers again; resuming", self.name)
-            self.book.probe_result(self.name, True)
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -302,6 +283,7 @@ class Worker:
                 frames,
                 lambda: self._check(attempt),
                 lambda fraction, n: self._progress(attempt, fraction, n),
+                lambda commit: self.book.pull_back(attempt, commit),
             )
         except PromptStuck as exc:
             self._abandon(pid)
