@@ -131,6 +131,14 @@ def register(subparsers: Any) -> None:
         "so the look can be judged early",
     )
     parser.add_argument(
+        "--wait-for-servers",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long a job waits for a server to come (back) up, at the start or when every "
+        "server is down mid-job, before it fails",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="check every server (reachable, authenticated, node classes, models) and stop: "
@@ -169,7 +177,18 @@ def run(
     for warning in ignored_override_warnings(job):
         print(f"comfy-cluster render: warning: {warning}", file=err)
     view = make_view(out, json_lines=bool(args.json))
-    code = execute(job, servers, view, err=err, command_line=getattr(args, "command_line", None))
+    wait = float(getattr(args, "wait_for_servers", 120.0))
+    if not wait > 0:
+        print("comfy-cluster render: --wait-for-servers must be > 0", file=err)
+        return ExitCode.USAGE
+    code = execute(
+        job,
+        servers,
+        view,
+        err=err,
+        command_line=getattr(args, "command_line", None),
+        scheduler_options={"no_server_timeout": wait},
+    )
     where = frames_location(job.output_pattern, job.frame_range.frames)
     if where and not args.json and code != ExitCode.INTERRUPTED:
         view.write_line(where)

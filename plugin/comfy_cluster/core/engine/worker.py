@@ -38,6 +38,7 @@ from comfy_cluster.core.errors import (
     TransientError,
     UnexpectedStatus,
 )
+from comfy_cluster.core.health import alive_feed, mark_in_use
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import Transfer, frame_path
 from comfy_cluster.core.workflow import build_batch_prompt, build_frame_prompt, map_batch_outputs
@@ -91,12 +92,13 @@ class Worker:
             cancel=job.cancel_token,
             waits=getattr(tools, "waits", None),
         )
-        self.link = ServerLink(
-            server, tools.client_factory, settings, self.watch.on_event, book.over
-        )
+        # Every event of ours is a sign of life: the health monitor polls this server less.
+        feed = alive_feed(tools.health, server.name, self.watch.on_event)
+        self.link = ServerLink(server, tools.client_factory, settings, feed, book.over)
 
     def main(self) -> None:
         book = self.book
+        mark_in_use(self.tools.health, self.server.name, True)
         try:
             while True:
                 attempt = book.next_attempt(self.slot, self.settings.wait_step)
@@ -111,6 +113,7 @@ class Worker:
         except Exception:
             log.exception("worker %s crashed", self.slot)
         finally:
+            mark_in_use(self.tools.health, self.server.name, False)
             self.link.close()
             book.close_slot(self.slot)
             book.flush()
