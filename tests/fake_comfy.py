@@ -159,6 +159,9 @@ class FakeServer:
         self.uploads = 0
         self.bad_downloads: set[tuple[str, str, str]] = set()
         self.lost_outputs: set[tuple[str, str, str]] = set()
+        #: When set to an Event, a prompt pauses after its first progress step until the event
+        #: is set (at most 5 s): the test sees the prompt mid-run.
+        self.gate: Optional[threading.Event] = None
         #: Every /queue and /history request, in order (("queue", None), ("history", pid)).
         self.requests: list[tuple[str, Optional[str]]] = []
         self.held = False
@@ -396,6 +399,9 @@ class FakeServer:
                             prompt_id=pid, node=node, value=step, max=self.steps
                         ),
                     )
+                    gate = self.gate
+                    if gate is not None and step == 1:
+                        gate.wait(5.0)
         if item.interrupted:
             if self.dead:
                 return
@@ -756,25 +762,33 @@ class SlotRig:
         self.workers.append(worker)
         return worker
 
-    def run(self, *workers: Worker, timeout: float = 10.0, sweep: bool = False) -> None:
-        """Run ``workers`` (default: one new slot per server) on threads until the job is over;
-        then, with ``sweep``, clean up as the controller does. Fails the test after ``timeout``
-        seconds (cancelling the job so the threads end)."""
+    def start(self, *workers: Worker) -> list[threading.Thread]:
+        """Start ``workers`` (default: one new slot per server) on threads of their own."""
         if not workers:
             workers = tuple(self.slot(name) for name in self.cluster.servers)
         threads = [threading.Thread(target=w.main, name=w.slot, daemon=True) for w in workers]
         for thread in threads:
             thread.start()
+        return threads
+
+    def join(self, threads: list[threading.Thread], timeout: float = 10.0) -> None:
+        """Wait until ``threads`` end (the job is over), turning a cancel into the job's end as
+        the controller does. Fails the test after ``timeout`` seconds (ending the job so the
+        threads stop)."""
         deadline = time.monotonic() + timeout
         while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-            if self.job.cancel_token.is_set():  # the supervisor's part: cancel ends the job
+            if self.job.cancel_token.is_set():
                 self.book.cancel()
-            threads[0].join(0.005) if threads[0].is_alive() else time.sleep(0.005)
+            time.sleep(0.002)
         hung = [t.name for t in threads if t.is_alive()]
         if hung:
             self.job.cancel_token.set()
             self.book.cancel()
             raise AssertionError(f"worker slots still running after {timeout} s: {hung}")
+
+    def run(self, *workers: Worker, timeout: float = 10.0, sweep: bool = False) -> None:
+        """:meth:`start` then :meth:`join`; with ``sweep``, clean up as the controller does."""
+        self.join(self.start(*workers), timeout)
         if sweep:
             sweep_prompts(self.book, self.plan.servers, self.tools.client_factory)
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_comfy import FakeCluster, FakeServer, SlotRig, invert
+from fake_comfy import FakeClient, FakeCluster, FakeServer, SlotRig, invert
 from workflows import invert_workflow
 
+from comfy_cluster.core import protocol
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
@@ -471,3 +472,338 @@ def test_a_suspended_server_is_probed_and_gets_work_only_once_it_answers(shot: S
     assert sorted(rig.written()) == [1, 2]
     (retried,) = rig.of(ev.ChunkRetried)
     assert "server down" in retried.why
+
+
+# --- more of a slot's rules -------------------------------------------------------------------
+
+
+def until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
+
+
+def test_a_prompt_queued_behind_another_clients_work_waits_within_its_limit(
+    shot: Shot,
+) -> None:
+    """Another client's long prompt holds the server: ours waits in its queue, looked at after
+    each silence, and runs when its turn comes (not stuck, not moved: the server is in the
+    job)."""
+    a = FakeServer("a")
+    with FakeCluster([a, FakeServer("b")]) as cluster:
+        rig = SlotRig(cluster, shot.job("1"), stall_timeout=0.02, first_prompt_timeout=30)
+        a.hold()
+        threads = rig.start(rig.slot("a"))
+        until(lambda: a.pending and a.requests.count(("queue", None)) >= 2)
+        a.release()
+        rig.join(threads)
+    assert rig.written() == [1] and not rig.of(ev.ChunkRetried)
+
+
+class BrokenClose(FakeClient):
+    def close(self) -> None:
+        raise RuntimeError("close bug")
+
+
+def test_a_client_that_fails_to_close_still_has_its_websocket_closed(shot: Shot) -> None:
+    a = FakeServer("a")
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1"), client_factory=lambda c: BrokenClose(a))
+        slot = rig.slot("a")
+        rig.run(slot)
+    assert slot.listener.closed and a.listeners[slot.client.client_id] == []
+    assert rig.written() == [1]
+
+
+def suspend(rig: SlotRig, server: str) -> None:
+    """``server`` looked dead on its first chunk: suspended until a probe answers (its first
+    slot is gone)."""
+    from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+
+    first = rig.slot(server, 9)
+    attempt = rig.book.next_attempt(first.slot, 0.0)
+    assert attempt
+    rig.book.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "down (test)", down=True))
+    rig.book.close_slot(first.slot)
+
+
+def test_a_slot_that_never_talked_to_its_server_can_probe_it(shot: Shot) -> None:
+    """The probe connects first: a slot whose server was suspended before it ran a prompt
+    must not count its own missing client as the server's failure."""
+    with FakeCluster([FakeServer("a")]) as cluster:
+        rig = SlotRig(cluster, shot.job("1"), blocklist_after=3)
+        suspend(rig, "a")
+        rig.run(rig.slot("a"))
+    assert rig.written() == [1] and not rig.of(ev.ServerBlocklisted)
+
+
+class BuggyQueue(FakeClient):
+    def queue(self) -> Any:
+        raise ValueError("client bug")
+
+
+def test_a_probe_that_hits_a_client_bug_counts_as_failed(shot: Shot) -> None:
+    """Not a crash and not a success: the failed probe is counted, and the server is out of
+    the job once it failed ``blocklist_after`` times."""
+    a = FakeServer("a")
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(
+            cluster, shot.job("1"), blocklist_after=2, client_factory=lambda c: BuggyQueue(a)
+        )
+        suspend(rig, "a")
+        rig.run(rig.slot("a"), timeout=5)
+    (out,) = rig.of(ev.ServerBlocklisted)
+    assert "ValueError('client bug')" in out.why
+    assert a.submits == 0
+
+
+class FailTheJob:
+    """A transfer that ends the job (as another slot's fatal error would) at one moment."""
+
+    def __init__(self, rig_box: list, when: str, after: int = 1) -> None:
+        from comfy_cluster.core.transfer import HttpTransfer
+
+        self.inner = HttpTransfer()
+        self.rig_box = rig_box
+        self.when = when
+        self.after = after
+        self.calls = 0
+
+    def _maybe_fail(self, what: str) -> None:
+        if what == self.when:
+            self.calls += 1
+            if self.calls == self.after:
+                self.rig_box[0].book.fail("another slot failed the job")
+
+    def prepare_input(self, client: Any, server: Any, path: Path) -> str:
+        value = self.inner.prepare_input(client, server, path)
+        self._maybe_fail("input")
+        return value
+
+    def fetch_output(self, client: Any, server: Any, ref: Any, dest: Path) -> Path:
+        written = self.inner.fetch_output(client, server, ref, dest)
+        self._maybe_fail("output")
+        return written
+
+
+def test_a_job_that_ended_elsewhere_sends_no_further_frame_of_the_chunk(shot: Shot) -> None:
+    box: list = []
+    a = FakeServer("a")
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1-3", chunk_size=3), transfer=FailTheJob(box, "output"))
+        box.append(rig)
+        rig.run()
+    assert len(a.posted) == 1 and rig.written() == [1]
+
+
+def test_a_batch_whose_job_ended_while_its_inputs_uploaded_is_not_sent(shot: Shot) -> None:
+    box: list = []
+    a = FakeServer("a")
+    job = shot.job("2-4", mode="batch", chunk_size=3)
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, job, transfer=FailTheJob(box, "input", after=3))
+        box.append(rig)
+        rig.run()
+    assert a.posted == [] and rig.written() == []
+
+
+def test_a_chunk_that_comes_back_renders_only_its_frames_not_yet_written(shot: Shot) -> None:
+    """An attempt stopped (aborted) after writing frame 1 of 3: its chunk goes back whole; the
+    next attempt skips frame 1 and renders 2 and 3, without counting a failure."""
+    from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+
+    a = FakeServer("a")
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1-3", chunk_size=3))
+        slot = rig.slot("a")
+        attempt = rig.book.next_attempt(slot.slot, 0.0)
+        assert attempt and attempt.chunk.frames == (1, 2, 3)
+        assert rig.book.claim_frame(attempt, 1)
+        shot.out(1).parent.mkdir(parents=True, exist_ok=True)
+        shot.out(1).write_bytes(invert(frame_bytes(1)))
+        rig.book.frame_written(attempt, 1, str(shot.out(1)))
+        rig.book.finish_attempt(attempt, Outcome(OutcomeKind.ABORTED))
+        rig.run(slot)
+    assert len(a.posted) == 2 and rig.written() == [1, 2, 3]
+    assert not rig.of(ev.ChunkRetried)
+    shot.check(range(1, 4))
+
+
+class Speeds:
+    """A SpeedTracker that remembers how many frames each recorded prompt rendered."""
+
+    def __init__(self) -> None:
+        from comfy_cluster.core.balance import SpeedTracker
+
+        self.inner = SpeedTracker()
+        self.frames: list[int] = []
+
+    def record(self, server: str, seconds: float, frames: int = 1) -> float:
+        self.frames.append(frames)
+        return self.inner.record(server, seconds, frames)
+
+    def seconds_per_frame(self, server: str) -> Any:
+        return self.inner.seconds_per_frame(server)
+
+
+def test_the_speed_of_a_server_is_per_frame_delivered(tmp_path: Path) -> None:
+    """One prompt per frame counts one frame; a batch counts its delivered frames. A wrong
+    count skews the balancer and the stuck limits."""
+    shot = Shot(tmp_path)
+    with FakeCluster([FakeServer("a")]) as cluster:
+        speeds = Speeds()
+        rig = SlotRig(cluster, shot.job("1-2"), speed=speeds)
+        rig.run()
+        assert speeds.frames == [1, 1]
+        batch = Speeds()
+        job = RenderJob(
+            WORKFLOW,
+            "3-6",
+            str(tmp_path / "b" / "o.####.png"),
+            input_pattern=shot.input,
+            mode="batch",
+            chunk_size=2,
+            handles=1,
+        )
+        SlotRig(cluster, job, speed=batch).run()
+        assert batch.frames == [2, 2]
+
+
+def test_a_prompt_whose_post_answer_is_lost_and_whose_server_does_not_say_is_sent_again(
+    shot: Shot,
+) -> None:
+    """POST failed and the "did it land?" look fails too: treat it as not landed and send it
+    again (under a fresh id). Waiting for a prompt that never arrived would cost a stall."""
+    from comfy_cluster.core.errors import ServerTimeout
+
+    a = FakeServer("a", plan=["lost"])
+    failed = []
+
+    class QueueFailsOnce(FakeClient):
+        def queue(self) -> Any:
+            if not failed:
+                failed.append(1)
+                raise ServerTimeout("read timed out", server="a")
+            return super().queue()
+
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1"), client_factory=lambda c: QueueFailsOnce(a))
+        rig.run()
+    assert failed and len(a.posted) == 2 and len(a.received) == 1
+    assert rig.written() == [1] and not rig.of(ev.ChunkRetried)
+
+
+def test_a_websocket_blip_between_frames_costs_the_next_frame_nothing(shot: Shot) -> None:
+    """The drop and reconnect happened while no prompt ran: the next prompt's events are
+    complete, so it needs neither a /queue look nor a /history read."""
+    a = FakeServer("a")
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, ev.FrameWritten) and event.frame == 1:
+            for callbacks in list(a.listeners.values()):
+                for callback in list(callbacks):
+                    callback(protocol.Disconnected(reason="blip"))
+                    callback(protocol.Connected(client_id="c", attempt=2))
+
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(
+            cluster,
+            shot.job("1-2", chunk_size=2),
+            on_event=on_event,
+            stall_timeout=30,
+            history_interval=30,
+        )
+        rig.run()
+    assert rig.written() == [1, 2]
+    assert a.requests == []
+
+
+def test_a_server_that_accepted_the_workflow_and_then_rejects_it_is_at_fault(
+    shot: Shot,
+) -> None:
+    """The workflow ran on this server before: a later rejection (a node gone after a restart)
+    is the server's, not the workflow's, even when no other server is left to try."""
+    a = FakeServer("a", plan=["ok", "reject"])
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1-2"))
+        rig.run()
+    end = rig.book.end()
+    assert end is not None and "no eligible server left" in end.message
+    assert "rejected by every server" not in end.message
+    assert rig.written() == [1]
+
+
+def test_a_prompt_left_behind_by_a_failing_history_read_is_interrupted(shot: Shot) -> None:
+    """Reading /history keeps failing (5xx) while our prompt runs: the chunk moves on, and the
+    prompt is interrupted rather than left to run for nobody."""
+    from comfy_cluster.core.errors import UnexpectedStatus
+
+    a = FakeServer("a", plan=["hang"])
+
+    class HistoryFails(FakeClient):
+        def history(self, prompt_id: str) -> Any:
+            raise UnexpectedStatus("GET /history: HTTP 502", server="a", status=502)
+
+    def client_factory(config: Any) -> Any:
+        if config.name == "a":
+            return HistoryFails(a)
+        return cluster.client_factory(config)
+
+    with FakeCluster([a, FakeServer("b")]) as cluster:
+        rig = SlotRig(
+            cluster,
+            shot.job("1"),
+            client_factory=client_factory,
+            stall_timeout=30,
+            history_interval=0.01,
+        )
+        rig.run()
+        (hung,) = a.received
+        until(lambda: hung in a.history)
+    assert a.history[hung]["status"]["status_str"] == "error"
+    (retried,) = rig.of(ev.ChunkRetried)
+    assert retried.server == "a"
+    assert rig.written() == [1]
+
+
+def test_sampler_progress_is_reported_while_the_prompt_runs(shot: Shot) -> None:
+    a = FakeServer("a", steps=4)
+    a.gate = threading.Event()
+    finished_when_reported: list[bool] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, ev.ChunkProgress) and 0 < event.frame_fraction < 1:
+            finished_when_reported.append(bool(a.history))
+            a.gate.set()
+
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1"), on_event=on_event, stall_timeout=30)
+        rig.run()
+    assert finished_when_reported[0] is False
+    assert rig.written() == [1]
+
+
+def test_a_stuck_prompt_that_was_interrupted_is_no_longer_ours_to_sweep(shot: Shot) -> None:
+    a = FakeServer("a", plan=["hang"])
+    with FakeCluster([a]) as cluster:
+        rig = SlotRig(cluster, shot.job("1"))
+        rig.speed.record("a", 0.01)
+        rig.run()
+    assert len(a.received) == 2 and rig.written() == [1]
+    assert rig.book.live_prompts() == {}
+
+
+def test_a_batch_stopped_by_the_jobs_end_writes_no_more_of_its_frames(shot: Shot) -> None:
+    """The job ended (another slot failed it) while a batch's frames were being written: the
+    rest are not fetched, and not counted as late results either (that count is how a
+    duplicate delivery shows)."""
+    box: list = []
+    job = shot.job("2-4", mode="batch", chunk_size=3)
+    with FakeCluster([FakeServer("a")]) as cluster:
+        rig = SlotRig(cluster, job, transfer=FailTheJob(box, "output"))
+        box.append(rig)
+        rig.run()
+    assert rig.written() == [2]
+    assert not shot.out(3).exists() and not shot.out(4).exists()
+    assert rig.book.discarded == 0

@@ -236,12 +236,33 @@ def test_outputs_come_from_the_output_nodes_executed_event_without_polling() -> 
     """The normal path costs no request: images of the output node (not of a preview node)
     come from ``executed``, confirmed by ``executing`` None; the render time is recorded."""
     rig = Rig()
-    rig.send(2, start(), node_runs("1"))
+    rig.send(2, start())
+    rig.send(3, node_runs("1"))
+    rig.send(4, node_runs("2"))
     rig.send(5, executed("9", "preview.png"), executed(OUTPUT, "out_00001_.png"))
     rig.send(6, finished())
     assert names(rig.wait(frames=2)) == ["out_00001_.png"]
     assert rig.client.calls == []
     assert rig.speed.recorded == [("a", 4.0, 2)]  # from its start at t=2, not its submission
+
+
+def test_without_a_start_event_the_first_node_marks_the_start() -> None:
+    """The speed of a server is its render time: time spent queued behind other prompts
+    does not count, and later nodes do not restart the clock."""
+    rig = Rig()
+    rig.send(3, node_runs("1"))
+    rig.send(5, node_runs("2"))
+    rig.send(7, executed(OUTPUT, "o.png"), finished())
+    rig.wait(frames=1)
+    assert rig.speed.recorded == [("a", 4.0, 1)]
+
+
+def test_a_prompt_of_no_frames_is_recorded_as_one_frame() -> None:
+    rig = Rig()
+    rig.send(1, start())
+    rig.send(3, executed(OUTPUT, "o.png"), finished())
+    rig.wait(frames=0)
+    assert rig.speed.recorded == [("a", 2.0, 1)]
 
 
 def test_outputs_wait_for_the_end_signal_not_the_executed_event() -> None:
@@ -350,10 +371,10 @@ def test_a_drop_the_previous_prompt_lived_through_does_not_count_against_the_nex
 
 def test_progress_is_reported_as_a_fraction_of_the_running_prompt() -> None:
     rig = Rig()
-    rig.send(1, start(), progress(1, 4), progress(3, 0), progress(4, 4))
+    rig.send(1, start(), progress(1, 4), progress(3, 0), progress(0.5, 1), progress(4, 4))
     rig.send(2, executed(OUTPUT, "o.png"), finished())
     rig.wait(frames=3)
-    assert rig.progress.seen == [(0.25, 3), (1.0, 3)]  # a bar without a maximum is skipped
+    assert rig.progress.seen == [(0.25, 3), (0.5, 3), (1.0, 3)]  # no maximum: skipped
 
 
 @pytest.mark.parametrize(
