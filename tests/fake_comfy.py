@@ -21,12 +21,22 @@ plan is used up). Actions::
     slow        runs 20 times longer
     bad_download the result's download fails once with ServerUnreachable
 
+Not in ``ACTIONS`` (the property test's pool), because they are aimed at one behaviour::
+
+    http500_landed  the prompt is queued, but submit raises UnexpectedStatus(500) (a proxy
+                    error after ComfyUI took it)
+    lost_output     the result's download always answers 404 (the file is gone)
+
 Not in ``ACTIONS`` (the property test's pool), because nothing can clean up after it::
 
     wedge       the worker takes it and never ends, ignoring interrupts, until the server closes
 
 ``FakeClient(server)`` is what ``client_factory`` returns. Time: ``seconds`` per prompt of real
-time (tiny), with ``clock``/``sleep`` injectable.
+time (tiny), with ``clock``/``sleep`` injectable. ``hold()`` keeps queued prompts waiting until
+``release()``.
+
+``SlotRig`` (at the end) runs the engine's worker slots (``core/engine/worker.py``) on fake
+servers without the job's controller: a real plan and book, slots on threads the test starts.
 """
 
 from __future__ import annotations
@@ -42,6 +52,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from comfy_cluster.core import protocol
+from comfy_cluster.core.balance import SpeedTracker
+from comfy_cluster.core.engine.book import JobBook
+from comfy_cluster.core.engine.events import EventSink, FrameWritten, JobEvent
+from comfy_cluster.core.engine.inputs import InputHook, InputWaiter
+from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.plan import plan_job
+from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.engine.sweep import sweep_prompts
+from comfy_cluster.core.engine.tools import EngineTools, ServerCall
+from comfy_cluster.core.engine.worker import Worker
 from comfy_cluster.core.errors import (
     NodeError,
     ServerTimeout,
@@ -50,7 +70,9 @@ from comfy_cluster.core.errors import (
     WorkflowRejected,
 )
 from comfy_cluster.core.protocol import QueueState
+from comfy_cluster.core.retry import RetryPolicy, retry_transient
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.transfer import Transfer, make_transfer
 
 ACTIONS = (
     "ok",
@@ -131,9 +153,18 @@ class FakeServer:
         self.dead = False
         self.closed = False
         self.submits = 0
+        #: Prompt ids of every POST /prompt, taken or not; ``received``: those queued.
+        self.posted: list[str] = []
         self.received: list[str] = []
         self.uploads = 0
         self.bad_downloads: set[tuple[str, str, str]] = set()
+        self.lost_outputs: set[tuple[str, str, str]] = set()
+        #: When set to an Event, a prompt pauses after its first progress step until the event
+        #: is set (at most 5 s): the test sees the prompt mid-run.
+        self.gate: Optional[threading.Event] = None
+        #: Every /queue and /history request, in order (("queue", None), ("history", pid)).
+        self.requests: list[tuple[str, Optional[str]]] = []
+        self.held = False
         self._counter = itertools.count(1)
         self._thread = threading.Thread(target=self._work, name=f"fake-{name}", daemon=True)
         self._thread.start()
@@ -146,10 +177,26 @@ class FakeServer:
             self._cond.notify_all()
         self._thread.join(2.0)
 
+    def hold(self) -> None:
+        """Leave queued prompts waiting (as behind a long prompt of another client)."""
+        with self._cond:
+            self.held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self.held = False
+            self._cond.notify_all()
+
     def kill(self) -> None:
         """Die now: queue lost, every call fails, listeners see a disconnect."""
         with self._cond:
             self._die_locked()
+
+    def revive(self) -> None:
+        """Come back after :meth:`kill` (a restart: empty queue, history kept)."""
+        with self._cond:
+            self.dead = False
+            self._cond.notify_all()
 
     def _die_locked(self) -> None:
         self.dead = True
@@ -180,6 +227,7 @@ class FakeServer:
             self._alive()
             action = self.plan[self.submits] if self.submits < len(self.plan) else "ok"
             self.submits += 1
+            self.posted.append(prompt_id)
             if action == "lost":
                 raise ServerUnreachable("connection reset", server=self.name)
             if action == "http500":
@@ -204,15 +252,19 @@ class FakeServer:
             self._cond.notify_all()
             if action == "ambiguous":
                 raise ServerTimeout("read timed out", server=self.name)
+            if action == "http500_landed":
+                raise UnexpectedStatus("POST /prompt: HTTP 500", server=self.name, status=500)
             return prompt_id
 
     def get_history(self, prompt_id: str) -> Optional[dict]:
         with self._cond:
+            self.requests.append(("history", prompt_id))
             self._alive()
             return self.history.get(prompt_id)
 
     def get_queue(self) -> QueueState:
         with self._cond:
+            self.requests.append(("queue", None))
             self._alive()
             running = (self.running.prompt_id,) if self.running is not None else ()
             return QueueState(running=running, pending=tuple(i.prompt_id for i in self.pending))
@@ -252,7 +304,7 @@ class FakeServer:
             if key in self.bad_downloads:
                 self.bad_downloads.discard(key)
                 raise ServerUnreachable("connection reset during download", server=self.name)
-            if key not in self.files:
+            if key not in self.files or key in self.lost_outputs:
                 raise UnexpectedStatus("GET /view: HTTP 404", server=self.name, status=404)
             return self.files[key]
 
@@ -279,7 +331,7 @@ class FakeServer:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self.closed and (self.dead or not self.pending):
+                while not self.closed and (self.dead or self.held or not self.pending):
                     self._cond.wait(0.05)
                 if self.closed:
                     return
@@ -347,6 +399,9 @@ class FakeServer:
                             prompt_id=pid, node=node, value=step, max=self.steps
                         ),
                     )
+                    gate = self.gate
+                    if gate is not None and step == 1:
+                        gate.wait(5.0)
         if item.interrupted:
             if self.dead:
                 return
@@ -378,11 +433,12 @@ class FakeServer:
             self._emit(item, event)
             self._finish(item, _entry(item, {}, "error", event))
             return
-        if item.action == "bad_download":
+        if item.action in ("bad_download", "lost_output"):
+            broken = self.bad_downloads if item.action == "bad_download" else self.lost_outputs
             with self._cond:
                 for ui in outputs.values():
                     for ref in ui["images"]:
-                        self.bad_downloads.add(("output", ref["subfolder"], ref["filename"]))
+                        broken.add(("output", ref["subfolder"], ref["filename"]))
         for node, ui in outputs.items():
             self._emit(item, protocol.Executed(prompt_id=pid, node=node, output=ui))
         self._emit(item, protocol.ExecutionSuccess(prompt_id=pid))
@@ -468,6 +524,9 @@ class FakeListener:
         self.server = server
         self.client_id = client_id
         self.on_event = on_event
+        #: Timeouts ``wait_connected`` was called with.
+        self.waited: list[float] = []
+        self.closed = False
         server.add_listener(client_id, on_event)
         on_event(protocol.Connected(client_id=client_id, attempt=1))
 
@@ -476,9 +535,11 @@ class FakeListener:
         return not self.server.dead
 
     def wait_connected(self, timeout: float) -> bool:
+        self.waited.append(timeout)
         return not self.server.dead
 
     def close(self, timeout: float = 1.0) -> None:
+        self.closed = True
         self.server.remove_listener(self.client_id, self.on_event)
 
 
@@ -493,6 +554,8 @@ class FakeClient:
         self.server = server.config
         self.client_id = client_id or uuid.uuid4().hex
         self._listeners: list[FakeListener] = []
+        #: The ``stop`` events given to :meth:`listen` (the worker sets its own when it ends).
+        self.listen_stops: list[Any] = []
         self.closed = False
 
     @property
@@ -542,6 +605,7 @@ class FakeClient:
     def listen(self, on_event: Callable[[Any], None], stop: Any = None) -> FakeListener:
         listener = FakeListener(self.fake, self.client_id, on_event)
         self._listeners.append(listener)
+        self.listen_stops.append(stop)
         return listener
 
     def object_info(self) -> dict:
@@ -558,13 +622,17 @@ class FakeCluster:
 
     def __init__(self, servers: Iterable[FakeServer]) -> None:
         self.servers = {s.name: s for s in servers}
+        #: Every client made, in order.
+        self.clients: list[FakeClient] = []
 
     @property
     def configs(self) -> list[ServerConfig]:
         return [s.config for s in self.servers.values()]
 
     def client_factory(self, config: ServerConfig) -> FakeClient:
-        return FakeClient(self.servers[config.name])
+        client = FakeClient(self.servers[config.name])
+        self.clients.append(client)
+        return client
 
     def close(self) -> None:
         for s in self.servers.values():
@@ -579,3 +647,151 @@ class FakeCluster:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
+
+
+# -- worker slots without the job's controller ---------------------------------------------------
+
+
+def _first_free(chunk: Any, free: Any, in_flight: Any, remaining: int, able: Any = ()) -> Any:
+    """A chooser: the first free server in configuration order."""
+    return free[0], "first free"
+
+
+class SlotRig:
+    """One job on fake servers, planned and booked as its controller would (a real plan and
+    ``JobBook``), with worker slots the test makes (:meth:`slot`) and runs (:meth:`run`).
+
+    ``events`` holds the job's events (``on_event`` is called too); ``sleeps`` the retry
+    policy's backoff sleeps (never slept). Settings default to fast values; any
+    ``EngineSettings`` field may be given.
+    """
+
+    def __init__(
+        self,
+        cluster: FakeCluster,
+        job: RenderJob,
+        *,
+        wait_for_input: Optional[InputHook] = None,
+        speed: Any = None,
+        retry: Optional[RetryPolicy] = None,
+        transfer: Optional[Transfer] = None,
+        client_factory: Optional[Callable[[ServerConfig], Any]] = None,
+        on_event: Optional[Callable[[JobEvent], None]] = None,
+        chooser: Callable[..., Any] = _first_free,
+        **settings: Any,
+    ) -> None:
+        values: dict[str, Any] = dict(
+            stall_timeout=0.2,
+            poll_interval=0.005,
+            history_interval=0.2,
+            probe_interval=0.01,
+            input_poll=0.01,
+            join_timeout=5.0,
+        )
+        values.update(settings)
+        self.settings = EngineSettings(**values)
+        self.cluster = cluster
+        self.job = job
+        self.speed = SpeedTracker() if speed is None else speed
+        self.sleeps: list[float] = []
+        policy = retry or retry_transient(attempts=3, max_seconds=5.0, sleep=self.sleeps.append)
+        self.events: list[JobEvent] = []
+        self._on_event = on_event
+        self.wait_for_input = wait_for_input
+        self.plan = plan_job(
+            job,
+            cluster.configs,
+            speed=self.speed,
+            settings=self.settings,
+            inputs_arrive_later=wait_for_input is not None,
+        )
+        self.book = JobBook(
+            job,
+            self.plan.chunks,
+            [srv.name for srv in self.plan.servers],
+            frames_to_render=self.plan.to_render,
+            skipped=self.plan.skipped,
+            chooser=chooser,
+            sink=EventSink(self._event),
+            clock=time.monotonic,
+            settings=self.settings,
+        )
+        self.tools = EngineTools(
+            client_factory=client_factory or cluster.client_factory,
+            clock=time.monotonic,
+            call=ServerCall(policy),
+            speed=self.speed,
+            transfer_factory=make_transfer,
+        )
+        self.transfer = transfer or make_transfer(job.shared_storage)
+        self.workers: list[Worker] = []
+
+    def _event(self, event: JobEvent) -> None:
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def of(self, cls: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def slot(self, server: str, n: int = 0) -> Worker:
+        """A worker slot on ``server`` (not started)."""
+        config = next(srv for srv in self.plan.servers if srv.name == server)
+        name = f"comfy-cluster-{server}-{n}"
+        self.book.add_slot(name, server)
+        inputs = None
+        if self.wait_for_input is not None:
+            inputs = InputWaiter(
+                self.wait_for_input,
+                clock=time.monotonic,
+                cancel=self.job.cancel_token,
+                timeout=self.settings.input_timeout,
+                poll=self.settings.input_poll,
+            )
+        worker = Worker(
+            self.job,
+            self.plan,
+            self.book,
+            config,
+            name,
+            settings=self.settings,
+            tools=self.tools,
+            transfer=self.transfer,
+            inputs=inputs,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def start(self, *workers: Worker) -> list[threading.Thread]:
+        """Start ``workers`` (default: one new slot per server) on threads of their own."""
+        if not workers:
+            workers = tuple(self.slot(name) for name in self.cluster.servers)
+        threads = [threading.Thread(target=w.main, name=w.slot, daemon=True) for w in workers]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def join(self, threads: list[threading.Thread], timeout: float = 10.0) -> None:
+        """Wait until ``threads`` end (the job is over), turning a cancel into the job's end as
+        the controller does. Fails the test after ``timeout`` seconds (ending the job so the
+        threads stop)."""
+        deadline = time.monotonic() + timeout
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            if self.job.cancel_token.is_set():
+                self.book.cancel()
+            time.sleep(0.002)
+        hung = [t.name for t in threads if t.is_alive()]
+        if hung:
+            self.job.cancel_token.set()
+            self.book.cancel()
+            raise AssertionError(f"worker slots still running after {timeout} s: {hung}")
+
+    def run(self, *workers: Worker, timeout: float = 10.0, sweep: bool = False) -> None:
+        """:meth:`start` then :meth:`join`; with ``sweep``, clean up as the controller does."""
+        self.join(self.start(*workers), timeout)
+        if sweep:
+            sweep_prompts(self.book, self.plan.servers, self.tools.client_factory)
+
+    def written(self) -> list[int]:
+        """Frames the book recorded as written, in order of writing."""
+        return [e.frame for e in self.of(FrameWritten)]
