@@ -506,16 +506,6 @@ class BrokenClose(FakeClient):
         raise RuntimeError("close bug")
 
 
-def test_a_client_that_fails_to_close_still_has_its_websocket_closed(shot: Shot) -> None:
-    a = FakeServer("a")
-    with FakeCluster([a]) as cluster:
-        rig = SlotRig(cluster, shot.job("1"), client_factory=lambda c: BrokenClose(a))
-        slot = rig.slot("a")
-        rig.run(slot)
-    assert slot.listener.closed and a.listeners[slot.client.client_id] == []
-    assert rig.written() == [1]
-
-
 def suspend(rig: SlotRig, server: str) -> None:
     """``server`` looked dead on its first chunk: suspended until a probe answers (its first
     slot is gone)."""

@@ -227,24 +227,3 @@ def test_shared_storage_needs_both_folders(tmp_path: Path, missing: str) -> None
         SharedTransfer().prepare_input(None, server, plate)
     with pytest.raises(ConfigError, match="dir_local and dir_remote"):
         SharedTransfer().fetch_output(None, server, ImageRef("x.png"), tmp_path / "o.png")
-
-
-def test_shared_storage_uses_the_given_path_mapper(tmp_path: Path) -> None:
-    server = shared(tmp_path)
-    source = tmp_path / "elsewhere" / "x.png"
-    source.parent.mkdir()
-    source.write_bytes(b"mapped")
-    asked: list[str] = []
-
-    class Mapper:
-        def __init__(self, local: str, remote: str) -> None:
-            pass
-
-        def to_local(self, remote: str) -> str:
-            asked.append(remote)
-            return str(source)
-
-    dest = tmp_path / "o.0001.png"
-    SharedTransfer(Mapper).fetch_output(None, server, ImageRef("x.png", "job", "temp"), dest)
-    assert asked == ["/srv/ComfyUI/temp/job/x.png"]
-    assert dest.read_bytes() == b"mapped"

@@ -10,11 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from comfy_cluster.core.client import ComfyClient
 from comfy_cluster.core.connection_settings import Timeouts
-from comfy_cluster.core.errors import ConfigError, ProtocolError
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.server_files import ServerFiles, UploadCache, file_sha256
 from comfy_cluster.core.transfer import HttpTransfer
@@ -80,18 +77,6 @@ def test_a_file_rewritten_with_the_same_size_is_uploaded_again(tmp_path: Path) -
     second = ServerFiles(http, cache).upload_image(plate)
     assert [body for _, body, _ in http.posts] == [b"old pixels", b"new pixels"]
     assert second != first
-
-
-def test_an_unreadable_input_is_the_jobs_fault_and_a_bad_answer_the_servers(
-    tmp_path: Path,
-) -> None:
-    with pytest.raises(ConfigError, match="cannot read input file") as info:
-        ServerFiles(FakeHttp(), UploadCache()).upload_image(tmp_path / "missing.png")
-    assert info.value.field == "input"
-    plate = tmp_path / "plate.png"
-    plate.write_bytes(b"x")
-    with pytest.raises(ProtocolError, match="unexpected answer"):
-        ServerFiles(FakeHttp(answer={"nope": 1}), UploadCache()).upload_image(plate)
 
 
 def test_the_value_has_no_folder_when_the_server_stored_it_at_the_top(tmp_path: Path) -> None:
