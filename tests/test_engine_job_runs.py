@@ -600,12 +600,12 @@ class StuckSubmitServer(FakeServer):
 
     def __init__(self, name: str, **kw: Any) -> None:
         super().__init__(name, **kw)
-        self.posted = threading.Event()
+        self.post_arrived = threading.Event()  # (FakeServer.posted lists prompt ids)
         self.release = threading.Event()
 
     def submit(self, prompt: dict, prompt_id: str, client_id: str) -> str:
         pid = super().submit(prompt, prompt_id, client_id)
-        self.posted.set()
+        self.post_arrived.set()
         self.release.wait(30)
         return pid
 
@@ -618,7 +618,7 @@ def test_cancel_removes_a_prompt_whose_post_never_returned(shot: Shot) -> None:
         scheduler = scheduler_for(cluster, join_timeout=0.2, stall_timeout=30)
         try:
             handle = scheduler.start(shot.job("1"))
-            assert server.posted.wait(10)
+            assert server.post_arrived.wait(10)
             handle.cancel()
             result = handle.wait(10)
             assert result is not None and result.status is JobStatus.CANCELLED
