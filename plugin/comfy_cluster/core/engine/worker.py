@@ -115,7 +115,8 @@ class Worker:
             if self.client is not None:
                 ignore_errors(self.client.close)
             book.close_slot(self.slot)
-            book.flush()
+            # Latency only: the next next_attempt of any slot and the job's end flush as well.
+            book.flush()  # pragma: no mutate
 
     def _connect(self) -> None:
         if self.client is not None:
@@ -313,7 +314,8 @@ class Worker:
             self._abandon(pid)
             raise
         finally:
-            self.watch.forget()
+            # Saves queueing late events only: drain() and the prompt-id check drop them anyway.
+            self.watch.forget()  # pragma: no mutate
         self.book.prompt_finished(self.name, pid)
         return result
 
