@@ -29,7 +29,7 @@ from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.ending import final_result
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.settings import EngineSettings
-from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
+from comfy_cluster.core.errors import ExecutionFailed, NodeError, WorkflowRejected
 from comfy_cluster.core.frames import Chunk, FixedChunker
 from comfy_cluster.core.server import ServerConfig
 
@@ -162,11 +162,11 @@ def test_probe_backoff_grows_from_short_to_long_and_caps() -> None:
     """A dead server is asked again soon, then less and less often (doubling), never more
     often: probing a dead host every half second for an hour is noise, and a shrinking backoff
     would hammer it."""
-    j = Job("1-6", probe_interval=1.0, probe_interval_max=4.0, blocklist_after=20)
+    j = Job("1-6", probe_interval=1.0, probe_interval_max=8.0, blocklist_after=20)
     j.finish(j.take("a-0"), OutcomeKind.SERVER, why="refused", down=True)
-    times = probe_times(j, "a-0", "a", 5)
+    times = probe_times(j, "a-0", "a", 6)
     gaps = [round(t2 - t1, 2) for t1, t2 in zip([0.0, *times], times)]
-    assert gaps == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert "a" not in j.book.blocklist
 
 
@@ -417,6 +417,27 @@ def test_a_rejection_everywhere_after_one_server_accepted_is_not_the_workflows_f
     assert fresh.book.judge("a", rejection()).kind is OutcomeKind.DEGRADED
     outcome = fresh.book.judge("b", rejection())
     assert outcome.kind is OutcomeKind.JOB and "every server (a, b)" in outcome.why
+
+
+def test_a_structural_rejection_is_the_workflows_fault_and_a_missing_model_the_servers() -> None:
+    """An ``invalid_prompt`` that names no missing node class is the workflow itself (fail
+    at once, naming its node); a failed validation of an input value (a model file missing on
+    that server) is that server's problem while others may still run it."""
+    j = Job(servers=("a", "b"))
+    bad_links = WorkflowRejected(
+        "Prompt has bad links",
+        error_type="invalid_prompt",
+        node_errors=(NodeError("7", "KSampler", "invalid_prompt", "bad link"),),
+    )
+    outcome = j.book.judge("a", bad_links)
+    assert outcome.kind is OutcomeKind.JOB and outcome.node_id == "7"
+    no_model = WorkflowRejected(
+        "Value not in list: ckpt_name",
+        error_type="prompt_outputs_failed_validation",
+        node_errors=(NodeError("4", "CheckpointLoader", "value_not_in_list", "no model"),),
+    )
+    outcome = j.book.judge("a", no_model)
+    assert outcome.kind is OutcomeKind.DEGRADED and outcome.node_id == "4"
 
 
 def test_the_same_execution_error_on_two_servers_names_both() -> None:

@@ -652,3 +652,25 @@ def test_the_result_comes_after_every_slot_of_the_job_has_stopped(shot: Shot) ->
             t.name for t in threading.enumerate() if t.name.startswith("comfy-cluster-slowclose-")
         ]
     assert result.ok and alive == []
+
+
+def test_close_gives_up_waiting_after_its_timeout(shot: Shot) -> None:
+    """``close(timeout)`` bounds the wait: a job that cannot stop yet (a slot stuck in a
+    download, a long ``join_timeout``) must not hang the host's shutdown."""
+    transfer = StuckTransfer()
+    with FakeCluster([FakeServer("slowstop")]) as cluster:
+        scheduler = scheduler_for(
+            cluster, join_timeout=30.0, transfer_factory=lambda shared: transfer
+        )
+        handle = scheduler.start(shot.job("1"))
+        try:
+            assert transfer.entered.wait(10)
+            closing = threading.Thread(target=lambda: scheduler.close(timeout=0.2), daemon=True)
+            closing.start()
+            closing.join(5)
+            assert not closing.is_alive()
+            assert not handle.done
+        finally:
+            transfer.release.set()
+        result = handle.wait(10)
+    assert result is not None and result.status is JobStatus.CANCELLED

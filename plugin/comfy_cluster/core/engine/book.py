@@ -157,7 +157,7 @@ class JobBook(ServerTurns):
         with self._cond:
             self._queue.close(slot)
             self._dispatch_locked()
-            self._cond.notify_all()
+            self._cond.notify_all()  # pragma: no mutate
 
     def next_attempt(self, slot: str, timeout: float) -> Union[Attempt, bool, None]:
         """The attempt assigned to ``slot``; ``None`` when the job is over or the server is out;

@@ -42,7 +42,7 @@ class QueuedChunk:
 
     def count_failure(self, server: str) -> None:
         self.failures += 1
-        self.failed_on[server] = self.failed_on.get(server, 0) + 1
+        self.failed_on[server] = self.failed_on.get(server, 0) + 1  # pragma: no mutate
 
     def narrow_to(self, frames: tuple[int, ...]) -> None:
         """Keep only ``frames`` (those not on disk yet); the handles stay for context."""
@@ -72,7 +72,7 @@ class Slot:
         self.name = name
         self.server = server
         self.attempt: Optional[Attempt] = None  # assigned, not yet finished
-        self.busy = False  # the worker has taken its attempt
+        self.busy = False  # the worker has taken its attempt  # pragma: no mutate
         self.closed = False
         self.started = 0.0
 
@@ -92,7 +92,7 @@ class ChunkQueue:
         self._pending: deque[QueuedChunk] = deque(QueuedChunk(c) for c in chunks)
         self._by_index: dict[int, QueuedChunk] = {q.chunk.index: q for q in self._pending}
         self._slots: dict[str, Slot] = {}
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1)  # pragma: no mutate
         #: Clock time since which work waits with nothing running anywhere (None: not idle).
         self._idle_since: Optional[float] = None
 
@@ -151,7 +151,7 @@ class ChunkQueue:
         slot = self._slots[attempt.slot]
         if slot.attempt is attempt:
             slot.attempt = None
-            slot.busy = False
+            slot.busy = False  # pragma: no mutate
 
     # -- the queue --------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class ChunkQueue:
         for queued in list(self._pending):
             servers = [name for name in self.servers if free.get(name)]
             if not servers:
-                break
+                break  # pragma: no mutate
             allowed = _allowed(queued, servers, eligible)
             if not allowed:
                 continue

