@@ -26,6 +26,7 @@ from comfy_cluster.core.engine.events import EventSink, JobStarted
 from comfy_cluster.core.engine.inputs import InputHook, InputWaiter
 from comfy_cluster.core.engine.job import JobResult, JobStatus, RenderJob
 from comfy_cluster.core.engine.plan import EarlyFailure, JobPlan, plan_job
+from comfy_cluster.core.engine.server_gate import ServerGate
 from comfy_cluster.core.engine.server_watch import ServerWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.sweep import sweep_prompts
@@ -219,10 +220,18 @@ class JobRun:
     # -- workers --------------------------------------------------------------------------------
 
     def _start_workers(self, plan: JobPlan, book: JobBook) -> None:
+        # Each server's slots join the book once its own preflight verdict is in (server_gate).
+        gate = ServerGate(
+            book,
+            plan,
+            self.job,
+            self.tools.preflight,
+            max_wait=self.settings.no_server_timeout / 2,
+        )
         for srv in plan.servers:
             for n in range(max(1, int(srv.max_in_flight))):
                 slot = f"comfy-cluster-{srv.name}-{n}"
-                book.add_slot(slot, srv.name)
+                gate.add_slot(slot, srv.name)
                 worker = Worker(
                     self.job,
                     plan,
@@ -233,11 +242,13 @@ class JobRun:
                     tools=self.tools,
                     transfer=self.transfer,
                     inputs=self._input_waiter(),
+                    gate=gate,
                 )
                 thread = threading.Thread(target=worker.main, name=slot, daemon=True)
                 self.threads.append(thread)
         for thread in self.threads:
             thread.start()
+        gate.start()
 
     def _input_waiter(self) -> Optional[InputWaiter]:
         if self.wait_for_input is None:

@@ -26,12 +26,19 @@ from typing import Any, Callable, Optional
 
 from comfy_cluster.core.balance import SpeedTracker
 from comfy_cluster.core.client import ComfyClient
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.engine.events import EventSink, OnEvent
 from comfy_cluster.core.engine.inputs import InputHook
 from comfy_cluster.core.engine.job import JobResult, RenderJob
 from comfy_cluster.core.engine.job_run import JobRun
 from comfy_cluster.core.engine.settings import EngineSettings
-from comfy_cluster.core.engine.tools import ClientFactory, EngineTools, ServerCall
+from comfy_cluster.core.engine.tools import (
+    CheckFactory,
+    ClientFactory,
+    EngineTools,
+    Preflight,
+    ServerCall,
+)
 from comfy_cluster.core.errors import ClosedError
 from comfy_cluster.core.retry import RetryPolicy, retry_transient
 from comfy_cluster.core.server import ServerConfig
@@ -47,6 +54,23 @@ class SchedulerState(enum.Enum):
 
 def _default_client_factory(server: ServerConfig) -> Any:
     return ComfyClient(server)
+
+
+def _default_check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
+    return ComfyClient(server, timeouts=timeouts)
+
+
+def _preflight(
+    client_factory: Optional[ClientFactory],
+    check_factory: Optional[CheckFactory],
+    timeout: float,
+) -> Optional[Preflight]:
+    """The preflight check jobs run: given, or real clients when the scheduler makes real
+    clients; none when a caller brought its own clients but no way to check (a test's fakes
+    need not speak ``/object_info``)."""
+    if check_factory is None and client_factory is None:
+        check_factory = _default_check_factory
+    return Preflight(check_factory, timeout) if check_factory is not None else None
 
 
 class JobHandle:
@@ -127,6 +151,12 @@ class Scheduler:
     of a silent prompt or a probe waits for the server's answer before it is abandoned and the
     server counts as gone), ``cleanup_timeout`` (how long one cancel or close request may take
     before it is abandoned: a frozen server never holds up the job's end).
+
+    Preflight: at the start of each job every server is asked whether it can run the workflow
+    (``core/engine/server_gate.py``); a server lacking a class or a model stays out of the job,
+    and each server's slots wait for its own verdict only. ``check_factory(server, timeouts)``
+    makes the clients for that (default: ``ComfyClient`` when ``client_factory`` is the default,
+    no check when only ``client_factory`` is given); ``check_timeout`` bounds one verdict.
     """
 
     def __init__(
@@ -157,6 +187,8 @@ class Scheduler:
         answer_timeout: float = 5.0,
         cleanup_timeout: float = 1.0,
         rejoin_after: float = 60.0,
+        check_factory: Optional[CheckFactory] = None,
+        check_timeout: float = 30.0,
     ) -> None:
         self.settings = EngineSettings(
             stall_timeout=stall_timeout,
@@ -192,6 +224,7 @@ class Scheduler:
             speed=self.speed,
             transfer_factory=transfer_factory,
             health=health,
+            preflight=_preflight(client_factory, check_factory, check_timeout),
         )
         self._lock = threading.Lock()
         self._state = SchedulerState.OPEN

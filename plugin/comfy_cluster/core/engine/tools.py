@@ -2,7 +2,8 @@
 
 :class:`EngineTools` bundles what the engine's parts *call* (as :class:`EngineSettings` bundles
 what they *read*): the client factory, the clock, the retrying :class:`ServerCall`, the shared
-speed record, the health monitor and the transfer factory. Tests swap any of them.
+speed record, the health monitor, the transfer factory and the preflight check (how servers
+are asked, at the start of each job, whether they can run its workflow). Tests swap any of them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
+from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.engine.attempt import Aborted
 from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.waits import QueueWaits
@@ -20,10 +22,33 @@ from comfy_cluster.core.retry import RetryPolicy
 from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import Transfer
 
-__all__ = ["Bounded", "ClientFactory", "EngineTools", "ServerCall", "SpeedRecord", "in_background"]
+__all__ = [
+    "Bounded",
+    "CheckFactory",
+    "ClientFactory",
+    "EngineTools",
+    "Preflight",
+    "ServerCall",
+    "SpeedRecord",
+    "in_background",
+]
 
 #: ``client_factory(server) -> client``: one client per worker slot (and per sweep).
 ClientFactory = Callable[[ServerConfig], Any]
+#: ``check_factory(server, timeouts) -> client`` with ``system_stats()`` and ``object_info()``.
+CheckFactory = Callable[[ServerConfig, Timeouts], Any]
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """How a scheduler checks its servers at the start of each job (``server_gate.py``).
+
+    ``timeout`` bounds the wait for one server's verdict; a server silent that long counts as
+    unreachable (and is then handled like any server that does not answer).
+    """
+
+    client_factory: CheckFactory
+    timeout: float = 30.0
 
 
 class SpeedRecord(Protocol):
@@ -74,6 +99,9 @@ class EngineTools:
     health: Any = None
     #: Our prompts' waits behind other clients' work, per server (shared by every job).
     waits: QueueWaits = field(default_factory=QueueWaits)
+    #: How each job checks its servers before their first prompt; ``None``: no check, every
+    #: server takes work at once.
+    preflight: Optional[Preflight] = None
 
 
 class Bounded:

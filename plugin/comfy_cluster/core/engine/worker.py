@@ -24,6 +24,7 @@ from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.link import ServerLink
 from comfy_cluster.core.engine.plan import JobPlan
 from comfy_cluster.core.engine.prompt_watch import PromptWatch
+from comfy_cluster.core.engine.server_gate import ServerGate
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.stuck import StuckRule
 from comfy_cluster.core.engine.tools import EngineTools
@@ -67,8 +68,11 @@ class Worker:
         tools: EngineTools,
         transfer: Transfer,
         inputs: Optional[InputWaiter] = None,
+        gate: Optional[ServerGate] = None,
     ) -> None:
         self.job = job
+        #: Holds this slot back until its server's preflight verdict is in (None: no wait).
+        self.gate = gate
         self.plan = plan
         self.book = book
         self.server = server
@@ -97,6 +101,8 @@ class Worker:
         self.link = ServerLink(server, tools.client_factory, settings, feed, book.over)
 
     def main(self) -> None:
+        if self.gate is not None and not self.gate.wait(self.name):
+            return  # the server failed its check (or the job ended first): the slot never joined
         book = self.book
         mark_in_use(self.tools.health, self.server.name, True)
         try:

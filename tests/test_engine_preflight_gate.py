@@ -1,0 +1,156 @@
+"""Issue 13 item 4 in a render: each server's preflight check gates that server alone.
+
+Real sims and the real scheduler: a server missing the workflow's checkpoint is named with its
+reason and never gets a prompt while the other renders everything; with no usable server the job
+fails at once naming each; a server whose ``/object_info`` hangs does not hold up the first
+prompt of a server that passed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from comfy_cluster.core.client import ComfyClient
+from comfy_cluster.core.connection_settings import Timeouts
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.scheduler import Scheduler
+from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.transfer import frame_path
+from comfy_cluster.sim.harness import make_test_image
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "comfyui"
+CHECKPOINT = "sd15.safetensors"
+
+
+def img2img() -> dict[str, Any]:
+    """ComfyUI's img2img workflow (its checkpoint: ``sd15.safetensors``, node 4)."""
+    return json.loads((FIXTURES / "workflow_img2img_api.json").read_text())
+
+
+def configs(*sims: Any) -> list[ServerConfig]:
+    return [ServerConfig(name=s.options.name, host="127.0.0.1", port=s.port) for s in sims]
+
+
+def shot(tmp_path: Path, frames: int) -> tuple[str, str]:
+    pattern = str(tmp_path / "in" / "p.####.png")
+    for f in range(1, frames + 1):
+        make_test_image(frame_path(pattern, f), (8, 8), (f, 40, 90))
+    return pattern, str(tmp_path / "out" / "o.####.png")
+
+
+class Recorder:
+    """Every event of the job, with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, ev.JobEvent]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ev.JobEvent) -> None:
+        with self._lock:
+            self.events.append((time.monotonic(), event))
+
+    def of(self, cls: type) -> list[Any]:
+        return [e for _, e in self.events if isinstance(e, cls)]
+
+    def first(self, cls: type, **fields: Any) -> tuple[int, float]:
+        """(index, time) of the first event of ``cls`` with these field values."""
+        for i, (at, e) in enumerate(self.events):
+            if isinstance(e, cls) and all(getattr(e, k) == v for k, v in fields.items()):
+                return i, at
+        raise AssertionError(f"no {cls.__name__} {fields}: {[e for _, e in self.events]}")
+
+
+def test_a_server_missing_the_model_gets_no_prompt_and_is_named(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    good = sim_factory(name="good", node_seconds=0.01)
+    nomodel = sim_factory(name="nomodel", node_seconds=0.01, models=("other.safetensors",))
+    inputs, output = shot(tmp_path, 6)
+    rec = Recorder()
+    with Scheduler(configs(good, nomodel), no_server_timeout=20.0) as scheduler:
+        result = scheduler.run(RenderJob(img2img(), "1-6", output, input_pattern=inputs), rec)
+    assert result.ok, result.message
+    assert result.per_server == {"good": 6}
+    assert nomodel.prompts_seen == []  # never sent a prompt
+    checked = {e.server: e for e in rec.of(ev.ServerChecked)}
+    assert checked["good"].ok and checked["good"].state == "ok"
+    bad = checked["nomodel"]
+    assert not bad.ok and bad.state == "unusable"
+    (reason,) = bad.reasons
+    assert "node 4" in reason and "ckpt_name" in reason and CHECKPOINT in reason, reason
+    assert "nomodel" in result.blocklisted and CHECKPOINT in result.blocklisted["nomodel"]
+    # The verdicts are announced before the first chunk is handed out.
+    first_chunk, _ = rec.first(ev.ChunkAssigned)
+    assert rec.first(ev.ServerChecked, server="good")[0] < first_chunk
+
+
+def test_no_usable_server_fails_at_once_naming_each(tmp_path: Path, sim_factory: Any) -> None:
+    nomodel = sim_factory(name="nomodel", models=("other.safetensors",))
+    noclass = sim_factory(name="noclass", missing_classes=("KSampler",))
+    inputs, output = shot(tmp_path, 4)
+    rec = Recorder()
+    started = time.monotonic()
+    with Scheduler(configs(nomodel, noclass), no_server_timeout=60.0) as scheduler:
+        result = scheduler.run(RenderJob(img2img(), "1-4", output, input_pattern=inputs), rec)
+    assert time.monotonic() - started < 15  # not the idle limit's "no server took work"
+    assert result.status is JobStatus.FAILED
+    assert "no server took work" not in result.message
+    assert "nomodel" in result.message and CHECKPOINT in result.message, result.message
+    assert "noclass" in result.message and "KSampler" in result.message, result.message
+    assert nomodel.prompts_seen == [] and noclass.prompts_seen == []
+    assert {e.server for e in rec.of(ev.ServerChecked) if not e.ok} == {"nomodel", "noclass"}
+
+
+class HangingInfo:
+    """A real client whose ``object_info`` waits for ``release`` (a server slow to answer)."""
+
+    def __init__(self, client: ComfyClient, release: threading.Event) -> None:
+        self.client = client
+        self.release = release
+
+    def system_stats(self) -> Any:
+        return self.client.system_stats()
+
+    def object_info(self) -> Any:
+        self.release.wait(30)
+        return self.client.object_info()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def test_a_slow_check_does_not_delay_another_servers_first_prompt(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    fast = sim_factory(name="fast", node_seconds=0.01)
+    slow = sim_factory(name="slow", node_seconds=0.01)
+    release = threading.Event()
+
+    def check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
+        client = ComfyClient(server, timeouts=timeouts)
+        return HangingInfo(client, release) if server.name == "slow" else client
+
+    inputs, output = shot(tmp_path, 8)
+    rec = Recorder()
+    with Scheduler(
+        configs(fast, slow), check_factory=check_factory, no_server_timeout=60.0
+    ) as scheduler:
+        handle = scheduler.start(RenderJob(img2img(), "1-8", output, input_pattern=inputs), rec)
+        deadline = time.monotonic() + 20
+        while not rec.of(ev.FrameWritten) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # A frame is on disk while the slow server's check still hangs.
+        assert rec.of(ev.FrameWritten), "no frame while the other server's check hung"
+        assert "slow" not in {e.server for e in rec.of(ev.ServerChecked)}
+        assert slow.prompts_seen == []
+        release.set()
+        result = handle.wait(30)
+    assert result is not None and result.ok, result and result.message
+    written, _ = rec.first(ev.FrameWritten)
+    assert rec.first(ev.ServerChecked, server="slow")[0] > written
+    assert rec.first(ev.ServerChecked, server="slow")[1] - rec.first(ev.FrameWritten)[1] >= 0
