@@ -38,6 +38,11 @@ class ServerWatch:
             self._seen[name] = (state, reason)
             if first and status.state in USABLE_STATES:
                 continue  # a server ready at the start is the normal case: nothing to say
-            if seen is not None and seen[0] == state and status.state in USABLE_STATES:
-                continue  # a usable server whose last error text changed: not news
+            if seen is not None and _usable(seen[0]) and status.state in USABLE_STATES:
+                continue  # usable before and now (ready <-> busy, a new error text): not news
             self._post(ServerStateChanged, server=name, state=state, reason=reason)
+
+
+def _usable(state: str) -> bool:
+    """Whether the state word ``state`` (as posted) is one in which a server takes work."""
+    return any(state == str(getattr(u, "value", u)) for u in USABLE_STATES)
