@@ -57,7 +57,8 @@ def test_folding_a_job_with_a_retry_counts_frames_servers_and_chunks() -> None:
     retried = progress.apply(events[7])
     assert retried.servers == ("b",) and progress.retries == 1
     assert progress.working() == ("a",)  # b holds nothing now
-    assert progress.apply(events[8]).servers == ()  # blocklisted, but it held nothing
+    # Blocklisted while holding nothing: still a change, the server's row now says why it is out.
+    assert progress.apply(events[8]).servers == ("b",)
     assert progress.blocklisted == {"b": "failed 1 chunks"}
     progress.apply(events[9])
     assert [c.index for c in progress.held_chunks("a")] == [0, 1]

@@ -15,10 +15,11 @@ The counting (frames written, per server, chunks held) is one
   (:mod:`~comfy_cluster.commands.retry_digest`) or blocklisted server; never one per frame.
 - :class:`JsonView` (``--json``): one JSON object per event, ``{"type": <class name>, ...fields}``.
 
-Every view also shows each server's state (``ServerChecked``, ``ServerStateChanged``): the rich
-row's note says ``offline: connection refused`` or ``unusable: missing node classes: ...``, the
-plain view prints one line per change, and the summary names each server that did no work and
-why (:class:`ServerNotes`), so a server left out is never silently ``0/40 waiting``.
+Every view also shows each server's state (``ServerChecked``, ``ServerStateChanged``,
+``ServerRejoined``): the rich row's note says ``offline: connection refused`` or ``unusable:
+missing node classes: ...``, and ``back in the job`` once a server that had left answers again;
+the plain view prints one line per change, and the summary names each server that did no work
+and why (:class:`ServerNotes`), so a server left out is never silently ``0/40 waiting``.
 
 rich is imported lazily, inside :class:`RichView`, so the CLI works with the runtime dependencies
 alone (``make_view`` falls back to plain text when rich is missing).
@@ -72,6 +73,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: The note of a server that had left the job and takes work again.
+REJOINED = "back in the job"
 #: States in which a server works (or may): shown plainly, never listed in the summary.
 GOOD_STATES = frozenset({"ok", "ready", "busy", "online"})
 #: States whose reason already starts with what the state says ("authentication refused...").
@@ -118,10 +121,13 @@ class ServerNotes:
                 server_state_text(event.state, event.reason), event.state in GOOD_STATES
             )
             server = event.server
+        elif isinstance(event, ev.ServerRejoined):
+            note = ServerNote(REJOINED, True)
+            server = event.server
         else:
             return None
-        if self.notes.get(server) == note:
-            return None
+        if self.notes.get(server) == note and not isinstance(event, ev.ServerRejoined):
+            return None  # a rejoin is news every time: the row said "out: ..." since
         self.notes[server] = note
         return note
 

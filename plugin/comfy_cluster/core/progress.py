@@ -3,9 +3,10 @@
 Every view of a running job (the CLI's bars and lines, the render node's status and progress
 knobs, the server panel's Job column) needs the same few facts: how many frames are on disk out
 of how many, which server wrote how many, which chunks each server still holds, the overall
-fraction and the ETA, and whether a server keeps failing the same way. :class:`JobProgress`
-counts them from the engine's events in one place, so the views only decide how to *show* them
-and can never disagree about the numbers.
+fraction and the ETA, whether a server keeps failing the same way, and which servers are out of
+the job and why (a failed preflight check, a blocklist; a server that rejoins is in again).
+:class:`JobProgress` counts them from the engine's events in one place, so the views only
+decide how to *show* them and can never disagree about the numbers.
 
 Pure: no Qt, no ``nuke``, no threads. A ``JobProgress`` is not thread-safe; its owner applies
 events under its own lock (the scheduler already delivers one event at a time).
@@ -26,7 +27,10 @@ from comfy_cluster.core.engine.events import (
     JobFailed,
     JobStarted,
     ServerBlocklisted,
+    ServerChecked,
+    ServerRejoined,
 )
+from comfy_cluster.core.preflight import ServerVerdict, VerdictState
 
 __all__ = [
     "FINAL_EVENTS",
@@ -119,8 +123,11 @@ class JobProgress:
         self.per_server: dict[str, int] = {}
         #: Failed chunk attempts handed back to the queue.
         self.retries = 0
-        #: Servers taken out of this job, with why.
+        #: Servers out of this job now, with why (a server that rejoins leaves this).
         self.blocklisted: dict[str, str] = {}
+        #: Servers whose preflight check failed, with the verdict (``unusable: ...``), until
+        #: they write a frame or rejoin.
+        self.failed_checks: dict[str, str] = {}
         #: The final event, once the job ended.
         self.final: Optional[JobEvent] = None
         #: Per server, its current streak of identical failures (ended by a frame it writes).
@@ -143,6 +150,10 @@ class JobProgress:
             return self._retried(event)
         elif isinstance(event, ServerBlocklisted):
             return self._blocklisted(event)
+        elif isinstance(event, ServerChecked):
+            return self._checked(event)
+        elif isinstance(event, ServerRejoined):
+            return self._rejoined(event)
         elif isinstance(event, FINAL_EVENTS):
             self.final = event
             changed = tuple(self._held)
@@ -167,6 +178,7 @@ class JobProgress:
         self.done += 1
         self.per_server[event.server] = self.per_server.get(event.server, 0) + 1
         self.streaks.pop(event.server, None)  # it works again: a later failure starts afresh
+        self.failed_checks.pop(event.server, None)
         held = self._held.get(event.server, {})
         for chunk in list(held.values()):
             if event.frame in chunk.left:
@@ -202,9 +214,24 @@ class JobProgress:
 
     def _blocklisted(self, event: ServerBlocklisted) -> ProgressChange:
         self.blocklisted[event.server] = event.why
-        if self._held.pop(event.server, None):
-            return ProgressChange(servers=(event.server,))
-        return NO_CHANGE
+        self._held.pop(event.server, None)
+        return ProgressChange(servers=(event.server,))  # it now shows why it is out
+
+    def _checked(self, event: ServerChecked) -> ProgressChange:
+        if event.ok:
+            self.failed_checks.pop(event.server, None)
+        else:
+            state = event.state or VerdictState.UNUSABLE
+            verdict = ServerVerdict(event.server, False, tuple(event.reasons), state)
+            self.failed_checks[event.server] = verdict.text
+        return ProgressChange(servers=(event.server,))
+
+    def _rejoined(self, event: ServerRejoined) -> ProgressChange:
+        """A server back in the job is no longer out, whatever had taken it out."""
+        self.blocklisted.pop(event.server, None)
+        self.failed_checks.pop(event.server, None)
+        self.streaks.pop(event.server, None)
+        return ProgressChange(servers=(event.server,))
 
     def _forget_idle(self, server: str) -> None:
         if not self._held.get(server):
@@ -225,6 +252,13 @@ class JobProgress:
     def working(self) -> tuple[str, ...]:
         """Servers holding frames they have not delivered yet, in the order they got them."""
         return tuple(self._held)
+
+    def out_of_job(self) -> dict[str, str]:
+        """Servers that do not work in this job now, with why: taken out (blocklisted), or
+        their preflight check failed and they wrote nothing since. Empty once they rejoin."""
+        out = dict(self.failed_checks)
+        out.update(self.blocklisted)  # "out: why" says more than the check that led to it
+        return out
 
     def held_chunks(self, server: str) -> tuple[HeldChunk, ...]:
         """The chunks ``server`` still holds, by chunk index."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from comfy_cluster.core.engine.events import JobDone
@@ -58,14 +58,34 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M")
 
 
-def format_status(done: int, total: int, servers: Sequence[str], eta: Optional[float]) -> str:
-    """The one-line running status: ``"4/10 frames | sim1, sim2 | ETA 12s"``."""
+#: The longest reason the status line gives for a server out of the job (the panel has it all).
+OUT_REASON_MAX = 80
+
+
+def format_status(
+    done: int,
+    total: int,
+    servers: Sequence[str],
+    eta: Optional[float],
+    out: Optional[Mapping[str, str]] = None,
+) -> str:
+    """The one-line running status: ``"4/10 frames | sim1, sim2 | ETA 12s"``, then each server
+    ``out`` of the job with why (``"| out: sim3 (unusable: node 4 ... not on this server)"``),
+    so an artist sees at the node why a server does nothing."""
     parts = [f"{done}/{total} frames"]
     if servers:
         parts.append(", ".join(sorted(servers)))
     if eta is not None and eta >= 0:
         parts.append(f"ETA {duration_text(eta)}")
+    for name, why in sorted((out or {}).items()):
+        parts.append(f"out: {name} ({_clip(why, OUT_REASON_MAX)})" if why else f"out: {name}")
     return " | ".join(parts)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def done_text(event: JobDone) -> str:
