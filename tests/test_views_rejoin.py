@@ -76,25 +76,25 @@ def test_the_fold_takes_a_rejoined_server_out_of_the_out_list() -> None:
     events = story()
     changes = [progress.apply(e) for e in events[: BLOCKED + 1]]
     assert changes[0].servers == ("c",)  # its failed check is news for its row
-    assert progress.out_of_job() == {"b": WHY, "c": f"unusable: {MODEL}"}
+    assert progress.idle_reasons() == {"b": f"out: {WHY}", "c": f"out: unusable: {MODEL}"}
     change = progress.apply(events[REJOINED_AT])
     assert change.servers == ("b",)
-    assert progress.out_of_job() == {"c": f"unusable: {MODEL}"}
+    assert progress.idle_reasons() == {"c": f"out: unusable: {MODEL}"}
     assert "b" not in progress.blocklisted and "b" not in progress.streaks
 
 
 def test_a_failed_check_is_forgotten_once_the_server_writes_a_frame() -> None:
     progress = JobProgress()
-    progress.apply(ev.ServerChecked(**AT, server="a", ok=False, reasons=("unreachable: refused",)))
-    assert progress.out_of_job() == {"a": "unusable: unreachable: refused"}
+    progress.apply(ev.ServerChecked(**AT, server="a", ok=False, reasons=("missing: X",)))
+    assert progress.idle_reasons() == {"a": "unusable: missing: X"}  # no state: unusable
     progress.apply(
         ev.ServerChecked(
             **AT, server="b", ok=False, reasons=("unreachable: refused",), state="unreachable"
         )
     )
-    assert progress.out_of_job()["b"] == "unreachable: refused"
+    assert progress.idle_reasons()["b"] == "unreachable: refused"  # not out: it may come in
     progress.apply(ev.FrameWritten(**AT, frame=1, path="/o/1.png", server="b"))
-    assert "b" not in progress.out_of_job()
+    assert "b" not in progress.idle_reasons()
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -190,13 +190,13 @@ def test_node_status_and_job_text_show_who_is_out_until_it_rejoins() -> None:
     events = story()
     feed(monitor.on_event, events[: BLOCKED + 1])
     status = dispatcher.knobs[K.STATUS]
-    assert "out: b (unreachable (3 failures)" in status, status
-    assert "out: c (unusable: node 4 (CheckpointLoaderSimple) input ckpt_name" in status, status
+    assert "b: out: unreachable (3 failures)" in status, status
+    assert "c: out: unusable: node 4 (CheckpointLoaderSimple) input ckpt_name" in status, status
     assert board.jobs["b"] == f"Render1: out: {WHY}"
     assert board.jobs["c"] == f"Render1: out: unusable: {MODEL}"
     monitor.on_event(events[REJOINED_AT])
-    assert "out: b" not in dispatcher.knobs[K.STATUS]
-    assert "out: c" in dispatcher.knobs[K.STATUS]
+    assert "b: out" not in dispatcher.knobs[K.STATUS]
+    assert "c: out" in dispatcher.knobs[K.STATUS]
     assert "b" not in board.jobs
     monitor.on_event(events[REJOINED_AT + 1])
     assert board.jobs["b"] == "Render1 chunk 2 (3-4)"

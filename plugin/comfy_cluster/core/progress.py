@@ -253,12 +253,13 @@ class JobProgress:
         """Servers holding frames they have not delivered yet, in the order they got them."""
         return tuple(self._held)
 
-    def out_of_job(self) -> dict[str, str]:
-        """Servers that do not work in this job now, with why: taken out (blocklisted), or
-        their preflight check failed and they wrote nothing since. Empty once they rejoin."""
-        out = dict(self.failed_checks)
-        out.update(self.blocklisted)  # "out: why" says more than the check that led to it
-        return out
+    def idle_reasons(self) -> dict[str, str]:
+        """Servers that do not work in this job now, with why: ``out: <why>`` for one taken out
+        of the job, the failed check (``unreachable: ...``) for one that has not written a frame
+        since (it may still come in). A server that rejoins or works is not listed."""
+        notes = dict(self.failed_checks)
+        notes.update((name, f"out: {why}") for name, why in self.blocklisted.items())
+        return notes
 
     def held_chunks(self, server: str) -> tuple[HeldChunk, ...]:
         """The chunks ``server`` still holds, by chunk index."""

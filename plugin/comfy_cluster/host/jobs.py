@@ -269,7 +269,7 @@ class JobMonitor:
         only sets knobs or prints.)
         """
         p = self.progress
-        status = format_status(p.done, p.total, p.working(), p.eta_seconds, p.out_of_job())
+        status = format_status(p.done, p.total, p.working(), p.eta_seconds, p.idle_reasons())
         self.last_status = status
         line = self._progress_line(event, status)
         self._dispatcher.set_knob_later(self.node_name, K.PROGRESS, p.percent)
@@ -327,12 +327,12 @@ class JobMonitor:
     # -- the Job column (called with the lock held) ----------------------------------------------
 
     def job_text(self, server: str) -> str:
-        """What this job has on ``server``: ``"Render1 chunk 2 (5-8)"``, or why the server is
-        out of it (``"Render1: out: unusable: node 4 ..."``); "" for nothing."""
+        """What this job has on ``server``: ``"Render1 chunk 2 (5-8)"``, or why the server does
+        nothing in it (``"Render1: out: unusable: node 4 ..."``); "" for nothing."""
         held = self.progress.held_chunks(server)
         if not held:
-            why = self.progress.out_of_job().get(server, "")
-            return f"{self.node_name}: out: {why}" if why else ""
+            why = self.progress.idle_reasons().get(server, "")
+            return f"{self.node_name}: {why}" if why else ""
         parts = [f"chunk {chunk.index + 1} ({frames_text(chunk.frames)})" for chunk in held]
         return f"{self.node_name} " + ", ".join(parts)
 

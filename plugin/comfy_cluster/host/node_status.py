@@ -58,8 +58,8 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M")
 
 
-#: The longest reason the status line gives for a server out of the job (the panel has it all).
-OUT_REASON_MAX = 80
+#: The longest reason the status line gives for an idle server (the panel has it all).
+IDLE_REASON_MAX = 80
 
 
 def format_status(
@@ -67,18 +67,18 @@ def format_status(
     total: int,
     servers: Sequence[str],
     eta: Optional[float],
-    out: Optional[Mapping[str, str]] = None,
+    idle: Optional[Mapping[str, str]] = None,
 ) -> str:
     """The one-line running status: ``"4/10 frames | sim1, sim2 | ETA 12s"``, then each server
-    ``out`` of the job with why (``"| out: sim3 (unusable: node 4 ... not on this server)"``),
-    so an artist sees at the node why a server does nothing."""
+    that does nothing, with why (``"| sim3: out: unusable: node 4 ... not on this server"``), so
+    an artist sees at the node why a server is idle (``idle``: ``JobProgress.idle_reasons()``)."""
     parts = [f"{done}/{total} frames"]
     if servers:
         parts.append(", ".join(sorted(servers)))
     if eta is not None and eta >= 0:
         parts.append(f"ETA {duration_text(eta)}")
-    for name, why in sorted((out or {}).items()):
-        parts.append(f"out: {name} ({_clip(why, OUT_REASON_MAX)})" if why else f"out: {name}")
+    for name, why in sorted((idle or {}).items()):
+        parts.append(f"{name}: {_clip(why, IDLE_REASON_MAX)}")
     return " | ".join(parts)
 
 
