@@ -154,3 +154,30 @@ def test_a_slow_check_does_not_delay_another_servers_first_prompt(
     written, _ = rec.first(ev.FrameWritten)
     assert rec.first(ev.ServerChecked, server="slow")[0] > written
     assert rec.first(ev.ServerChecked, server="slow")[1] - rec.first(ev.FrameWritten)[1] >= 0
+
+
+def test_a_server_unreachable_at_check_time_still_takes_work_once_it_answers(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    steady = sim_factory(name="steady", node_seconds=0.05)
+    late = sim_factory(name="late", node_seconds=0.02)
+    late.kill()  # down when the job starts
+    inputs, output = shot(tmp_path, 40)
+    rec = Recorder()
+    restarted: list[threading.Thread] = []
+
+    def on_event(event: ev.JobEvent) -> None:
+        rec(event)
+        if isinstance(event, ev.ServerChecked) and event.server == "late" and not restarted:
+            restarted.append(threading.Thread(target=late.start, daemon=True))
+            restarted[0].start()
+
+    with Scheduler(configs(steady, late), no_server_timeout=30.0) as scheduler:
+        result = scheduler.run(
+            RenderJob(img2img(), "1-40", output, input_pattern=inputs, chunk_size=2), on_event
+        )
+    assert result.ok, result.message
+    verdict = next(e for e in rec.of(ev.ServerChecked) if e.server == "late")
+    assert not verdict.ok and verdict.state == "unreachable"
+    assert "late" not in result.blocklisted
+    assert result.per_server.get("late", 0) > 0  # not excluded: it worked once it answered

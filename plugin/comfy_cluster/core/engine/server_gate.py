@@ -134,6 +134,14 @@ class ServerGate:
 
     def _decide(self, verdict: ServerVerdict) -> None:
         """Announce ``verdict``, then let the server's slots in or keep the server out."""
+        try:
+            self._apply(verdict)
+        except Exception:  # a bug here must not leave the server's workers waiting
+            log.exception("preflight: could not apply the verdict on %s", verdict.name)
+        finally:
+            self._events[verdict.name].set()
+
+    def _apply(self, verdict: ServerVerdict) -> None:
         name = verdict.name
         book = self.book
         admitted = verdict.state not in EXCLUDING
@@ -158,7 +166,6 @@ class ServerGate:
                 why = verdict.text
                 book.server_refused(name, Outcome(OutcomeKind.DEGRADED, why))
         book.flush()
-        self._events[name].set()
 
     # -- the workers' threads ---------------------------------------------------------------
 
