@@ -200,3 +200,21 @@ def test_node_status_and_job_text_show_who_is_out_until_it_rejoins() -> None:
     assert "b" not in board.jobs
     monitor.on_event(events[REJOINED_AT + 1])
     assert board.jobs["b"] == "Render1 chunk 2 (3-4)"
+
+
+class RunningDispatcher(Dispatcher):
+    """Runs posted calls at once (the terminal lines)."""
+
+    def post(self, fn: Any, *args: Any) -> None:
+        fn(*args)
+
+
+def test_terminal_mode_prints_why_a_server_is_out_and_that_it_is_back() -> None:
+    lines: list[str] = []
+    monitor = JobMonitor(
+        "Render1", RunningDispatcher(), 4, lambda *a: None, print_line=lines.append, job_id="j"
+    )
+    feed(monitor.on_event, story()[: REJOINED_AT + 1])
+    assert f"Render1: server c failed its check (unusable): {MODEL}" in lines
+    assert f"Render1: server b left the job: {WHY}" in lines
+    assert lines[-1] == "Render1: server b is back in the job"

@@ -21,6 +21,9 @@ from comfy_cluster.core.engine.events import (
     JobEvent,
     JobFailed,
     JobStarted,
+    ServerBlocklisted,
+    ServerChecked,
+    ServerRejoined,
 )
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.frames import frames_text
@@ -368,8 +371,24 @@ class JobMonitor:
             self._last_decile = 0
             servers = ", ".join(event.servers)
             return f"{self.node_name}: started, {self.progress.total} frames on {servers}"
+        server_line = _server_line(event)
+        if server_line is not None:
+            return f"{self.node_name}: {server_line}"
         decile = int(event.progress * 10 + 1e-9)
         if decile > self._last_decile and isinstance(event, FrameWritten):
             self._last_decile = decile
             return f"{self.node_name}: {self.progress.percent:.0f}% {status}"
         return None
+
+
+def _server_line(event: JobEvent) -> Optional[str]:
+    """A terminal line for a server that cannot work, leaves the job or comes back (a farm log
+    must say why a server did nothing, as the status line does)."""
+    if isinstance(event, ServerChecked) and not event.ok:
+        state = event.state or "unusable"
+        return f"server {event.server} failed its check ({state}): {'; '.join(event.reasons)}"
+    if isinstance(event, ServerBlocklisted):
+        return f"server {event.server} left the job: {event.why}"
+    if isinstance(event, ServerRejoined):
+        return f"server {event.server} is back in the job"
+    return None
