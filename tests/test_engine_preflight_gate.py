@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from comfy_cluster.core.client import ComfyClient
 from comfy_cluster.core.connection_settings import Timeouts
 from comfy_cluster.core.engine import events as ev
@@ -181,3 +183,9 @@ def test_a_server_unreachable_at_check_time_still_takes_work_once_it_answers(
     assert not verdict.ok and verdict.state == "unreachable"
     assert "late" not in result.blocklisted
     assert result.per_server.get("late", 0) > 0  # not excluded: it worked once it answered
+
+
+def test_a_check_timeout_that_is_not_positive_is_refused_at_once() -> None:
+    server = ServerConfig(name="a", host="127.0.0.1", port=1)
+    with pytest.raises(ValueError, match="check_timeout"):
+        Scheduler([server], check_timeout=0)

@@ -50,6 +50,10 @@ class Preflight:
     client_factory: CheckFactory
     timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:  # refused at the scheduler's construction, not mid-job
+            raise ValueError(f"check_timeout must be > 0, got {self.timeout!r}")
+
 
 class SpeedRecord(Protocol):
     """Seconds per frame per server, learnt from finished prompts (``balance.SpeedTracker``)."""
