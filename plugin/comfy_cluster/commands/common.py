@@ -2,7 +2,8 @@
 the help layout, and the one-line answer when the ``sim`` extra is not installed.
 
 Commands take ``environ``, ``out`` and ``err`` so tests run them in-process without touching the
-real environment or terminal; :func:`io_for` fills in the real ones.
+real environment or terminal; :func:`io_for` fills in the real ones, and :func:`server_command`
+adds them (with the configured servers) to a command that needs the configuration.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import enum
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional, TextIO
+from typing import Any, Callable, NamedTuple, Optional, TextIO
 
 from comfy_cluster.core.config.loading import load_servers
 from comfy_cluster.core.errors import ConfigError
@@ -69,6 +70,40 @@ def load_servers_or_report(command: str, io: CommandIO) -> Optional[tuple[Server
     except ConfigError as exc:
         print(f"comfy-cluster {command}: configuration error: {exc}", file=io.err)
         return None
+
+
+#: A command's own part: (parsed arguments, its streams, the configured servers) -> exit status.
+ServerCommandBody = Callable[[argparse.Namespace, CommandIO, tuple[ServerConfig, ...]], int]
+#: A command as ``cli.py`` and the tests call it: ``run(args, environ=None, out=None, err=None)``.
+CommandRun = Callable[..., int]
+
+
+def server_command(command: str) -> Callable[[ServerCommandBody], CommandRun]:
+    """Make ``body(args, io, servers)`` the command ``run(args, environ=None, out=None, err=None)``.
+
+    Why: every command that reads the configuration starts the same way (the streams, the
+    servers, exit status 2 after one line on a bad configuration); this way each module states
+    only what is its own. ``command`` names the sub-command in the configuration error.
+    """
+
+    def decorate(body: ServerCommandBody) -> CommandRun:
+        def run(
+            args: argparse.Namespace,
+            environ: Optional[Mapping[str, str]] = None,
+            out: Optional[TextIO] = None,
+            err: Optional[TextIO] = None,
+        ) -> int:
+            io = io_for(environ, out, err)
+            servers = load_servers_or_report(command, io)
+            if servers is None:
+                return ExitCode.USAGE
+            return body(args, io, servers)
+
+        run.__name__, run.__qualname__ = body.__name__, body.__qualname__
+        run.__module__, run.__doc__ = body.__module__, body.__doc__
+        return run
+
+    return decorate
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.commands.common import ExitCode
+from comfy_cluster.commands.common import CommandIO, ExitCode, server_command
+from comfy_cluster.core.server import ServerConfig
 
 #: How long Ctrl-C waits for the cancel sweep (interrupt + delete on every server): the command
 #: exits within 3 s, naming the servers that did not answer in time.
@@ -148,21 +149,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(
-    args: argparse.Namespace,
-    environ: Optional[Mapping[str, str]] = None,
-    out: Optional[TextIO] = None,
-    err: Optional[TextIO] = None,
-) -> int:
+@server_command("render")
+def run(args: argparse.Namespace, io: CommandIO, servers: tuple[ServerConfig, ...]) -> int:
     """Check everything, render, summarise; returns the exit status. Main thread."""
-    from comfy_cluster.commands.common import io_for, load_servers_or_report
     from comfy_cluster.commands.progress import make_view
 
-    io = io_for(environ, out, err)
     out, err = io.out, io.err
-    servers = load_servers_or_report("render", io)
-    if servers is None:
-        return ExitCode.USAGE
     if getattr(args, "check", False):
         return run_check(args, servers, out, err)
     try:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from typing import Any, Optional, TextIO
+from typing import Any
 
-from comfy_cluster.commands.common import ExitCode, add_command, io_for, load_servers_or_report
+from comfy_cluster.commands.common import CommandIO, ExitCode, add_command, server_command
 from comfy_cluster.core.config.loading import UserConfig, load_user_config, user_config_path
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.server import ServerConfig
@@ -47,18 +47,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(
-    args: argparse.Namespace,
-    environ: Optional[Mapping[str, str]] = None,
-    out: Optional[TextIO] = None,
-    err: Optional[TextIO] = None,
-) -> int:
+@server_command("servers")
+def run(args: argparse.Namespace, io: CommandIO, servers: tuple[ServerConfig, ...]) -> int:
     """Print the servers; 0 on success, 2 on a bad configuration."""
-    io = io_for(environ, out, err)
     out, env = io.out, io.env
-    servers = load_servers_or_report("servers", io)
-    if servers is None:
-        return ExitCode.USAGE
     user = _user_edits(env)
     if args.json:
         json.dump([_record(server, user) for server in servers], out, indent=2)

@@ -22,13 +22,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Optional, TextIO
 
-from comfy_cluster.commands.common import LIVE_MARGIN, ExitCode, add_command
+from comfy_cluster.commands.common import (
+    LIVE_MARGIN,
+    CommandIO,
+    ExitCode,
+    add_command,
+    server_command,
+)
 from comfy_cluster.core.formatting import gib_text
 from comfy_cluster.core.health import HealthMonitor, HealthSnapshot, ServerStatus
+from comfy_cluster.core.server import ServerConfig
 
 COLUMNS = ("NAME", "URL", "STATE", "QUEUE", "LATENCY", "DEVICE", "VRAM", "LAST ERROR")
 #: The plain table cuts the last error here (the terminal table cuts it to the terminal's width).
@@ -78,20 +84,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(
-    args: argparse.Namespace,
-    environ: Optional[Mapping[str, str]] = None,
-    out: Optional[TextIO] = None,
-    err: Optional[TextIO] = None,
-) -> int:
+@server_command("status")
+def run(args: argparse.Namespace, io: CommandIO, servers: tuple[ServerConfig, ...]) -> int:
     """Poll and print; see the module docstring for exit codes. Main thread."""
-    from comfy_cluster.commands.common import io_for, load_servers_or_report
-
-    io = io_for(environ, out, err)
-    out, err = io.out, io.err
-    servers = load_servers_or_report("status", io)
-    if servers is None:
-        return ExitCode.USAGE
+    out = io.out
     timeout = max(0.05, float(getattr(args, "timeout", 2.0)))
     interval = max(0.1, float(getattr(args, "interval", 1.0)))
     monitor = HealthMonitor(
