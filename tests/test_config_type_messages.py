@@ -12,6 +12,7 @@ from typing import Any, Optional
 import pytest
 
 from comfy_cluster.core.config.server_json import parse_server_dict
+from comfy_cluster.core.config.values import require_type
 from comfy_cluster.core.errors import ConfigError
 
 CASES = [
@@ -178,3 +179,22 @@ def test_type_messages_never_quote_a_secret(secret: Any) -> None:
         with pytest.raises(ConfigError) as info:
             parse_server_dict({"name": "a", "ip": "h", key: value}, "SRC")
         assert str(secret) not in str(info.value)
+
+
+def test_require_type_refuses_true_as_an_integer_but_takes_it_as_a_flag() -> None:
+    assert require_type(3, int, "n", "an integer", source="S", field="n") == 3
+    assert require_type(True, bool, "f", "true or false", source="S", field="f") is True
+    with pytest.raises(ConfigError) as info:
+        require_type(True, int, "'a': n", "an integer", source="S", field="n", server="a")
+    assert (info.value.message, info.value.server) == (
+        "'a': n must be an integer, got boolean",
+        "a",
+    )
+
+
+def test_require_type_accepts_any_of_several_types_and_adds_the_callers_words() -> None:
+    assert require_type([1], (list, tuple), "x", "an array", source="S", field="x") == [1]
+    with pytest.raises(ConfigError, match=r"^S: x: x must be an array, got null \(not shown\)$"):
+        require_type(
+            None, (list, tuple), "x", "an array", source="S", field="x", after=" (not shown)"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import string
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.input_json import JsonTextError, decode_json
@@ -22,6 +22,7 @@ __all__ = [
     "load_json",
     "parse_address",
     "reject_credentials",
+    "require_type",
     "shown",
     "split_host_port",
     "type_name",
@@ -65,6 +66,35 @@ def type_name(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def require_type(
+    value: object,
+    kind: Union[type, tuple[type, ...]],
+    what: str,
+    label: str,
+    *,
+    source: str,
+    field: str,
+    server: Optional[str] = None,
+    after: str = "",
+) -> Any:
+    """``value`` when it has the type ``kind``, else ConfigError ``<what> must be <label>, got
+    <JSON type><after>`` naming ``source``, ``field`` and ``server``.
+
+    Why one check: every key says a wrong type the same way, in JSON's words. JSON ``true`` is
+    not an integer here (``bool`` is an ``int`` in Python). ``after`` is what the caller may
+    add (the value quoted, or that it is not shown); the value itself is never quoted here.
+    """
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+        return value
+    raise ConfigError(
+        f"{what} must be {label}, got {type_name(value)}{after}",
+        source=source,
+        field=field,
+        server=server,
+    )
 
 
 def shown(text: str) -> str:
