@@ -14,13 +14,15 @@ from __future__ import annotations
 import string
 from typing import Optional
 
-from comfy_cluster.core.config.values import type_name
+from comfy_cluster.core.config.values import require_type
 from comfy_cluster.core.errors import ConfigError
 
 __all__ = ["parse_headers", "parse_token"]
 
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 _BLANKS = " \t"
+#: Said after a wrong type: a secret's value is never quoted.
+_NOT_SHOWN = " (the value is not shown)"
 
 
 def _value_problem(value: str) -> Optional[str]:
@@ -55,14 +57,11 @@ def parse_token(value: object, source: str, who: str, server: str) -> Optional[s
     """The ``token`` key: a string sent as ``Authorization: Bearer <token>``; blank is none."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"{who}token must be a string, got {type_name(value)} (the value is not shown)",
-            source=source,
-            field="token",
-            server=server,
-        )
-    return _check_value(value, f"{who}token", source, "token", server) or None
+    what = f"{who}token"
+    text = require_type(
+        value, str, what, "a string", source=source, field="token", server=server, after=_NOT_SHOWN
+    )
+    return _check_value(text, what, source, "token", server) or None
 
 
 def _check_name(name: str, index: int, source: str, who: str, server: str) -> str:
@@ -81,17 +80,19 @@ def parse_headers(value: object, source: str, who: str, server: str) -> dict[str
     """The ``headers`` key: an object of HTTP header names to string values."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{who}headers must be an object of strings, got {type_name(value)} "
-            "(the value is not shown)",
-            source=source,
-            field="headers",
-            server=server,
-        )
+    given = require_type(
+        value,
+        dict,
+        f"{who}headers",
+        "an object of strings",
+        source=source,
+        field="headers",
+        server=server,
+        after=_NOT_SHOWN,
+    )
     headers: dict[str, str] = {}
     seen: set[str] = set()
-    for index, (raw_name, raw_value) in enumerate(value.items(), 1):
+    for index, (raw_name, raw_value) in enumerate(given.items(), 1):
         name = _check_name(str(raw_name), index, source, who, server)
         if name.lower() in seen:
             raise ConfigError(
@@ -101,12 +102,9 @@ def parse_headers(value: object, source: str, who: str, server: str) -> dict[str
                 server=server,
             )
         seen.add(name.lower())
-        if not isinstance(raw_value, str):
-            raise ConfigError(
-                f"{who}header {name!r} must be a string, got {type_name(raw_value)}",
-                source=source,
-                field="headers",
-                server=server,
-            )
-        headers[name] = _check_value(raw_value, f"{who}header {name!r}", source, "headers", server)
+        what = f"{who}header {name!r}"
+        text = require_type(
+            raw_value, str, what, "a string", source=source, field="headers", server=server
+        )
+        headers[name] = _check_value(text, what, source, "headers", server)
     return headers

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from comfy_cluster.core.config.credentials import parse_headers, parse_token
 from comfy_cluster.core.config.values import (
@@ -16,6 +16,7 @@ from comfy_cluster.core.config.values import (
     default_name,
     parse_address,
     reject_credentials,
+    require_type,
     shown,
     split_host_port,
     type_name,
@@ -56,11 +57,7 @@ def _check_host(value: object, source: str, key: str, who: str) -> str:
     A port is refused here even in ``[IPv6]:port`` form, as in ``host:port``: it goes in
     ``port`` (or write a ``url``).
     """
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"{who}{key} must be a string, got {type_name(value)}", source=source, field=key
-        )
-    text = value.strip()
+    text = require_type(value, str, f"{who}{key}", "a string", source=source, field=key).strip()
     reject_credentials(text, source, key, who)
     if "/" in text:
         raise ConfigError(
@@ -84,31 +81,26 @@ def _check_ca_bundle(value: object, source: str, who: str, server: str) -> Optio
     Only the local file system is looked at (never the network). A relative path is refused: it
     would depend on the current folder, which differs between Nuke, the farm and a shell.
     """
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"{who}ca_bundle must be a string (the path of a PEM file), got {type_name(value)}",
-            source=source,
-            field="ca_bundle",
-            server=server,
-        )
-    given = value.strip()
+    what = f"{who}ca_bundle"
+    given = require_type(
+        value,
+        str,
+        what,
+        "a string (the path of a PEM file)",
+        source=source,
+        field="ca_bundle",
+        server=server,
+    ).strip()
     if not given:
         return None
     path = os.path.expanduser(given)
+    problem = ""
     if not os.path.isabs(path):
-        raise ConfigError(
-            f"{who}ca_bundle must be an absolute path (or start with ~), got {given!r}",
-            source=source,
-            field="ca_bundle",
-            server=server,
-        )
-    if not os.path.isfile(path):
-        raise ConfigError(
-            f"{who}ca_bundle {path!r}: no such file",
-            source=source,
-            field="ca_bundle",
-            server=server,
-        )
+        problem = f" must be an absolute path (or start with ~), got {given!r}"
+    elif not os.path.isfile(path):
+        problem = f" {path!r}: no such file"
+    if problem:
+        raise ConfigError(what + problem, source=source, field="ca_bundle", server=server)
     return path
 
 
@@ -145,17 +137,12 @@ def parse_server_dict(
         if key not in SERVER_KEYS:
             raise ConfigError(_unknown_key_message(str(key), who), source=source, field=str(key))
 
-    def typed(key: str, kind: Union[type, tuple[type, ...]], label: str) -> Any:
+    def typed(key: str, kind: type, label: str) -> Any:
         value = d[key]
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
-        if not ok:
-            quoted = "" if key in _UNQUOTED else f" {value!r}"
-            raise ConfigError(
-                f"{who}{key} must be {label}, got {type_name(value)}{quoted}",
-                source=source,
-                field=key,
-            )
-        return value
+        quoted = "" if key in _UNQUOTED else f" {value!r}"
+        return require_type(
+            value, kind, f"{who}{key}", label, source=source, field=key, after=quoted
+        )
 
     scheme: Optional[str] = None
     port: Optional[int] = None
