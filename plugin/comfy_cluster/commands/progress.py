@@ -12,7 +12,8 @@ The counting (frames written, per server, chunks held) is one
   show every text literally, never as rich markup.
 - :class:`PlainView` (pipes, CI logs): one line per 10 % of frames written (with the true
   percentage), one per finished multi-frame chunk, one per run of identical retries
-  (:mod:`~comfy_cluster.commands.retry_digest`) or blocklisted server; never one per frame.
+  (:mod:`~comfy_cluster.commands.retry_digest`) or blocklisted server (its reason left out
+  when the server's failed check just said it); never one per frame.
 - :class:`JsonView` (``--json``): one JSON object per event, ``{"type": <class name>, ...fields}``.
 
 Every view also shows each server's state (``ServerChecked``, ``ServerStateChanged``,
@@ -310,14 +311,22 @@ class PlainView(View):
         elif isinstance(event, ev.ChunkRetried):
             self._write_all(self._retries.retried(event))
         elif isinstance(event, ev.ServerBlocklisted):
-            line = f"server {event.server} left the job: {event.why}"
-            self._write_all(self._retries.left(event.server, line))
+            self._write_all(self._retries.left(event.server, self._left_line(event)))
         elif isinstance(event, ev.JobFailed):
             self.write_line(f"job failed: {with_node(event.message, event.node_id)}")
         elif isinstance(event, ev.JobCancelled):
             self.write_line("job cancelled")
         elif isinstance(event, ev.JobDone):
             self._write_all(self._retries.flush())
+
+    def _left_line(self, event: ev.ServerBlocklisted) -> str:
+        """``server c left the job: why``, without the why when the server's own line said it
+        already: a failed check (``server c: unusable: ...``) is followed at once by leaving
+        for the very same reason, which a log should read once."""
+        note = self.server_notes.notes.get(event.server)
+        if note is not None and not note.ok and note.text == server_state_text("", event.why):
+            return f"server {event.server} left the job"
+        return f"server {event.server} left the job: {event.why}"
 
     def _frame(self, event: ev.FrameWritten, change: ProgressChange) -> None:
         chunk = change.finished
