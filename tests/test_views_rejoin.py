@@ -216,5 +216,7 @@ def test_terminal_mode_prints_why_a_server_is_out_and_that_it_is_back() -> None:
     )
     feed(monitor.on_event, story()[: REJOINED_AT + 1])
     assert f"Render1: server c failed its check (unusable): {MODEL}" in lines
+    assert "Render1: server c left the job" in lines  # the reason was just said: not again
+    assert sum(MODEL in line for line in lines) == 1, lines
     assert f"Render1: server b left the job: {WHY}" in lines
     assert lines[-1] == "Render1: server b is back in the job"

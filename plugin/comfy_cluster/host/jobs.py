@@ -222,6 +222,8 @@ class JobMonitor:
         self._lock = threading.Lock()
         self._ended = False
         self._last_decile = -1
+        #: Per server, the phrase its failed check printed, so leaving for it is not said twice.
+        self._check_said: dict[str, str] = {}
         self._on_frames = on_frames
         self._reload_interval = reload_interval
         self._clock = clock
@@ -371,7 +373,7 @@ class JobMonitor:
             self._last_decile = 0
             servers = ", ".join(event.servers)
             return f"{self.node_name}: started, {self.progress.total} frames on {servers}"
-        server_line = _server_line(event)
+        server_line = self._server_line(event)
         if server_line is not None:
             return f"{self.node_name}: {server_line}"
         decile = int(event.progress * 10 + 1e-9)
@@ -380,15 +382,19 @@ class JobMonitor:
             return f"{self.node_name}: {self.progress.percent:.0f}% {status}"
         return None
 
-
-def _server_line(event: JobEvent) -> Optional[str]:
-    """A terminal line for a server that cannot work, leaves the job or comes back (a farm log
-    must say why a server did nothing, as the status line does)."""
-    if isinstance(event, ServerChecked) and not event.ok:
-        state = event.state or "unusable"
-        return f"server {event.server} failed its check ({state}): {'; '.join(event.reasons)}"
-    if isinstance(event, ServerBlocklisted):
-        return f"server {event.server} left the job: {event.why}"
-    if isinstance(event, ServerRejoined):
-        return f"server {event.server} is back in the job"
-    return None
+    def _server_line(self, event: JobEvent) -> Optional[str]:
+        """A terminal line for a server that cannot work, leaves the job or comes back (a farm log
+        must say why a server did nothing, as the status line does), each reason said once."""
+        if isinstance(event, ServerChecked) and not event.ok:
+            state = event.state or "unusable"
+            reasons = "; ".join(event.reasons)
+            self._check_said[event.server] = f"{state}: {reasons}" if reasons else state
+            return f"server {event.server} failed its check ({state}): {reasons}"
+        if isinstance(event, ServerBlocklisted):
+            if self._check_said.get(event.server) == event.why:
+                return f"server {event.server} left the job"
+            return f"server {event.server} left the job: {event.why}"
+        if isinstance(event, ServerRejoined):
+            self._check_said.pop(event.server, None)
+            return f"server {event.server} is back in the job"
+        return None
