@@ -591,6 +591,15 @@ def test_legacy_ip_with_port_and_the_same_port_variable(env):
     with pytest.raises(ConfigError, match="disagrees") as info:
         load_base_servers({**env, "NUKE_COMFYUI_IP": "10.0.0.5:8190", "NUKE_COMFYUI_PORT": "81"})
     assert (info.value.source, info.value.field) == ("NUKE_COMFYUI_PORT", "port")
+    assert "port 81 disagrees with the port in NUKE_COMFYUI_IP (8190)" in str(info.value)
+
+
+def test_server_object_port_disagreeing_with_its_url_names_both(env):
+    text = '[{"name": "a", "url": "http://h:81", "port": 82}]'
+    with pytest.raises(ConfigError) as info:
+        load_base_servers({**env, "NUKE_COMFYUI_SERVERS": text})
+    assert "port 82 disagrees with the port in url (81)" in str(info.value)
+    assert "server 'a'" in str(info.value) or "'a'" in str(info.value)
 
 
 def test_legacy_port_alone(env):

@@ -14,6 +14,7 @@ from typing import Optional
 
 from comfy_cluster.core.config.server_json import parse_server_dict
 from comfy_cluster.core.config.values import (
+    agreed_port,
     check_port,
     default_name,
     env_value,
@@ -184,13 +185,7 @@ def from_numbered(environ: Mapping[str, str]) -> tuple[ServerConfig, ...]:
         if "PORT" in group:
             port_var, port_text = group["PORT"]
             given = check_port(_int_from_text(port_text, port_var, "port"), port_var)
-            if port is not None and port != given:
-                raise ConfigError(
-                    f"port {given} disagrees with the port in {host_var} ({port})",
-                    source=port_var,
-                    field="port",
-                )
-            port = given
+            port = agreed_port(given, port, host_var, port_var)
         port = DEFAULT_PORT if port is None else port
         name = group["NAME"][1] if "NAME" in group else default_name(host, port)
         priority = len(servers) + 1

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from comfy_cluster.core.config.credentials import parse_headers, parse_token
 from comfy_cluster.core.config.values import (
+    agreed_port,
     check_host,
     check_port,
     default_name,
@@ -169,14 +170,7 @@ def parse_server_dict(
             )
         host = next(iter(given.values()))
     if "port" in d:
-        given = check_port(d["port"], source, "port", who)
-        if port is not None and given != port:
-            raise ConfigError(
-                f"{who}port {given} disagrees with the port in url ({port})",
-                source=source,
-                field="port",
-            )
-        port = given
+        port = agreed_port(check_port(d["port"], source, "port", who), port, "url", source, who)
     port = DEFAULT_PORT if port is None else port
     if "scheme" in d:
         given_scheme = typed("scheme", str, "a string").lower()

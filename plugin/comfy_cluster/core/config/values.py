@@ -15,6 +15,7 @@ from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.input_json import JsonTextError, decode_json
 
 __all__ = [
+    "agreed_port",
     "check_host",
     "check_port",
     "default_name",
@@ -120,6 +121,20 @@ def check_port(port: object, source: str, field_name: str = "port", who: str = "
             f"{who}port {port} is out of range (1-65535)", source=source, field=field_name
         )
     return port
+
+
+def agreed_port(
+    given: int, in_address: Optional[int], address_name: str, source: str, who: str = ""
+) -> int:
+    """``given`` when the address (``address_name``) names no port or the same one: two places
+    that disagree about a port are a typo the user must settle, not one we guess."""
+    if in_address is not None and given != in_address:
+        raise ConfigError(
+            f"{who}port {given} disagrees with the port in {address_name} ({in_address})",
+            source=source,
+            field="port",
+        )
+    return given
 
 
 def reject_credentials(text: str, source: str, field_name: str, who: str = "") -> None:
