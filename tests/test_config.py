@@ -599,7 +599,7 @@ def test_server_object_port_disagreeing_with_its_url_names_both(env):
     with pytest.raises(ConfigError) as info:
         load_base_servers({**env, "NUKE_COMFYUI_SERVERS": text})
     assert "port 82 disagrees with the port in url (81)" in str(info.value)
-    assert "server 'a'" in str(info.value) or "'a'" in str(info.value)
+    assert "server #1 ('a')" in str(info.value)
 
 
 def test_legacy_port_alone(env):
