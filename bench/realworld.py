@@ -377,6 +377,7 @@ def models(args: argparse.Namespace, workdir: Path, in_pattern: str) -> tuple[Ou
             started = time.monotonic() - t0
             h2 = second.start(jobs[1], watches[1])
             results = []
+            ends: list[float] = []
             for k, handle in enumerate((h1, h2)):
                 result = handle.wait(max(1.0, deadline - time.monotonic()))
                 if result is None:
@@ -388,6 +389,7 @@ def models(args: argparse.Namespace, workdir: Path, in_pattern: str) -> tuple[Ou
                     notes.append(f"FAILED job {k + 1}: {result.message}")
                     ok = False
                 results.append(result)
+                ends.append(time.monotonic() - t0)
             makespan = time.monotonic() - t0
         per_server = [requests.get(f"{s.url}/sim/stats", timeout=5).json() for s in sims]
     finally:
@@ -406,7 +408,8 @@ def models(args: argparse.Namespace, workdir: Path, in_pattern: str) -> tuple[Ou
     notes.insert(
         0,
         f"load {load:.2f} s, frame {t:.2f} s; second job started at {started:.2f} s; loads per "
-        f"server {loads}; max loads of one model on one server in one job {worst}; {split}",
+        f"server {loads}; jobs done at {', '.join(f'{e:.2f} s' for e in ends)}; "
+        f"max loads of one model on one server in one job {worst}; {split}",
     )
     return Outcome("models", makespan, ideal, ok, lost, dup, "; ".join(notes)), worst
 

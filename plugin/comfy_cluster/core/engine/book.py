@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Union
 
+from comfy_cluster.core.engine.affinity import ModelAffinity
 from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
+from comfy_cluster.core.engine.book_models import ModelTurns, workflow_models
 from comfy_cluster.core.engine.book_servers import ServerTurns
 from comfy_cluster.core.engine.chunk_queue import Chooser, ChunkQueue
 from comfy_cluster.core.engine.events import (
@@ -38,7 +40,7 @@ __all__ = ["JobBook", "JobEnd"]
 _DEFAULTS = EngineSettings()
 
 
-class JobBook(ServerTurns):
+class JobBook(ServerTurns, ModelTurns):
     """All mutable state of one running job, under one lock. Any thread may call any method.
 
     Rules: chunks wait client-side until a slot of a server is free; a frame is written at
@@ -74,6 +76,8 @@ class JobBook(ServerTurns):
         )
         stop = self._stop = JobStop(self._cond, ledger)
         self._failover = Failover(job.mode, queue, standing, feed, stop, settings)
+        #: Which servers hold the job's checkpoint (``affinity.py``; idle without one).
+        self.models = ModelAffinity(workflow_models(job.workflow), self.servers, clock)
         #: Prompts we may have queued, per server (for the cancel sweep): its own lock.
         live = LivePrompts()
         self.prompt_submitted, self.prompt_finished = live.submitted, live.finished
@@ -187,9 +191,10 @@ class JobBook(ServerTurns):
         """Hand queued chunks to free slots as the chooser decides."""
         if self._stop.end is not None or self.job.cancel_token.is_set():
             return
+        eligible = self._standing.eligible()
         assigned = self._queue.dispatch(
-            self._chooser,
-            eligible=self._standing.eligible(),
+            self._affine(self._chooser, eligible),
+            eligible=eligible,
             suspended=self._standing.suspended,
             remaining=self._ledger.remaining,
         )

@@ -22,6 +22,7 @@ from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.inputs import InputWaiter
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.link import ServerLink
+from comfy_cluster.core.engine.model_names import QueueModels, history_models, queue_models
 from comfy_cluster.core.engine.plan import JobPlan
 from comfy_cluster.core.engine.prompt_watch import PromptWatch
 from comfy_cluster.core.engine.settings import EngineSettings
@@ -46,6 +47,11 @@ from comfy_cluster.core.workflow import build_batch_prompt, build_frame_prompt, 
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two reads of a server's queue for model affinity (one slot reads).
+MODELS_POLL = 0.5
+#: Newest history entries read to learn what an idle server holds.
+MODELS_HISTORY_ITEMS = 4
 
 
 class Worker:
@@ -100,6 +106,7 @@ class Worker:
         book = self.book
         mark_in_use(self.tools.health, self.server.name, True)
         try:
+            self._read_models(first=True)
             while True:
                 attempt = book.next_attempt(self.slot, self.settings.wait_step)
                 if attempt is None:
@@ -107,6 +114,7 @@ class Worker:
                         continue
                     break
                 if attempt is False:
+                    self._read_models()
                     comeback.idle(self)
                     continue
                 book.finish_attempt(attempt, self._attempt(attempt))
@@ -161,6 +169,41 @@ class Worker:
                 raise
 
         return self.tools.call(guarded, cancel=self.job.cancel_token)
+
+    def _read_models(self, *, first: bool = False) -> None:
+        """Read which models the server's queue will load (others' loader inputs only) for the
+        job's model affinity; the first read of a slot always happens, failed or not, so that
+        dispatch never waits for it."""
+        book = self.book
+        if not book.models.enabled or book.over():
+            return
+        if not first and not book.models_due(self.name, MODELS_POLL):
+            return
+        view, held = QueueModels(), None
+        try:
+            if self.link.client is None:
+                self._connect()
+            client = self.client
+            body = self.link.ask(client.queue_body, "/queue")
+            view = queue_models(body, frozenset(book.live_prompts().get(self.name, ())))
+            if view.idle:
+                recent = self.link.ask(
+                    lambda: client.recent_history(MODELS_HISTORY_ITEMS), "/history"
+                )
+                held = history_models(recent)
+        except Exception as exc:  # an optional read: the normal checks judge the server
+            log.debug("%s: queue models not read: %s", self.name, type(exc).__name__)
+            if not first:
+                return
+        book.models_seen(self.name, view, held)
+
+    def _check_waiting(self, attempt: Attempt, pid: str) -> None:
+        """While our prompt waits: the attempt still current, and the prompt not stuck pending
+        on a server that another client's model took (then it is deleted and moves)."""
+        self._check(attempt)
+        self._read_models()
+        if self.book.model_lost(self.name) and self.book.model_pending(self.name, pid):
+            raise Aborted()
 
     def _input_value(self, attempt: Attempt, frame: int) -> str:
         assert self.job.input_pattern
@@ -278,6 +321,10 @@ class Worker:
         Interrupted / WorkflowRejected, PromptStuck, ServerHung, ServerGone, Aborted or a
         transient error, after cancelling the prompt on the server (bounded)."""
         self.watch.drain()
+        if self.book.model_lost(self.name):
+            raise Aborted()  # another client's model took this server: the chunk moves
+        loads = self.book.model_submitted(self.name)
+        sent = self.tools.clock()
         pid = self._submit(prompt, prompt_id)
         self.book.mark_validated(self.name)
         try:
@@ -285,7 +332,7 @@ class Worker:
                 self.client,
                 pid,
                 frames,
-                lambda: self._check(attempt),
+                lambda: self._check_waiting(attempt, pid),
                 lambda fraction, n: self._progress(attempt, fraction, n),
                 lambda commit: self.book.pull_back(attempt, commit),
             )
@@ -310,6 +357,7 @@ class Worker:
             # Saves queueing late events only: drain() and the prompt-id check drop them anyway.
             self.watch.forget()  # pragma: no mutate
         self.book.prompt_finished(self.name, pid)
+        self.book.model_prompt_done(self.tools.clock() - sent, loads)
         return result
 
     def _progress(self, attempt: Attempt, fraction: float, frames: int) -> None:
