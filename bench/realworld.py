@@ -69,6 +69,8 @@ IMG2IMG = ROOT / "tests" / "fixtures" / "comfyui" / "workflow_img2img_api.json"
 NODES_PER_FRAME = 3
 IMG2IMG_NODES_PER_FRAME = 5  # LoadImage, VAEEncode, KSampler, VAEDecode, SaveImage
 MAX_IN_FLIGHT = 2
+#: The scenarios on the RESULT line (``slowdown_nospec`` is printed on a line of its own).
+RESULT_KEYS = ("cold", "models", "shared", "comeback", "slowdown")
 
 
 @dataclass
@@ -98,6 +100,8 @@ class Watch:
         self.written: Counter[int] = Counter()
         self.stuck: list[str] = []
         self.retries: list[str] = []
+        #: Speculative copies (ChunkSpeculated) seen.
+        self.copies = 0
         self.at = at
         self.trigger = trigger
         self.fired: Optional[threading.Thread] = None
@@ -110,6 +114,8 @@ class Watch:
             self.stuck.append(f"{type(event).__name__}: {reason}")
         if isinstance(event, ev.ChunkRetried):
             self.retries.append(f"{event.server}: {event.why}")
+        if isinstance(event, ev.ChunkSpeculated):
+            self.copies += 1
         if not isinstance(event, ev.FrameWritten):
             return
         with self.lock:
@@ -182,6 +188,7 @@ def simple_scenario(
     ideal_of: Callable[[list[SimServer], Watch], tuple[float, str]],
     watch_for: Callable[[list[SimServer]], Watch],
     timeout: float,
+    **scheduler_options: Any,
 ) -> tuple[Outcome, Watch]:
     """One job of ``args.frames`` frames on fresh sims; ``ideal_of`` runs after the job."""
     sims = start_sims(len(options), options)
@@ -189,7 +196,7 @@ def simple_scenario(
     frames = list(range(1, args.frames + 1))
     watch = watch_for(sims)
     try:
-        with Scheduler(servers_for(sims)) as scheduler:
+        with Scheduler(servers_for(sims), **scheduler_options) as scheduler:
             job = RenderJob(WORKFLOW, frames, pattern, input_pattern=in_pattern)
             ok, makespan, note = run_job(scheduler, job, watch, timeout)
         if watch.fired is not None:
@@ -298,7 +305,9 @@ def comeback(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcom
     return outcome
 
 
-def slowdown(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcome:
+def slowdown(
+    args: argparse.Namespace, workdir: Path, in_pattern: str, speculation: bool = True
+) -> Outcome:
     speeds = [1.0, 1.0, 0.4]
     opts = [
         SimOptions(name=f"slow{i}", speed=s, node_seconds=args.node_seconds)
@@ -323,8 +332,8 @@ def slowdown(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcom
         ideal = at["t"] + (frames - at["done"]) / after
         return ideal, f"slow0 to speed 0.2 at {at['t']:.2f} s with {at['done']:.0f} frames done"
 
-    outcome, _ = simple_scenario(
-        "slowdown",
+    outcome, watch = simple_scenario(
+        "slowdown" if speculation else "slowdown_nospec",
         args,
         workdir,
         in_pattern,
@@ -332,7 +341,9 @@ def slowdown(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcom
         ideal_of,
         watch_for,
         timeout=4 * frames / rate(spf(args.node_seconds, speeds)) + 30,
+        speculation=speculation,
     )
+    outcome.note += f"; speculative copies {watch.copies}"
     return outcome
 
 
@@ -438,6 +449,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             ("shared", lambda: shared(args, workdir, in_pattern)),
             ("comeback", lambda: comeback(args, workdir, in_pattern)),
             ("slowdown", lambda: slowdown(args, workdir, in_pattern)),
+            ("slowdown_nospec", lambda: slowdown(args, workdir, in_pattern, speculation=False)),
         ]
         for name, scenario in scenarios:
             try:
@@ -458,9 +470,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"total bench time {time.monotonic() - t_start:.1f} s")
     lost = sum(o.lost for o in outcomes.values())
     dup = sum(o.duplicated for o in outcomes.values())
+    nospec = outcomes["slowdown_nospec"]
+    print(f"slowdown without speculation: efficiency {nospec.efficiency:.3f}")
     print(
         "RESULT "
-        + " ".join(f"efficiency_{k}={outcomes[k].efficiency:.3f}" for k, _ in scenarios)
+        + " ".join(
+            f"efficiency_{k}={outcomes[k].efficiency:.3f}" for k, _ in scenarios if k in RESULT_KEYS
+        )
         + f" lost={lost} duplicated={dup}"
     )
     return 0

@@ -115,6 +115,10 @@ class Worker:
                     break
                 if attempt is False:
                     self._read_models()
+                    copy = self._copy()
+                    if copy is not None:
+                        book.finish_attempt(copy, self._attempt(copy))
+                        continue
                     comeback.idle(self)
                     continue
                 book.finish_attempt(attempt, self._attempt(attempt))
@@ -197,10 +201,28 @@ class Worker:
                 return
         book.models_seen(self.name, view, held)
 
-    def _check_waiting(self, attempt: Attempt, pid: str) -> None:
-        """While our prompt waits: the attempt still current, and the prompt not stuck pending
-        on a server that another client's model took (then it is deleted and moves)."""
+    def _copy(self) -> Optional[Attempt]:
+        """Speculative tail: a copy of a running chunk this idle server would clearly finish
+        sooner, once its queue shows no other client's work either."""
+        book = self.book
+        if not book.copy_worth_asking(self.slot):
+            return None
+        try:
+            if self.link.client is None:
+                self._connect()
+            if self.link.ask(self.client.queue, "/queue").depth:
+                return None
+        except ComfyClusterError:
+            return None
+        return book.take_copy(self.slot)
+
+    def _check_waiting(self, attempt: Attempt, pid: str, covers: tuple[int, ...]) -> None:
+        """While our prompt waits: the attempt still current, its frames not written by a
+        speculative copy (or the holder) meanwhile, and the prompt not stuck pending on a server
+        that another client's model took. Else Aborted: the prompt is interrupted/deleted."""
         self._check(attempt)
+        if covers and not self.book.undelivered(covers):
+            raise Aborted()  # the other copy won these frames: this prompt lost the race
         self._read_models()
         if self.book.model_lost(self.name) and self.book.model_pending(self.name, pid):
             raise Aborted()
@@ -237,7 +259,7 @@ class Worker:
                 loader=targets.image_loader,
                 output_node=targets.output_node,
             )
-            images = self._run_prompt(attempt, prompt, prompt_id, frames=1)
+            images = self._run_prompt(attempt, prompt, prompt_id, frames=1, covers=(frame,))
             if not images:
                 raise ProtocolError(
                     f"frame {frame}: output node {targets.output_node} produced no image",
@@ -263,7 +285,9 @@ class Worker:
             loader=self.plan.targets.image_loader,
             output_node=self.plan.targets.output_node,
         )
-        images = self._run_prompt(attempt, prompt, prompt_id, frames=len(chunk.frames))
+        images = self._run_prompt(
+            attempt, prompt, prompt_id, frames=len(chunk.frames), covers=chunk.frames
+        )
         mapping = map_batch_outputs(images, rendered, chunk.frames)
         for frame in chunk.frames:
             self._check(attempt)
@@ -315,7 +339,13 @@ class Worker:
             return False
 
     def _run_prompt(
-        self, attempt: Attempt, prompt: dict, prompt_id: str, *, frames: int
+        self,
+        attempt: Attempt,
+        prompt: dict,
+        prompt_id: str,
+        *,
+        frames: int,
+        covers: tuple[int, ...] = (),
     ) -> tuple[Any, ...]:
         """Submit ``prompt`` and wait for its output node's images. Raises ExecutionFailed /
         Interrupted / WorkflowRejected, PromptStuck, ServerHung, ServerGone, Aborted or a
@@ -332,7 +362,7 @@ class Worker:
                 self.client,
                 pid,
                 frames,
-                lambda: self._check_waiting(attempt, pid),
+                lambda: self._check_waiting(attempt, pid, covers),
                 lambda fraction, n: self._progress(attempt, fraction, n),
                 lambda commit: self.book.pull_back(attempt, commit),
             )
