@@ -23,6 +23,8 @@ ideal / makespan (makespan: from starting the job to its result):
   written and restarted on the same port 3 s later. Ideal ``N / R + 3 s``.
 - ``slowdown``: speeds 1, 1, 0.4; the first fast server drops to speed 0.2 when 70 % of the
   frames are written (at ``t_s``, ``d_s`` frames written). Ideal ``t_s + (N - d_s) / R'``.
+  Run twice: with speculation (on the RESULT line, with the count of speculative copies) and
+  without (``slowdown without speculation`` on a line of its own).
 
 A job that fails or does not end in time counts as efficiency 0 (and says why). Lost = requested
 frames not on disk; duplicated = frames written more than once plus stray files; both summed over
