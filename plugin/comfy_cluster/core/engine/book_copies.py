@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from comfy_cluster.core.engine.affinity import ModelAffinity
 from comfy_cluster.core.engine.attempt import Attempt
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.events import ChunkAssigned, ChunkSpeculated
@@ -32,6 +33,7 @@ class CopyTurns:
     _feed: JobFeed
     _stop: JobStop
     _times: FrameTimes
+    models: ModelAffinity
     #: Speculation is on for this job (the setting, and frame mode).
     speculating: bool
     job: Any
@@ -49,6 +51,8 @@ class CopyTurns:
             return None
         if not q.server_idle(server):
             return None
+        if server not in self.models.admit([server], st.eligible(), self._ledger.remaining):
+            return None  # a copy there would load another model (or the server is lost to it)
         return pick_copy(server, q.running_elsewhere(server), self._ledger.undelivered, self._times)
 
     def copy_worth_asking(self, slot: str) -> bool:
