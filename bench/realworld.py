@@ -23,6 +23,8 @@ ideal / makespan (makespan: from starting the job to its result):
   written and restarted on the same port 3 s later. Ideal ``N / R + 3 s``.
 - ``slowdown``: speeds 1, 1, 0.4; the first fast server drops to speed 0.2 when 70 % of the
   frames are written (at ``t_s``, ``d_s`` frames written). Ideal ``t_s + (N - d_s) / R'``.
+  Run twice: with speculation (on the RESULT line, with the count of speculative copies) and
+  without (``slowdown without speculation`` on a line of its own).
 
 A job that fails or does not end in time counts as efficiency 0 (and says why). Lost = requested
 frames not on disk; duplicated = frames written more than once plus stray files; both summed over
@@ -69,6 +71,8 @@ IMG2IMG = ROOT / "tests" / "fixtures" / "comfyui" / "workflow_img2img_api.json"
 NODES_PER_FRAME = 3
 IMG2IMG_NODES_PER_FRAME = 5  # LoadImage, VAEEncode, KSampler, VAEDecode, SaveImage
 MAX_IN_FLIGHT = 2
+#: The scenarios on the RESULT line (``slowdown_nospec`` is printed on a line of its own).
+RESULT_KEYS = ("cold", "models", "shared", "comeback", "slowdown")
 
 
 @dataclass
@@ -98,6 +102,8 @@ class Watch:
         self.written: Counter[int] = Counter()
         self.stuck: list[str] = []
         self.retries: list[str] = []
+        #: Speculative copies (ChunkSpeculated) seen.
+        self.copies = 0
         self.at = at
         self.trigger = trigger
         self.fired: Optional[threading.Thread] = None
@@ -110,6 +116,8 @@ class Watch:
             self.stuck.append(f"{type(event).__name__}: {reason}")
         if isinstance(event, ev.ChunkRetried):
             self.retries.append(f"{event.server}: {event.why}")
+        if isinstance(event, ev.ChunkSpeculated):
+            self.copies += 1
         if not isinstance(event, ev.FrameWritten):
             return
         with self.lock:
@@ -182,6 +190,7 @@ def simple_scenario(
     ideal_of: Callable[[list[SimServer], Watch], tuple[float, str]],
     watch_for: Callable[[list[SimServer]], Watch],
     timeout: float,
+    **scheduler_options: Any,
 ) -> tuple[Outcome, Watch]:
     """One job of ``args.frames`` frames on fresh sims; ``ideal_of`` runs after the job."""
     sims = start_sims(len(options), options)
@@ -189,7 +198,7 @@ def simple_scenario(
     frames = list(range(1, args.frames + 1))
     watch = watch_for(sims)
     try:
-        with Scheduler(servers_for(sims)) as scheduler:
+        with Scheduler(servers_for(sims), **scheduler_options) as scheduler:
             job = RenderJob(WORKFLOW, frames, pattern, input_pattern=in_pattern)
             ok, makespan, note = run_job(scheduler, job, watch, timeout)
         if watch.fired is not None:
@@ -298,7 +307,9 @@ def comeback(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcom
     return outcome
 
 
-def slowdown(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcome:
+def slowdown(
+    args: argparse.Namespace, workdir: Path, in_pattern: str, speculation: bool = True
+) -> Outcome:
     speeds = [1.0, 1.0, 0.4]
     opts = [
         SimOptions(name=f"slow{i}", speed=s, node_seconds=args.node_seconds)
@@ -323,8 +334,8 @@ def slowdown(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcom
         ideal = at["t"] + (frames - at["done"]) / after
         return ideal, f"slow0 to speed 0.2 at {at['t']:.2f} s with {at['done']:.0f} frames done"
 
-    outcome, _ = simple_scenario(
-        "slowdown",
+    outcome, watch = simple_scenario(
+        "slowdown" if speculation else "slowdown_nospec",
         args,
         workdir,
         in_pattern,
@@ -332,7 +343,9 @@ def slowdown(args: argparse.Namespace, workdir: Path, in_pattern: str) -> Outcom
         ideal_of,
         watch_for,
         timeout=4 * frames / rate(spf(args.node_seconds, speeds)) + 30,
+        speculation=speculation,
     )
+    outcome.note += f"; speculative copies {watch.copies}"
     return outcome
 
 
@@ -377,6 +390,7 @@ def models(args: argparse.Namespace, workdir: Path, in_pattern: str) -> tuple[Ou
             started = time.monotonic() - t0
             h2 = second.start(jobs[1], watches[1])
             results = []
+            ends: list[float] = []
             for k, handle in enumerate((h1, h2)):
                 result = handle.wait(max(1.0, deadline - time.monotonic()))
                 if result is None:
@@ -388,6 +402,7 @@ def models(args: argparse.Namespace, workdir: Path, in_pattern: str) -> tuple[Ou
                     notes.append(f"FAILED job {k + 1}: {result.message}")
                     ok = False
                 results.append(result)
+                ends.append(time.monotonic() - t0)
             makespan = time.monotonic() - t0
         per_server = [requests.get(f"{s.url}/sim/stats", timeout=5).json() for s in sims]
     finally:
@@ -406,7 +421,8 @@ def models(args: argparse.Namespace, workdir: Path, in_pattern: str) -> tuple[Ou
     notes.insert(
         0,
         f"load {load:.2f} s, frame {t:.2f} s; second job started at {started:.2f} s; loads per "
-        f"server {loads}; max loads of one model on one server in one job {worst}; {split}",
+        f"server {loads}; jobs done at {', '.join(f'{e:.2f} s' for e in ends)}; "
+        f"max loads of one model on one server in one job {worst}; {split}",
     )
     return Outcome("models", makespan, ideal, ok, lost, dup, "; ".join(notes)), worst
 
@@ -435,6 +451,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             ("shared", lambda: shared(args, workdir, in_pattern)),
             ("comeback", lambda: comeback(args, workdir, in_pattern)),
             ("slowdown", lambda: slowdown(args, workdir, in_pattern)),
+            ("slowdown_nospec", lambda: slowdown(args, workdir, in_pattern, speculation=False)),
         ]
         for name, scenario in scenarios:
             try:
@@ -455,9 +472,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"total bench time {time.monotonic() - t_start:.1f} s")
     lost = sum(o.lost for o in outcomes.values())
     dup = sum(o.duplicated for o in outcomes.values())
+    nospec = outcomes["slowdown_nospec"]
+    print(f"slowdown without speculation: efficiency {nospec.efficiency:.3f}")
     print(
         "RESULT "
-        + " ".join(f"efficiency_{k}={outcomes[k].efficiency:.3f}" for k, _ in scenarios)
+        + " ".join(
+            f"efficiency_{k}={outcomes[k].efficiency:.3f}" for k, _ in scenarios if k in RESULT_KEYS
+        )
         + f" lost={lost} duplicated={dup}"
     )
     return 0

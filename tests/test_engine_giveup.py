@@ -324,7 +324,7 @@ def test_a_frozen_server_is_given_up_after_the_stall_timeout(
     a, b = FakeServer("a", seconds=0.01), FakeServer("b", plan=["hang"])
     with FakeCluster([a, b]) as cluster:
         rec = Recorder()
-        with scheduler(cluster, factory(cluster, {"b": freezer})) as s:
+        with scheduler(cluster, factory(cluster, {"b": freezer}), speculation=False) as s:
             handle = s.start(job(shot, strategy="round_robin"), rec)
             result = handle.wait(10)
             ended = time.monotonic()
@@ -350,7 +350,7 @@ def test_a_hung_prompt_message_gives_the_real_wait(shot: dict[str, Any]) -> None
     a, b = FakeServer("a", seconds=0.01), FakeServer("b", plan=["wedge"])
     with FakeCluster([a, b]) as cluster:
         rec = Recorder()
-        opts = dict(first_prompt_timeout=0.3, stall_timeout=0.3)
+        opts = dict(first_prompt_timeout=0.3, stall_timeout=0.3, speculation=False)
         with scheduler(cluster, cluster.client_factory, **opts) as s:
             result = s.run(job(shot, strategy="round_robin"), rec)
     assert result.ok, result.message

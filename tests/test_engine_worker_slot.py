@@ -336,7 +336,7 @@ def test_a_stuck_prompt_is_interrupted_before_its_frames_move(shot: Shot) -> Non
             running_at_retry.append(a.running)
 
     with FakeCluster([a, FakeServer("b")]) as cluster:
-        rig = SlotRig(cluster, shot.job("1-2"), on_event=on_event)
+        rig = SlotRig(cluster, shot.job("1-2"), on_event=on_event, speculation=False)
         rig.speed.record("a", 0.01)
         rig.run()
     (retried,) = rig.of(ev.ChunkRetried)

@@ -164,7 +164,7 @@ def test_hanging_server_is_detected_and_its_frames_move(
     hang = sim_factory(name="hang", hang_prompts=True)
     good = sim_factory(name="good", node_seconds=0.01)
     seen: list[ev.JobEvent] = []
-    with scheduler_for([hang, good]) as scheduler:
+    with scheduler_for([hang, good], speculation=False) as scheduler:
         result = scheduler.run(
             RenderJob(WORKFLOW, "1-6", shot["output"], input_pattern=shot["input"]), seen.append
         )

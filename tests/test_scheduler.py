@@ -254,7 +254,7 @@ def test_stuck_prompt_is_interrupted_before_its_frames_move(shot: dict[str, Any]
     bad = FakeServer("bad", plan=["hang"])
     with FakeCluster([bad, FakeServer("good")]) as cluster:
         rec = Recorder()
-        with make_scheduler(cluster) as scheduler:
+        with make_scheduler(cluster, speculation=False) as scheduler:
             result = scheduler.run(
                 RenderJob(WORKFLOW, "1-4", shot["output"], input_pattern=shot["input"]), rec
             )
@@ -495,7 +495,7 @@ def test_prompt_queued_behind_one_that_never_ends_does_not_hang_the_job(
     """A prompt that ignores interrupts wedges its server; ours queued behind it must move."""
     wedged = FakeServer("a", plan=["wedge"], max_in_flight=2)
     cluster = FakeCluster([wedged, FakeServer("b", seconds=0.01)])
-    with cluster, make_scheduler(cluster, first_prompt_timeout=0.3) as scheduler:
+    with cluster, make_scheduler(cluster, first_prompt_timeout=0.3, speculation=False) as scheduler:
         handle = scheduler.start(
             RenderJob(WORKFLOW, "1-6", shot["output"], input_pattern=shot["input"])
         )

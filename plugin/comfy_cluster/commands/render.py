@@ -140,6 +140,12 @@ def register(subparsers: Any) -> None:
         "server is down mid-job, before it fails",
     )
     parser.add_argument(
+        "--no-speculation",
+        action="store_true",
+        help="never copy a slow server's last chunk to an idle one (by default an idle server "
+        "runs a copy when it would clearly finish sooner; the first result wins)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="check every server (reachable, authenticated, node classes, models) and stop: "
@@ -179,7 +185,10 @@ def run(args: argparse.Namespace, io: CommandIO, servers: tuple[ServerConfig, ..
         view,
         err=err,
         command_line=getattr(args, "command_line", None),
-        scheduler_options={"no_server_timeout": wait},
+        scheduler_options={
+            "no_server_timeout": wait,
+            "speculation": not getattr(args, "no_speculation", False),
+        },
     )
     where = frames_location(job.output_pattern, job.frame_range.frames)
     if where and not args.json and code != ExitCode.INTERRUPTED:

@@ -253,8 +253,14 @@ def make_strategy(name: str) -> Strategy:
 class SpeedTracker:
     """Seconds per frame per server: an exponential moving average seeded by the first result.
 
-    ``alpha`` weighs the newest sample (0.3: a slowdown shows within a few chunks). Any thread.
+    ``alpha`` weighs the newest sample (0.3: a slowdown shows within a few chunks). A first
+    result more than twice as slow as the second was a cold one (warm-up, a model load, a wait
+    behind others): it is dropped, the second seeds the average, and the difference is kept
+    apart as the server's one-off cost (:meth:`one_off_seconds`). Any thread.
     """
+
+    #: A first sample this many times the second was cold.
+    COLD_RATIO = 2.0
 
     def __init__(self, alpha: float = 0.3, initial: Optional[Mapping[str, float]] = None) -> None:
         if not 0 < alpha <= 1:
@@ -263,6 +269,8 @@ class SpeedTracker:
         self._lock = threading.Lock()
         self._spf: dict[str, float] = dict(initial or {})
         self._samples: dict[str, int] = {}
+        self._first: dict[str, tuple[float, int]] = {}
+        self._one_off: dict[str, float] = {}
 
     def record(self, server: str, seconds: float, frames: int = 1) -> float:
         """Add one finished chunk (``frames`` frames in ``seconds``); returns the new average."""
@@ -272,7 +280,15 @@ class SpeedTracker:
         with self._lock:
             count = self._samples.get(server, 0)
             old = self._spf.get(server)
-            new = sample if count == 0 or old is None else old + self.alpha * (sample - old)
+            first = self._first.get(server) if count == 1 else None
+            if count == 0 or old is None:
+                new = sample
+                self._first[server] = (sample, frames)
+            elif first is not None and first[0] > self.COLD_RATIO * sample:
+                new = sample  # the first result was cold: it never stands as the speed
+                self._one_off[server] = (first[0] - sample) * first[1]
+            else:
+                new = old + self.alpha * (sample - old)
             self._spf[server] = new
             self._samples[server] = count + 1
             return new
@@ -280,6 +296,11 @@ class SpeedTracker:
     def seconds_per_frame(self, server: str) -> Optional[float]:
         with self._lock:
             return self._spf.get(server)
+
+    def one_off_seconds(self, server: str) -> Optional[float]:
+        """The one-off cost seen in ``server``'s cold first result (``None``: none seen)."""
+        with self._lock:
+            return self._one_off.get(server)
 
     def samples(self, server: str) -> int:
         with self._lock:
@@ -294,3 +315,5 @@ class SpeedTracker:
         with self._lock:
             self._spf.pop(server, None)
             self._samples.pop(server, None)
+            self._first.pop(server, None)
+            self._one_off.pop(server, None)

@@ -373,3 +373,14 @@ class ComfyClient:
         Raises WebsocketClosed / ServerUnreachable / ServerTimeout / ProtocolError."""
         self._check_open()
         return probe_greeting(self.server, timeout or self.timeouts.connect, self.limits)
+
+    def queue_body(self) -> dict[str, Any]:
+        """GET /queue as sent: the whole items, for reading other prompts' loader inputs.
+
+        Callers read positions 0-2 only (number, id, prompt): never ``extra_data``, which can
+        hold another client's API keys.
+        """
+        body = self._http.json("GET", "/queue")
+        if not isinstance(body, dict):
+            raise ProtocolError("GET /queue: not an object", server=self.name)
+        return body

@@ -13,7 +13,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Union
 
+from comfy_cluster.core.engine.affinity import ModelAffinity
 from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
+from comfy_cluster.core.engine.book_copies import CopyTurns
+from comfy_cluster.core.engine.book_models import ModelTurns, workflow_models
 from comfy_cluster.core.engine.book_servers import ServerTurns
 from comfy_cluster.core.engine.chunk_queue import Chooser, ChunkQueue
 from comfy_cluster.core.engine.events import (
@@ -28,6 +31,7 @@ from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.ledger import FrameLedger
 from comfy_cluster.core.engine.live import LivePrompts
 from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.engine.speculation import FrameTimes
 from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.engine.stop import JobEnd, JobStop
 from comfy_cluster.core.errors import ExecutionFailed, WorkflowRejected
@@ -38,7 +42,7 @@ __all__ = ["JobBook", "JobEnd"]
 _DEFAULTS = EngineSettings()
 
 
-class JobBook(ServerTurns):
+class JobBook(ServerTurns, ModelTurns, CopyTurns):
     """All mutable state of one running job, under one lock. Any thread may call any method.
 
     Rules: chunks wait client-side until a slot of a server is free; a frame is written at
@@ -74,6 +78,11 @@ class JobBook(ServerTurns):
         )
         stop = self._stop = JobStop(self._cond, ledger)
         self._failover = Failover(job.mode, queue, standing, feed, stop, settings)
+        #: Each server's pace in this job, for speculative copies (``speculation.py``).
+        self._times = FrameTimes(clock)
+        self.speculating = settings.speculation and job.mode != "batch"
+        #: Which servers hold the job's checkpoint (``affinity.py``; idle without one).
+        self.models = ModelAffinity(workflow_models(job.workflow), self.servers, clock)
         #: Prompts we may have queued, per server (for the cancel sweep): its own lock.
         live = LivePrompts()
         self.prompt_submitted, self.prompt_finished = live.submitted, live.finished
@@ -179,6 +188,8 @@ class JobBook(ServerTurns):
                     if wait > 0:
                         self._cond.wait(wait)
                 result = self._queue.take(s) or False
+                if result:
+                    self._times.started(result)
         if self._feed:
             self.flush()
         return result
@@ -187,9 +198,10 @@ class JobBook(ServerTurns):
         """Hand queued chunks to free slots as the chooser decides."""
         if self._stop.end is not None or self.job.cancel_token.is_set():
             return
+        eligible = self._standing.eligible()
         assigned = self._queue.dispatch(
-            self._chooser,
-            eligible=self._standing.eligible(),
+            self._affine(self._chooser, eligible),
+            eligible=eligible,
             suspended=self._standing.suspended,
             remaining=self._ledger.remaining,
         )
@@ -238,6 +250,7 @@ class JobBook(ServerTurns):
         """Record ``frame`` as delivered; emits FrameWritten and ChunkProgress."""
         with self._cond:
             done = self._ledger.record_written(attempt, frame, path)
+            self._times.written(attempt)
             self._feed.post(FrameWritten, frame=frame, path=path, server=attempt.server)
             self._feed.post(
                 ChunkProgress,
@@ -281,11 +294,14 @@ class JobBook(ServerTurns):
         with self._cond:
             self._queue.release(attempt)
             self._ledger.attempt_ended(attempt)
+            self._times.ended(attempt)
             queued = self._queue.queued(attempt)
             remaining = self._ledger.undelivered(queued.chunk.frames)
             kind = outcome.kind
             if kind is OutcomeKind.JOB:
                 self._stop.fail(outcome.why, outcome.node_id, outcome.error)
+            elif self._queue.sibling_running(attempt):
+                pass  # a speculative copy (or its holder) still renders these frames
             elif remaining and self._stop.end is None and kind is not OutcomeKind.ABORTED:
                 self.retries += 1
                 why = outcome.why or "finished without delivering every frame"

@@ -95,6 +95,8 @@ class ChunkQueue:
         self._ids = itertools.count(1)  # pragma: no mutate
         #: Clock time since which work waits with nothing running anywhere (None: not idle).
         self._idle_since: Optional[float] = None
+        #: Chunks that got their one speculative copy.
+        self.copied: set[int] = set()
 
     # -- slots ------------------------------------------------------------------------------
 
@@ -152,6 +154,45 @@ class ChunkQueue:
         if slot.attempt is attempt:
             slot.attempt = None
             slot.busy = False  # pragma: no mutate
+
+    # -- speculative copies -----------------------------------------------------------------
+
+    def server_idle(self, server: str) -> bool:
+        """None of ``server``'s slots holds an attempt (and one is open)."""
+        slots = [s for s in self._slots.values() if s.server == server]
+        return any(not s.closed for s in slots) and all(s.attempt is None for s in slots)
+
+    def running_elsewhere(self, server: str) -> list[Attempt]:
+        """Attempts under way on other servers whose chunk has had no copy yet."""
+        return [
+            s.attempt
+            for s in self._slots.values()
+            if s.attempt is not None
+            and s.busy
+            and s.server != server
+            and s.attempt.chunk.index not in self.copied
+        ]
+
+    def assign_copy(
+        self, slot: str, holder: Attempt, frames: tuple[int, ...], reason: str
+    ) -> Attempt:
+        """A copy of ``holder``'s chunk (``frames``, in the order to render them) to the free
+        ``slot``, taken at once; the chunk gets no other copy."""
+        s = self._slots[slot]
+        c = holder.chunk
+        chunk = Chunk(c.index, frames, c.handles_before, c.handles_after)
+        attempt = Attempt(next(self._ids), chunk, s.server, s.name, reason)
+        s.attempt, s.busy, s.started = attempt, True, self._clock()
+        self.copied.add(c.index)
+        return attempt
+
+    def sibling_running(self, attempt: Attempt) -> bool:
+        """Another attempt of ``attempt``'s chunk is still under way (a copy, or its holder)."""
+        index = attempt.chunk.index
+        return any(
+            s.attempt is not None and s.attempt is not attempt and s.attempt.chunk.index == index
+            for s in self._slots.values()
+        )
 
     # -- the queue --------------------------------------------------------------------------
 

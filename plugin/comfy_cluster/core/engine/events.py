@@ -9,6 +9,7 @@ from). A consumer (the CLI's progress bar, the Nuke panel) dispatches on the cla
     ChunkProgress     chunk_index, server, frames_done, frame_fraction
     FrameWritten      frame, path, server
     ChunkRetried      chunk_index, server, why, frames            (frames went back to the queue)
+    ChunkSpeculated   chunk_index, frames, server, holder, reason (a copy of a slow holder's chunk)
     ServerBlocklisted server, why                                 (out of this job only)
     ServerChecked     server, ok, reasons, state                  (the preflight verdict)
     ServerStateChanged server, state, reason                      (offline, unusable, back...)
@@ -32,6 +33,7 @@ __all__ = [
     "ChunkAssigned",
     "ChunkProgress",
     "ChunkRetried",
+    "ChunkSpeculated",
     "EventSink",
     "FrameWritten",
     "JobCancelled",
@@ -110,6 +112,19 @@ class ChunkRetried(JobEvent):
     server: str
     why: str
     frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChunkSpeculated(JobEvent):
+    """Speculative tail: idle ``server`` runs a copy of chunk ``chunk_index`` (its undelivered
+    ``frames``) that ``holder`` is still rendering, because it would clearly finish sooner.
+    Whichever writes a frame first wins it; the other's prompt is interrupted and deleted."""
+
+    chunk_index: int
+    frames: tuple[int, ...]
+    server: str
+    holder: str
+    reason: str
 
 
 @dataclass(frozen=True)

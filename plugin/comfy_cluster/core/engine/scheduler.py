@@ -150,7 +150,8 @@ class Scheduler:
     frame when the job is started with ``wait_for_input``), ``answer_timeout`` (how long a check
     of a silent prompt or a probe waits for the server's answer before it is abandoned and the
     server counts as gone), ``cleanup_timeout`` (how long one cancel or close request may take
-    before it is abandoned: a frozen server never holds up the job's end).
+    before it is abandoned: a frozen server never holds up the job's end), ``speculation``
+    (False: no speculative copies of a slow server's last chunks).
 
     Preflight: at the start of each job every server is asked whether it can run the workflow
     (``core/engine/server_gate.py``); a server lacking a class or a model stays out of the job,
@@ -189,6 +190,7 @@ class Scheduler:
         rejoin_after: float = 60.0,
         check_factory: Optional[CheckFactory] = None,
         check_timeout: float = 30.0,
+        speculation: bool = True,
     ) -> None:
         self.settings = EngineSettings(
             stall_timeout=stall_timeout,
@@ -208,6 +210,7 @@ class Scheduler:
             answer_timeout=answer_timeout,
             cleanup_timeout=cleanup_timeout,
             rejoin_after=rejoin_after,
+            speculation=speculation,
         )
         names = [s.name for s in servers]
         if len(set(names)) != len(names):

@@ -58,6 +58,9 @@ class EngineSettings:
     #: How long one cleanup request (cancel a prompt, the sweep of one server, closing a client)
     #: may take before it is abandoned: a frozen server never holds up the job's end.
     cleanup_timeout: float = 1.0
+    #: Speculative tail: a server with nothing to do runs a copy of a running chunk it would
+    #: clearly finish sooner than its holder (the first result wins).
+    speculation: bool = True
 
     def __post_init__(self) -> None:
         if self.stall_timeout <= 0 or self.poll_interval <= 0 or self.history_interval <= 0:

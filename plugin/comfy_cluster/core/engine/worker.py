@@ -22,6 +22,7 @@ from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.inputs import InputWaiter
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.link import ServerLink
+from comfy_cluster.core.engine.model_names import QueueModels, history_models, queue_models
 from comfy_cluster.core.engine.plan import JobPlan
 from comfy_cluster.core.engine.prompt_watch import PromptWatch
 from comfy_cluster.core.engine.server_gate import ServerGate
@@ -47,6 +48,11 @@ from comfy_cluster.core.workflow import build_batch_prompt, build_frame_prompt, 
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two reads of a server's queue for model affinity (one slot reads).
+MODELS_POLL = 0.5
+#: Newest history entries read to learn what an idle server holds.
+MODELS_HISTORY_ITEMS = 4
 
 
 class Worker:
@@ -106,6 +112,7 @@ class Worker:
         book = self.book
         mark_in_use(self.tools.health, self.server.name, True)
         try:
+            self._read_models(first=True)
             while True:
                 attempt = book.next_attempt(self.slot, self.settings.wait_step)
                 if attempt is None:
@@ -113,6 +120,11 @@ class Worker:
                         continue
                     break
                 if attempt is False:
+                    self._read_models()
+                    copy = self._copy()
+                    if copy is not None:
+                        book.finish_attempt(copy, self._attempt(copy))
+                        continue
                     comeback.idle(self)
                     continue
                 book.finish_attempt(attempt, self._attempt(attempt))
@@ -168,6 +180,59 @@ class Worker:
 
         return self.tools.call(guarded, cancel=self.job.cancel_token)
 
+    def _read_models(self, *, first: bool = False) -> None:
+        """Read which models the server's queue will load (others' loader inputs only) for the
+        job's model affinity; the first read of a slot always happens, failed or not, so that
+        dispatch never waits for it."""
+        book = self.book
+        if not book.models.enabled or book.over():
+            return
+        if not first and not book.models_due(self.name, MODELS_POLL):
+            return
+        view, held = QueueModels(), None
+        try:
+            if self.link.client is None:
+                self._connect()
+            client = self.client
+            body = self.link.ask(client.queue_body, "/queue")
+            view = queue_models(body, frozenset(book.live_prompts().get(self.name, ())))
+            if view.idle:
+                recent = self.link.ask(
+                    lambda: client.recent_history(MODELS_HISTORY_ITEMS), "/history"
+                )
+                held = history_models(recent)
+        except Exception as exc:  # an optional read: the normal checks judge the server
+            log.debug("%s: queue models not read: %s", self.name, type(exc).__name__)
+            if not first:
+                return
+        book.models_seen(self.name, view, held)
+
+    def _copy(self) -> Optional[Attempt]:
+        """Speculative tail: a copy of a running chunk this idle server would clearly finish
+        sooner, once its queue shows no other client's work either."""
+        book = self.book
+        if not book.copy_worth_asking(self.slot):
+            return None
+        try:
+            if self.link.client is None:
+                self._connect()
+            if self.link.ask(self.client.queue, "/queue").depth:
+                return None
+        except ComfyClusterError:
+            return None
+        return book.take_copy(self.slot)
+
+    def _check_waiting(self, attempt: Attempt, pid: str, covers: tuple[int, ...]) -> None:
+        """While our prompt waits: the attempt still current, its frames not written by a
+        speculative copy (or the holder) meanwhile, and the prompt not stuck pending on a server
+        that another client's model took. Else Aborted: the prompt is interrupted/deleted."""
+        self._check(attempt)
+        if covers and not self.book.undelivered(covers):
+            raise Aborted()  # the other copy won these frames: this prompt lost the race
+        self._read_models()
+        if self.book.model_lost(self.name) and self.book.model_pending(self.name, pid):
+            raise Aborted()
+
     def _input_value(self, attempt: Attempt, frame: int) -> str:
         assert self.job.input_pattern
         path = frame_path(self.job.input_pattern, frame)
@@ -200,7 +265,7 @@ class Worker:
                 loader=targets.image_loader,
                 output_node=targets.output_node,
             )
-            images = self._run_prompt(attempt, prompt, prompt_id, frames=1)
+            images = self._run_prompt(attempt, prompt, prompt_id, frames=1, covers=(frame,))
             if not images:
                 raise ProtocolError(
                     f"frame {frame}: output node {targets.output_node} produced no image",
@@ -226,7 +291,9 @@ class Worker:
             loader=self.plan.targets.image_loader,
             output_node=self.plan.targets.output_node,
         )
-        images = self._run_prompt(attempt, prompt, prompt_id, frames=len(chunk.frames))
+        images = self._run_prompt(
+            attempt, prompt, prompt_id, frames=len(chunk.frames), covers=chunk.frames
+        )
         mapping = map_batch_outputs(images, rendered, chunk.frames)
         for frame in chunk.frames:
             self._check(attempt)
@@ -278,12 +345,22 @@ class Worker:
             return False
 
     def _run_prompt(
-        self, attempt: Attempt, prompt: dict, prompt_id: str, *, frames: int
+        self,
+        attempt: Attempt,
+        prompt: dict,
+        prompt_id: str,
+        *,
+        frames: int,
+        covers: tuple[int, ...] = (),
     ) -> tuple[Any, ...]:
         """Submit ``prompt`` and wait for its output node's images. Raises ExecutionFailed /
         Interrupted / WorkflowRejected, PromptStuck, ServerHung, ServerGone, Aborted or a
         transient error, after cancelling the prompt on the server (bounded)."""
         self.watch.drain()
+        if self.book.model_lost(self.name):
+            raise Aborted()  # another client's model took this server: the chunk moves
+        loads = self.book.model_submitted(self.name)
+        sent = self.tools.clock()
         pid = self._submit(prompt, prompt_id)
         self.book.mark_validated(self.name)
         try:
@@ -291,7 +368,7 @@ class Worker:
                 self.client,
                 pid,
                 frames,
-                lambda: self._check(attempt),
+                lambda: self._check_waiting(attempt, pid, covers),
                 lambda fraction, n: self._progress(attempt, fraction, n),
                 lambda commit: self.book.pull_back(attempt, commit),
             )
@@ -316,6 +393,7 @@ class Worker:
             # Saves queueing late events only: drain() and the prompt-id check drop them anyway.
             self.watch.forget()  # pragma: no mutate
         self.book.prompt_finished(self.name, pid)
+        self.book.model_prompt_done(self.tools.clock() - sent, loads)
         return result
 
     def _progress(self, attempt: Attempt, fraction: float, frames: int) -> None:

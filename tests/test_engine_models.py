@@ -1,0 +1,242 @@
+"""Warm-model affinity: which checkpoint each server holds, read from our prompts and from the
+loader inputs of other clients' prompts (never their ``extra_data``), and two jobs with
+different checkpoints partitioning a cluster instead of thrashing it."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.affinity import ModelAffinity
+from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.model_names import history_models, prompt_models, queue_models
+from comfy_cluster.core.engine.scheduler import Scheduler
+from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.transfer import frame_path
+from comfy_cluster.sim.harness import make_test_image, start_sims, stop_all
+from comfy_cluster.sim.models import foreign_prompt
+from comfy_cluster.sim.options import SimOptions
+
+FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
+IMG2IMG = json.loads((FIXTURES / "workflow_img2img_api.json").read_text(encoding="utf-8"))
+SECRET = "comfyorg-SECRET-KEY-do-not-show"
+
+
+def img2img(ckpt: str) -> dict[str, Any]:
+    workflow = copy.deepcopy(IMG2IMG)
+    workflow["4"]["inputs"]["ckpt_name"] = ckpt
+    return workflow
+
+
+def item(number: int, pid: str, ckpt: str, extra: Any = None) -> list:
+    return [number, pid, foreign_prompt(ckpt, number), extra or {}, ["9"]]
+
+
+# -- reading loader inputs ------------------------------------------------------------------
+
+
+def test_the_checkpoint_comes_from_the_loader_input_only() -> None:
+    assert prompt_models(img2img("sim-a.safetensors")) == {"sim-a.safetensors"}
+    assert prompt_models({"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}) == set()
+    assert prompt_models("not a prompt") == set()
+
+
+def test_foreign_prompts_are_told_ahead_of_and_behind_ours() -> None:
+    body = {
+        "queue_running": [item(1, "f1", "a.safetensors")],
+        "queue_pending": [
+            item(2, "f2", "b.safetensors"),
+            item(3, "ours", "mine.safetensors"),
+            item(4, "f3", "c.safetensors"),
+        ],
+    }
+    view = queue_models(body, {"ours"})
+    assert view.running == {"a.safetensors"}
+    assert view.ahead == ({"b.safetensors"},)
+    assert view.behind == ({"c.safetensors"},)
+    assert view.ours_pending == {"ours"} and not view.ours_running
+
+
+def test_a_secret_in_foreign_extra_data_is_never_read() -> None:
+    class Trap(dict):
+        def __getitem__(self, key: Any) -> Any:
+            raise AssertionError("extra_data was read")
+
+        get = __getitem__
+
+    body = {
+        "queue_running": [item(1, "f1", "a.safetensors", Trap(api_key_comfy_org=SECRET))],
+        "queue_pending": [item(2, "f2", "b.safetensors", Trap(api_key_comfy_org=SECRET))],
+    }
+    view = queue_models(body, set())
+    assert SECRET not in repr(view)
+    history = {"f0": {"prompt": item(0, "f0", "z.safetensors", Trap(k=SECRET)), "outputs": {}}}
+    assert history_models(history) == {"z.safetensors"}
+
+
+# -- the rules ----------------------------------------------------------------------------
+
+
+def affinity(servers: str = "abcd") -> ModelAffinity:
+    return ModelAffinity(frozenset({"ours.safetensors"}), list(servers), clock=time.monotonic)
+
+
+def test_a_newcomer_takes_over_only_its_share_of_busy_servers() -> None:
+    aff = affinity()
+    busy = queue_models({"queue_running": [item(1, "x", "theirs.safetensors")]}, set())
+    for name in "abcd":
+        aff.observe(name, busy)
+    assert aff.admit(list("abcd"), list("abcd"), 40) == list("abcd")  # share 2, none held yet
+    aff.assigned("a")
+    aff.assigned("b")
+    assert aff.admit(list("cd"), list("abcd"), 40) == []  # two of four: its share
+
+
+def test_a_server_whose_model_another_job_queued_behind_ours_is_lost_once_loaded() -> None:
+    aff = affinity("ab")
+    for name in "ab":
+        aff.observe(name, queue_models({}, set()))
+        assert aff.submitted(name)  # our first prompt loads our model there
+    assert not aff.submitted("a")  # warm: no second load
+    ours = item(1, "p1", "ours.safetensors")
+    behind = {"queue_running": [ours], "queue_pending": [item(2, "q", "theirs.safetensors")]}
+    aff.observe("a", queue_models(behind, {"p1"}))
+    assert aff.lost("a") and not aff.lost("b")
+    assert aff.admit(["a", "b"], ["a", "b"], 10) == ["b"]
+    aff.observe("b", queue_models(behind, {"p1"}))
+    assert not aff.lost("a")  # every server lost: loading again beats never finishing
+
+
+def test_a_cold_server_gets_work_only_when_its_load_pays() -> None:
+    aff = affinity("ab")
+    for name in "ab":
+        aff.observe(name, queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
+    aff.submitted("a")
+    aff.prompt_done(1.0, loaded=False)
+    aff.prompt_done(11.0, loaded=True)  # a load costs about 10 s
+    assert aff.admit(["b"], ["a", "b"], remaining=4) == []  # 4 s of work left: not worth 10 s
+    assert aff.admit(["b"], ["a", "b"], remaining=100) == ["b"]
+
+
+def test_a_workflow_without_a_checkpoint_is_left_alone() -> None:
+    aff = ModelAffinity(frozenset(), "ab", clock=time.monotonic)
+    assert aff.admit(["a", "b"], ["a", "b"], 3) == ["a", "b"]  # not even read yet
+    assert not aff.submitted("a") and not aff.lost("a")
+
+
+# -- end to end against the sim ----------------------------------------------------------------
+
+
+def inputs(folder: Path, frames: int) -> str:
+    pattern = str(folder / "in.####.png")
+    for f in range(1, frames + 1):
+        make_test_image(frame_path(pattern, f), (16, 16), (f, 2 * f, 100))
+    return pattern
+
+
+def test_two_jobs_with_different_models_partition_the_cluster(tmp_path: Path) -> None:
+    """Each server loads each model at most once within a job: the second job takes its share,
+    the first gives those servers up instead of loading its model there again."""
+    opts = [
+        SimOptions(name=f"m{i}", node_seconds=0.01, load_seconds=0.6, models_in_memory=1, steps=2)
+        for i in range(2)
+    ]
+    sims = start_sims(2, opts)
+    pattern = inputs(tmp_path / "in", 16)
+    servers = [
+        ServerConfig(name=s.options.name, host="127.0.0.1", port=s.port, max_in_flight=2)
+        for s in sims
+    ]
+    jobs = [
+        RenderJob(
+            img2img(ckpt), "1-16", str(tmp_path / f"out{k}" / "o.####.png"), input_pattern=pattern
+        )
+        for k, ckpt in enumerate(("sim-a.safetensors", "sim-b.safetensors"))
+    ]
+    try:
+        with Scheduler(servers) as first, Scheduler(servers) as second:
+            h1 = first.start(jobs[0])
+            deadline = time.monotonic() + 30
+            while not all(s.queue_snapshot()[0] for s in sims) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            h2 = second.start(jobs[1])
+            results = [h1.wait(60), h2.wait(60)]
+        stats = [requests.get(f"{s.url}/sim/stats", timeout=5).json() for s in sims]
+    finally:
+        stop_all(sims)
+    for result in results:
+        assert result is not None and result.ok, result
+    loads = [st["models"]["loads_by_model"] for st in stats]
+    assert all(count <= 1 for by_model in loads for count in by_model.values()), loads
+    assert results[1].per_server, "the second job rendered nothing"
+
+
+def test_a_secret_in_a_foreign_prompt_is_in_no_event_log_or_output(
+    tmp_path: Path, sim_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from comfy_cluster.cli import build_parser
+    from comfy_cluster.commands import render
+
+    sim = sim_factory(name="a", node_seconds=0.01, load_seconds=0.3, steps=2)
+    for n in range(3):  # another artist's prompts, with their key in extra_data
+        body = {
+            "prompt": foreign_prompt("sim-b.safetensors", n),
+            "prompt_id": uuid.uuid4().hex,
+            "client_id": "someone-else",
+            "extra_data": {"api_key_comfy_org": SECRET},
+        }
+        requests.post(f"{sim.url}/prompt", json=body, timeout=5).raise_for_status()
+    pattern = inputs(tmp_path / "in", 4)
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(img2img("sim-a.safetensors")))
+    servers = [{"name": "a", "ip": "127.0.0.1", "port": sim.port}]
+    env = {
+        "NUKE_COMFYUI_SERVERS": json.dumps(servers),
+        "COMFY_CLUSTER_CONFIG": str(tmp_path / "user.json"),
+    }
+    argv = ["render", str(workflow), "--frames", "1-4", "--output", str(tmp_path / "o.####.png")]
+    argv += ["--input", pattern, "--json"]
+    out, err = io.StringIO(), io.StringIO()
+    with caplog.at_level(logging.DEBUG):
+        code = render.run(build_parser().parse_args(argv), environ=env, out=out, err=err)
+    assert code == 0, err.getvalue()
+    assert SECRET not in out.getvalue() + err.getvalue()
+    assert SECRET not in caplog.text
+    assert all(SECRET not in json.dumps(json.loads(line)) for line in out.getvalue().splitlines())
+    stats = requests.get(f"{sim.url}/sim/stats", timeout=5).json()
+    assert stats["models"]["loads_by_model"].get("sim-b.safetensors") == 1
+
+
+def test_events_of_a_model_job_carry_no_foreign_extra_data(tmp_path: Path) -> None:
+    sims = start_sims(1, [SimOptions(name="e", node_seconds=0.01, load_seconds=0.2, steps=2)])
+    try:
+        body = {
+            "prompt": foreign_prompt("sim-b.safetensors", 7),
+            "client_id": "someone-else",
+            "extra_data": {"api_key_comfy_org": SECRET},
+        }
+        requests.post(f"{sims[0].url}/prompt", json=body, timeout=5).raise_for_status()
+        events: list[ev.JobEvent] = []
+        server = ServerConfig(name="e", host="127.0.0.1", port=sims[0].port)
+        with Scheduler([server]) as scheduler:
+            job = RenderJob(
+                img2img("sim-a.safetensors"),
+                "1-3",
+                str(tmp_path / "out" / "o.####.png"),
+                input_pattern=inputs(tmp_path / "in", 3),
+            )
+            result = scheduler.run(job, events.append)
+    finally:
+        stop_all(sims)
+    assert result.ok, result.message
+    assert events and all(SECRET not in repr(vars(e)) for e in events)
