@@ -32,3 +32,49 @@ def test_only_the_first_result_can_be_cold() -> None:
     assert tracker.seconds_per_frame("a") == pytest.approx(5.5)
     tracker.forget("a")
     assert tracker.one_off_seconds("a") is None and tracker.samples("a") == 0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_old_estimate_is_forgotten_and_measured_again_from_a_cold_start() -> None:
+    clock = Clock()
+    tracker = SpeedTracker(alpha=0.5, stale_after=600.0, clock=clock)
+    tracker.record("a", 1.0)
+    tracker.record("a", 1.0)
+    clock.now += 599.0
+    assert tracker.seconds_per_frame("a") == pytest.approx(1.0)  # still fresh
+    clock.now += 2.0
+    assert tracker.seconds_per_frame("a") is None  # too old to plan with: unknown again
+    assert "a" not in tracker.snapshot()
+    tracker.record("a", 12.0)  # the model was evicted meanwhile: a cold first result again
+    tracker.record("a", 1.0)
+    assert tracker.seconds_per_frame("a") == pytest.approx(1.0)
+    assert tracker.one_off_seconds("a") == pytest.approx(11.0)
+
+
+def test_each_new_result_keeps_an_estimate_fresh() -> None:
+    clock = Clock()
+    tracker = SpeedTracker(stale_after=600.0, clock=clock)
+    for _ in range(5):
+        tracker.record("a", 1.0)
+        clock.now += 500.0
+    assert tracker.seconds_per_frame("a") == pytest.approx(1.0)
+
+
+def test_initial_speeds_age_like_measured_ones_and_none_means_never() -> None:
+    clock = Clock()
+    ageing = SpeedTracker(initial={"a": 2.0}, stale_after=10.0, clock=clock)
+    keeping = SpeedTracker(initial={"a": 2.0}, stale_after=None, clock=clock)
+    clock.now += 11.0
+    assert ageing.seconds_per_frame("a") is None
+    assert keeping.seconds_per_frame("a") == 2.0
+    with pytest.raises(ValueError, match="stale_after"):
+        SpeedTracker(stale_after=0)

@@ -15,10 +15,11 @@ scheduler never branches on names: ``make_strategy(config_name)`` builds one.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from comfy_cluster.core.errors import ConfigError
 from comfy_cluster.core.health import ServerState, ServerStatus
@@ -257,20 +258,37 @@ class SpeedTracker:
     result more than twice as slow as the second was a cold one (warm-up, a model load, a wait
     behind others): it is dropped, the second seeds the average, and the difference is kept
     apart as the server's one-off cost (:meth:`one_off_seconds`). Any thread.
+
+    An estimate older than ``stale_after`` seconds (default 10 minutes; ``None``: never) is
+    forgotten: a server's speed an hour later says little (another artist's job, a model
+    evicted), so it is measured again as a new server is, its next first result may be cold.
     """
 
     #: A first sample this many times the second was cold.
     COLD_RATIO = 2.0
 
-    def __init__(self, alpha: float = 0.3, initial: Optional[Mapping[str, float]] = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        initial: Optional[Mapping[str, float]] = None,
+        *,
+        stale_after: Optional[float] = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if stale_after is not None and stale_after <= 0:
+            raise ValueError(f"stale_after must be > 0 or None, got {stale_after}")
         self.alpha = alpha
+        self.stale_after = stale_after
+        self._clock = clock
         self._lock = threading.Lock()
         self._spf: dict[str, float] = dict(initial or {})
         self._samples: dict[str, int] = {}
         self._first: dict[str, tuple[float, int]] = {}
         self._one_off: dict[str, float] = {}
+        now = clock()
+        self._seen: dict[str, float] = {server: now for server in self._spf}
 
     def record(self, server: str, seconds: float, frames: int = 1) -> float:
         """Add one finished chunk (``frames`` frames in ``seconds``); returns the new average."""
@@ -278,6 +296,8 @@ class SpeedTracker:
             raise ValueError(f"bad sample: {seconds} s for {frames} frames")
         sample = seconds / frames
         with self._lock:
+            self._drop_if_stale(server)
+            self._seen[server] = self._clock()
             count = self._samples.get(server, 0)
             old = self._spf.get(server)
             first = self._first.get(server) if count == 1 else None
@@ -295,7 +315,19 @@ class SpeedTracker:
 
     def seconds_per_frame(self, server: str) -> Optional[float]:
         with self._lock:
+            self._drop_if_stale(server)
             return self._spf.get(server)
+
+    def _drop_if_stale(self, server: str) -> None:
+        """Forget ``server``'s average (not its one-off cost) once it is too old. Under the lock."""
+        seen = self._seen.get(server)
+        if self.stale_after is None or seen is None:
+            return
+        if self._clock() - seen > self.stale_after:
+            self._spf.pop(server, None)
+            self._samples.pop(server, None)
+            self._first.pop(server, None)
+            self._seen.pop(server, None)
 
     def one_off_seconds(self, server: str) -> Optional[float]:
         """The one-off cost seen in ``server``'s cold first result (``None``: none seen)."""
@@ -309,6 +341,8 @@ class SpeedTracker:
     def snapshot(self) -> Mapping[str, float]:
         """A read-only copy for :attr:`BalanceContext.seconds_per_frame`."""
         with self._lock:
+            for server in list(self._spf):
+                self._drop_if_stale(server)
             return MappingProxyType(dict(self._spf))
 
     def forget(self, server: str) -> None:
@@ -317,3 +351,4 @@ class SpeedTracker:
             self._samples.pop(server, None)
             self._first.pop(server, None)
             self._one_off.pop(server, None)
+            self._seen.pop(server, None)
