@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 _IMAGE_TYPES = ("output", "temp", "input")
+#: The frame number part of a file name (sign, then at most the digits a frame number has).
+_FRAME_NUMBER = re.compile(r"-?[0-9]{1,12}")
 
 
 def frame_path(pattern: str, frame: int) -> Path:
@@ -104,6 +107,9 @@ def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
         listing = listings[folder] = _listing(folder)
         if not listing:
             return ()
+        named = _frames_named(listing, name)
+        if named is not None:  # the usual case: read the few names, not format every frame
+            return tuple(f for f in frames if f in named) if named else ()
         fmt = frame_name_formatter(name)
         return tuple(f for f in frames if os.path.normcase(fmt(f)) in listing)
     out = []
@@ -115,6 +121,34 @@ def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
         if os.path.normcase(leaf) in listing:
             out.append(f)
     return tuple(out)
+
+
+def _frames_named(listing: frozenset[str], name: str) -> Optional[set[int]]:
+    """The frames whose file name (``name`` with its one frame token filled) is in
+    ``listing``, read off the names themselves; ``None`` when ``name`` has several tokens.
+
+    A name counts only if formatting its number gives the name back (``s.01.png`` is not
+    frame 1 of ``s.####.png``), so the answer is the one a per-frame lookup would give.
+    """
+    tokens = list(_FRAME_TOKEN.finditer(name))
+    if len(tokens) != 1:
+        return None
+    fmt = frame_name_formatter(name)
+    prefix = os.path.normcase(name[: tokens[0].start()])
+    suffix = os.path.normcase(name[tokens[0].end() :])
+    frames: set[int] = set()
+    for entry in listing:
+        if len(entry) <= len(prefix) + len(suffix):
+            continue
+        if not (entry.startswith(prefix) and entry.endswith(suffix)):
+            continue
+        number = entry[len(prefix) : len(entry) - len(suffix)]
+        if not _FRAME_NUMBER.fullmatch(number):
+            continue
+        frame = int(number)
+        if os.path.normcase(fmt(frame)) == entry:
+            frames.add(frame)
+    return frames
 
 
 def _listing(folder: str) -> frozenset[str]:
