@@ -56,3 +56,66 @@ def test_a_million_requested_frames_are_not_formatted_one_by_one(
     monkeypatch.setattr(transfer, "frame_name_formatter", counting)
     assert frames_on_disk(pattern, range(1, 1_000_001)) == (2, 999_999)
     assert calls[0] <= 3  # one per name in the folder, not one per frame
+
+
+@pytest.mark.parametrize("slow_disk", [False, True])
+def test_resume_keeps_only_whole_images_in_order_on_fast_and_slow_disks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_disk: bool
+) -> None:
+    from comfy_cluster.sim.harness import make_test_image
+
+    if slow_disk:  # every disk counts as slow: the rest are checked on threads
+        monkeypatch.setattr(transfer, "_SLOW_FILE_SECONDS", -1.0)
+    pattern = str(tmp_path / "s.####.png")
+    make_test_image(Path(format_frame_path(pattern, 1)))
+    whole = Path(format_frame_path(pattern, 1)).read_bytes()
+    broken = {7, 150, 299}
+    for f in range(1, 301):
+        data = whole[: len(whole) // 2] if f in broken else whole
+        Path(format_frame_path(pattern, f)).write_bytes(data)
+    found = transfer.existing_frames(pattern, range(1, 400), whole_images=True)
+    assert found == tuple(f for f in range(1, 301) if f not in broken)
+
+
+TINY = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
+}
+
+
+class NoSpeeds:
+    def record(self, server: str, seconds: float, frames: int = 1) -> float:
+        return seconds
+
+    def seconds_per_frame(self, server: str) -> None:
+        return None
+
+
+def frame_mode_chunks(tmp_path: Path, frames: str, **job: object) -> list[tuple[int, ...]]:
+    from comfy_cluster.core.engine.job import RenderJob
+    from comfy_cluster.core.engine.plan import plan_job
+    from comfy_cluster.core.engine.settings import EngineSettings
+    from comfy_cluster.core.server import ServerConfig
+
+    render = RenderJob(TINY, frames, str(tmp_path / "o.####.png"), **job)  # type: ignore[arg-type]
+    servers = [ServerConfig(name="a", host="127.0.0.1", port=30999)]
+    planned = plan_job(render, servers, speed=NoSpeeds(), settings=EngineSettings())  # type: ignore[arg-type]
+    return [c.frames for c in planned.chunks]
+
+
+def test_frame_mode_keeps_one_frame_chunks_up_to_the_cap(tmp_path: Path) -> None:
+    from comfy_cluster.core.engine.plan import MAX_FRAME_MODE_CHUNKS
+
+    chunks = frame_mode_chunks(tmp_path, f"1-{MAX_FRAME_MODE_CHUNKS}")
+    assert len(chunks) == MAX_FRAME_MODE_CHUNKS and {len(c) for c in chunks} == {1}
+
+
+def test_a_million_frame_job_is_held_in_a_bounded_number_of_chunks(tmp_path: Path) -> None:
+    from comfy_cluster.core.engine.plan import MAX_FRAME_MODE_CHUNKS
+
+    chunks = frame_mode_chunks(tmp_path, "1-1000000")
+    assert len(chunks) <= MAX_FRAME_MODE_CHUNKS
+    assert [f for c in chunks for f in c] == list(range(1, 1_000_001))
+    assert max(len(c) for c in chunks) == -(-1_000_000 // MAX_FRAME_MODE_CHUNKS)
+    # An explicit chunk size is the user's choice and stays.
+    assert {len(c) for c in frame_mode_chunks(tmp_path, "1-200000", chunk_size=1)} == {1}
