@@ -42,7 +42,6 @@ import gc
 import json
 import logging
 import os
-import queue
 import shutil
 import socket
 import statistics
@@ -51,13 +50,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import requests
+from direct_loop import direct_loop
 
 from comfy_cluster.commands.render import start_health
 from comfy_cluster.core.client import ComfyClient
@@ -321,71 +320,6 @@ def resume_folder(out: Path, frames: int, sample: Path) -> str:
 # --- throughput: scheduler vs a minimal direct loop -------------------------------------------
 
 
-def direct_loop(sims: Sequence[Sim], frames: int, out: Path, in_flight: int) -> float:
-    """Per server ``in_flight`` threads: submit, wait for executing(null), download, write."""
-    import websocket
-
-    todo: queue.Queue[int] = queue.Queue()
-    for f in range(1, frames + 1):
-        todo.put(f)
-    out.mkdir(parents=True, exist_ok=True)
-    errors: list[BaseException] = []
-
-    def worker(sim: Sim) -> None:
-        client_id = uuid.uuid4().hex
-        session = requests.Session()
-        ws = websocket.create_connection(f"{sim.ws_url}?clientId={client_id}", timeout=30)
-        try:
-            while True:
-                try:
-                    frame = todo.get_nowait()
-                except queue.Empty:
-                    return
-                prompt = json.loads(json.dumps(TINY))
-                prompt["1"]["inputs"]["color"] = frame
-                prompt["3"]["inputs"]["filename_prefix"] = f"direct/f{frame}"
-                pid = uuid.uuid4().hex
-                body = {"prompt": prompt, "client_id": client_id, "prompt_id": pid}
-                session.post(f"{sim.url}/prompt", json=body, timeout=30).raise_for_status()
-                image = None
-                while True:
-                    msg = ws.recv()
-                    if not isinstance(msg, str):
-                        continue
-                    data = json.loads(msg)
-                    payload = data.get("data") or {}
-                    if payload.get("prompt_id") != pid:
-                        continue
-                    if data["type"] == "executed" and payload.get("output", {}).get("images"):
-                        image = payload["output"]["images"][0]
-                    if data["type"] == "executing" and payload.get("node") is None:
-                        break
-                assert image is not None
-                resp = session.get(f"{sim.url}/view", params=image, timeout=30)
-                resp.raise_for_status()
-                (out / f"d.{frame:04d}.png").write_bytes(resp.content)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            ws.close()
-            session.close()
-
-    threads = [
-        threading.Thread(target=worker, args=(s,), name=f"direct-{s.name}-{k}")
-        for s in sims
-        for k in range(in_flight)
-    ]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
 def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path) -> float:
     servers = [s.config for s in sims]
     job = RenderJob(TINY, f"1-{frames}", str(out / "t.####.png"), overrides=("1.color={frame}",))
@@ -400,12 +334,12 @@ def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path) -> float:
 
 def throughput(sims: Sequence[Sim], frames: int, rounds: int, work: Path) -> list[float]:
     """Per-round ratios (our frames/s over the direct loop's), interleaved rounds."""
-    direct_loop(sims, len(sims) * 2, work / "warm_direct", DEFAULT_IN_FLIGHT)
+    direct_loop(sims, TINY, len(sims) * 2, work / "warm_direct", in_flight=DEFAULT_IN_FLIGHT)
     scheduler_loop(sims, len(sims) * 2, work / "warm_sched")
     ratios = []
     for i in range(rounds):
         ours = scheduler_loop(sims, frames, work / f"sched{i}")
-        direct = direct_loop(sims, frames, work / f"direct{i}", DEFAULT_IN_FLIGHT)
+        direct = direct_loop(sims, TINY, frames, work / f"direct{i}", in_flight=DEFAULT_IN_FLIGHT)
         print(f"  tiny round {i + 1}: scheduler {ours:.2f} s, direct {direct:.2f} s")
         ratios.append(direct / ours)
     return ratios
