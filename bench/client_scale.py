@@ -31,7 +31,7 @@ Last line::
     plan_seconds_resume_20k=d mem_bytes_per_frame=g throughput_ratio=e
 
 (one line). Usage: ``python bench/client_scale.py [--servers 30] [--frames-per-server 8]
-[--rounds 1] [--tiny-rounds 3]``. About 100-150 s on a shared 2-core machine.
+[--rounds 1] [--tiny-rounds 7] [--in-flight N]``. About 60-90 s on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -320,8 +320,8 @@ def resume_folder(out: Path, frames: int, sample: Path) -> str:
 # --- throughput: scheduler vs a minimal direct loop -------------------------------------------
 
 
-def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path) -> float:
-    servers = [s.config for s in sims]
+def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path, in_flight: int) -> float:
+    servers = [replace(s.config, max_in_flight=in_flight) for s in sims]
     job = RenderJob(TINY, f"1-{frames}", str(out / "t.####.png"), overrides=("1.color={frame}",))
     with cluster(servers, job) as scheduler:
         t0 = time.monotonic()
@@ -332,14 +332,24 @@ def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path) -> float:
     return elapsed
 
 
-def throughput(sims: Sequence[Sim], frames: int, rounds: int, work: Path) -> list[float]:
-    """Per-round ratios (our frames/s over the direct loop's), interleaved rounds."""
-    direct_loop(sims, TINY, len(sims) * 2, work / "warm_direct", in_flight=DEFAULT_IN_FLIGHT)
-    scheduler_loop(sims, len(sims) * 2, work / "warm_sched")
+def throughput(
+    sims: Sequence[Sim], frames: int, rounds: int, work: Path, in_flight: int
+) -> list[float]:
+    """Per-round ratios (our frames/s over the direct loop's), both with ``in_flight`` prompts
+    per server; rounds interleaved, and which of the two goes first alternates, so a slow
+    spell on the shared machine does not always fall on the same side."""
+    direct_loop(sims, TINY, len(sims) * 2, work / "warm_direct", in_flight=in_flight)
+    scheduler_loop(sims, len(sims) * 2, work / "warm_sched", in_flight)
     ratios = []
     for i in range(rounds):
-        ours = scheduler_loop(sims, frames, work / f"sched{i}")
-        direct = direct_loop(sims, TINY, frames, work / f"direct{i}", in_flight=DEFAULT_IN_FLIGHT)
+        timed = {}
+        for side in ("scheduler", "direct") if i % 2 == 0 else ("direct", "scheduler"):
+            out = work / f"{side}{i}"
+            if side == "scheduler":
+                timed[side] = scheduler_loop(sims, frames, out, in_flight)
+            else:
+                timed[side] = direct_loop(sims, TINY, frames, out, in_flight=in_flight)
+        ours, direct = timed["scheduler"], timed["direct"]
         print(f"  tiny round {i + 1}: scheduler {ours:.2f} s, direct {direct:.2f} s")
         ratios.append(direct / ours)
     return ratios
@@ -356,8 +366,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--plan-timeout", type=float, default=20.0)
     parser.add_argument("--plan-child", help=argparse.SUPPRESS)
     parser.add_argument("--tiny-servers", type=int, default=4)
-    parser.add_argument("--tiny-frames", type=int, default=160)
-    parser.add_argument("--tiny-rounds", type=int, default=3)
+    parser.add_argument("--tiny-frames", type=int, default=400)
+    parser.add_argument("--tiny-rounds", type=int, default=7)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=DEFAULT_IN_FLIGHT,
+        help="prompts per server for the tiny rounds, ours and the direct loop's (default: "
+        "our max_in_flight default)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if args.plan_child:
@@ -403,10 +420,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"resume {args.resume_frames} frames (half on disk): first prompt after "
                 f"{resume_s:.2f} s{'' if ok else ' (TIMED OUT)'}"
             )
-            ratios = throughput(tiny, args.tiny_frames, args.tiny_rounds, work / "tiny")
+            ratios = throughput(
+                tiny, args.tiny_frames, args.tiny_rounds, work / "tiny", args.in_flight
+            )
             print(
                 f"throughput ratio over {len(ratios)} rounds (min/median/max): {mmm(ratios)} "
-                f"({args.tiny_servers} servers, max_in_flight {DEFAULT_IN_FLIGHT})"
+                f"({args.tiny_servers} servers, max_in_flight {args.in_flight})"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
