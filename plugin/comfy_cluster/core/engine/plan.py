@@ -9,7 +9,9 @@ images count), and, unless the host is still writing them (``wait_for_input``), 
 Then the frames are cut into chunks.
 
 Fast for long ranges: files are looked up in one listing per folder (``transfer.frames_on_disk``),
-never ``stat``-ed per frame, and sets are built once.
+never ``stat``-ed per frame, sets are built once, and a frame-mode job holds at most
+:data:`MAX_FRAME_MODE_CHUNKS` chunks (``--frames 1-1000000``: under a second to the first
+prompt, about 130 bytes of client memory per frame).
 """
 
 from __future__ import annotations
