@@ -31,7 +31,7 @@ Last line::
     plan_seconds_resume_20k=d mem_bytes_per_frame=g throughput_ratio=e
 
 (one line). Usage: ``python bench/client_scale.py [--servers 30] [--frames-per-server 8]
-[--rounds 1] [--tiny-rounds 3]``. About 100-150 s on a shared 2-core machine.
+[--rounds 1] [--tiny-rounds 7] [--in-flight N]``. About 60-90 s on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ import gc
 import json
 import logging
 import os
-import queue
 import shutil
 import socket
 import statistics
@@ -51,13 +50,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import requests
+from direct_loop import direct_loop
 
 from comfy_cluster.commands.render import start_health
 from comfy_cluster.core.client import ComfyClient
@@ -321,73 +320,8 @@ def resume_folder(out: Path, frames: int, sample: Path) -> str:
 # --- throughput: scheduler vs a minimal direct loop -------------------------------------------
 
 
-def direct_loop(sims: Sequence[Sim], frames: int, out: Path, in_flight: int) -> float:
-    """Per server ``in_flight`` threads: submit, wait for executing(null), download, write."""
-    import websocket
-
-    todo: queue.Queue[int] = queue.Queue()
-    for f in range(1, frames + 1):
-        todo.put(f)
-    out.mkdir(parents=True, exist_ok=True)
-    errors: list[BaseException] = []
-
-    def worker(sim: Sim) -> None:
-        client_id = uuid.uuid4().hex
-        session = requests.Session()
-        ws = websocket.create_connection(f"{sim.ws_url}?clientId={client_id}", timeout=30)
-        try:
-            while True:
-                try:
-                    frame = todo.get_nowait()
-                except queue.Empty:
-                    return
-                prompt = json.loads(json.dumps(TINY))
-                prompt["1"]["inputs"]["color"] = frame
-                prompt["3"]["inputs"]["filename_prefix"] = f"direct/f{frame}"
-                pid = uuid.uuid4().hex
-                body = {"prompt": prompt, "client_id": client_id, "prompt_id": pid}
-                session.post(f"{sim.url}/prompt", json=body, timeout=30).raise_for_status()
-                image = None
-                while True:
-                    msg = ws.recv()
-                    if not isinstance(msg, str):
-                        continue
-                    data = json.loads(msg)
-                    payload = data.get("data") or {}
-                    if payload.get("prompt_id") != pid:
-                        continue
-                    if data["type"] == "executed" and payload.get("output", {}).get("images"):
-                        image = payload["output"]["images"][0]
-                    if data["type"] == "executing" and payload.get("node") is None:
-                        break
-                assert image is not None
-                resp = session.get(f"{sim.url}/view", params=image, timeout=30)
-                resp.raise_for_status()
-                (out / f"d.{frame:04d}.png").write_bytes(resp.content)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            ws.close()
-            session.close()
-
-    threads = [
-        threading.Thread(target=worker, args=(s,), name=f"direct-{s.name}-{k}")
-        for s in sims
-        for k in range(in_flight)
-    ]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
-def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path) -> float:
-    servers = [s.config for s in sims]
+def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path, in_flight: int) -> float:
+    servers = [replace(s.config, max_in_flight=in_flight) for s in sims]
     job = RenderJob(TINY, f"1-{frames}", str(out / "t.####.png"), overrides=("1.color={frame}",))
     with cluster(servers, job) as scheduler:
         t0 = time.monotonic()
@@ -398,14 +332,24 @@ def scheduler_loop(sims: Sequence[Sim], frames: int, out: Path) -> float:
     return elapsed
 
 
-def throughput(sims: Sequence[Sim], frames: int, rounds: int, work: Path) -> list[float]:
-    """Per-round ratios (our frames/s over the direct loop's), interleaved rounds."""
-    direct_loop(sims, len(sims) * 2, work / "warm_direct", DEFAULT_IN_FLIGHT)
-    scheduler_loop(sims, len(sims) * 2, work / "warm_sched")
+def throughput(
+    sims: Sequence[Sim], frames: int, rounds: int, work: Path, in_flight: int
+) -> list[float]:
+    """Per-round ratios (our frames/s over the direct loop's), both with ``in_flight`` prompts
+    per server; rounds interleaved, and which of the two goes first alternates, so a slow
+    spell on the shared machine does not always fall on the same side."""
+    direct_loop(sims, TINY, len(sims) * 2, work / "warm_direct", in_flight=in_flight)
+    scheduler_loop(sims, len(sims) * 2, work / "warm_sched", in_flight)
     ratios = []
     for i in range(rounds):
-        ours = scheduler_loop(sims, frames, work / f"sched{i}")
-        direct = direct_loop(sims, frames, work / f"direct{i}", DEFAULT_IN_FLIGHT)
+        timed = {}
+        for side in ("scheduler", "direct") if i % 2 == 0 else ("direct", "scheduler"):
+            out = work / f"{side}{i}"
+            if side == "scheduler":
+                timed[side] = scheduler_loop(sims, frames, out, in_flight)
+            else:
+                timed[side] = direct_loop(sims, TINY, frames, out, in_flight=in_flight)
+        ours, direct = timed["scheduler"], timed["direct"]
         print(f"  tiny round {i + 1}: scheduler {ours:.2f} s, direct {direct:.2f} s")
         ratios.append(direct / ours)
     return ratios
@@ -422,8 +366,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--plan-timeout", type=float, default=20.0)
     parser.add_argument("--plan-child", help=argparse.SUPPRESS)
     parser.add_argument("--tiny-servers", type=int, default=4)
-    parser.add_argument("--tiny-frames", type=int, default=160)
-    parser.add_argument("--tiny-rounds", type=int, default=3)
+    parser.add_argument("--tiny-frames", type=int, default=400)
+    parser.add_argument("--tiny-rounds", type=int, default=7)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=DEFAULT_IN_FLIGHT,
+        help="prompts per server for the tiny rounds, ours and the direct loop's (default: "
+        "our max_in_flight default)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if args.plan_child:
@@ -469,10 +420,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"resume {args.resume_frames} frames (half on disk): first prompt after "
                 f"{resume_s:.2f} s{'' if ok else ' (TIMED OUT)'}"
             )
-            ratios = throughput(tiny, args.tiny_frames, args.tiny_rounds, work / "tiny")
+            ratios = throughput(
+                tiny, args.tiny_frames, args.tiny_rounds, work / "tiny", args.in_flight
+            )
             print(
                 f"throughput ratio over {len(ratios)} rounds (min/median/max): {mmm(ratios)} "
-                f"({args.tiny_servers} servers, max_in_flight {DEFAULT_IN_FLIGHT})"
+                f"({args.tiny_servers} servers, max_in_flight {args.in_flight})"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

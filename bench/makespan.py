@@ -45,14 +45,11 @@ Usage: ``python bench/makespan.py [--frames 120] [--node-seconds 0.06] [--all-st
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import queue
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +57,7 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from direct_loop import direct_loop
 from workflows import generated_workflow, invert_workflow
 
 from comfy_cluster.core.balance import STRATEGIES
@@ -350,74 +348,6 @@ def _stamp_frames(times: list[float]) -> ev.OnEvent:
 # --- throughput: scheduler vs a minimal direct loop ---------------------------------------------
 
 
-def direct_loop(sims: Sequence[SimServer], frames: int, out_dir: Path) -> float:
-    """Per server one thread: submit, wait for executing(null) on its websocket, download, write."""
-    import requests
-    import websocket
-
-    todo: queue.Queue[int] = queue.Queue()
-    for f in range(1, frames + 1):
-        todo.put(f)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    errors: list[BaseException] = []
-
-    def worker(sim: SimServer) -> None:
-        client_id = uuid.uuid4().hex
-        session = requests.Session()
-        ws = websocket.create_connection(f"{sim.ws_url}?clientId={client_id}", timeout=10)
-        try:
-            while True:
-                try:
-                    frame = todo.get_nowait()
-                except queue.Empty:
-                    return
-                prompt = json.loads(json.dumps(TINY))
-                prompt["1"]["inputs"]["color"] = frame
-                prompt["3"]["inputs"]["filename_prefix"] = f"direct/f{frame}"
-                pid = uuid.uuid4().hex
-                r = session.post(
-                    f"{sim.url}/prompt",
-                    json={"prompt": prompt, "client_id": client_id, "prompt_id": pid},
-                    timeout=10,
-                )
-                r.raise_for_status()
-                image = None
-                while True:
-                    msg = ws.recv()
-                    if not isinstance(msg, str):
-                        continue
-                    data = json.loads(msg)
-                    body = data.get("data", {})
-                    if body.get("prompt_id") != pid:
-                        continue
-                    if data["type"] == "executed" and body.get("output", {}).get("images"):
-                        image = body["output"]["images"][0]
-                    if data["type"] == "executing" and body.get("node") is None:
-                        break
-                assert image is not None
-                resp = session.get(f"{sim.url}/view", params=image, timeout=10)
-                resp.raise_for_status()
-                (out_dir / f"d.{frame:04d}.png").write_bytes(resp.content)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            ws.close()
-            session.close()
-
-    threads = [
-        threading.Thread(target=worker, args=(s,), name=f"direct-{s.options.name}") for s in sims
-    ]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    if errors:
-        raise errors[0]
-    return elapsed
-
-
 def throughput(
     args: argparse.Namespace, workdir: Path, in_flight: int = 1
 ) -> tuple[float, float, float]:
@@ -428,7 +358,7 @@ def throughput(
         servers = servers_for(sims, in_flight)
         # One short warm-up each way (connections, imports), then the timed runs.
         tag = f"tiny{in_flight}"
-        direct_loop(sims, 4, workdir / f"{tag}_direct_warm")
+        direct_loop(sims, TINY, 4, workdir / f"{tag}_direct_warm")
         with Scheduler(servers) as scheduler:
             scheduler.run(RenderJob(TINY, "1-4", str(workdir / f"{tag}_warm" / "t.####.png")))
         best_sched = best_direct = float("inf")
@@ -445,7 +375,9 @@ def throughput(
                 elapsed = time.monotonic() - t0
             assert result.ok, result.message
             best_sched = min(best_sched, elapsed)
-            best_direct = min(best_direct, direct_loop(sims, args.tiny, workdir / f"{tag}_d{i}"))
+            best_direct = min(
+                best_direct, direct_loop(sims, TINY, args.tiny, workdir / f"{tag}_d{i}")
+            )
     finally:
         stop_all(sims)
     return best_sched, best_direct, best_direct / best_sched

@@ -602,7 +602,9 @@ class FakeClient:
         os.replace(tmp, dest)
         return dest
 
-    def listen(self, on_event: Callable[[Any], None], stop: Any = None) -> FakeListener:
+    def listen(
+        self, on_event: Callable[[Any], None], stop: Any = None, **options: Any
+    ) -> FakeListener:
         listener = FakeListener(self.fake, self.client_id, on_event)
         self._listeners.append(listener)
         self.listen_stops.append(stop)

@@ -123,14 +123,14 @@ def test_upload_is_deduplicated_by_content_per_server(sim: Any, tmp_path: Path) 
     posts: list[str] = []
     cache = UploadCache()
     with ComfyClient(cfg(sim), timeouts=FAST, upload_cache=cache) as client:
-        original = client._http.session.request
+        original = client._http.send
 
-        def counting(method: str, url: str, **kw: Any) -> Any:
+        def counting(method: str, path: str, **kw: Any) -> Any:
             if method == "POST":
-                posts.append(url)
-            return original(method, url, **kw)
+                posts.append(path)
+            return original(method, path, **kw)
 
-        client._http.session.request = counting  # type: ignore[method-assign]
+        client._http.send = counting  # type: ignore[method-assign]
         value = client.upload_image(image, subfolder="job42")
         assert value == "job42/plate.0001.png"
         assert (sim.input_dir / "job42" / "plate.0001.png").exists()

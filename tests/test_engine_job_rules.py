@@ -452,11 +452,6 @@ def test_the_1_percent_event_threshold_scales_with_the_prompts_frames() -> None:
     assert ledger.set_fraction(long, 0.51, 100)  # exactly 1 % (one frame): worth an event
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: FrameLedger.progress() clamps each running prompt to 1.0 although "
-    "set_fraction() stores it weighted by its frames, so a batch prompt counts as one frame",
-)
 def test_a_running_batch_prompt_counts_its_frames_toward_progress() -> None:
     """A 4-frame batch prompt half done is 2 frames' worth, not 1: else the bar (and the ETA
     built on it) crawls through every batch and jumps when its frames land."""

@@ -102,13 +102,13 @@ def test_an_optional_read_over_its_cap_is_skipped_not_held_against_the_server(
     sim = sim_factory(endless_route="/history")
     with ComfyClient(cfg(sim), timeouts=FAST) as client:
         asked: list[str] = []
-        original = client._http.session.request
+        original = client._http.send
 
-        def spy(method: str, url: str, **kwargs: Any) -> Any:
-            asked.append(url)
-            return original(method, url, **kwargs)
+        def spy(method: str, path: str, **kwargs: Any) -> Any:
+            asked.append(path)
+            return original(method, path, **kwargs)
 
-        client._http.session.request = spy  # type: ignore[method-assign]
+        client._http.send = spy  # type: ignore[method-assign]
         with caplog.at_level(logging.WARNING):
             assert client.recent_history(max_items=5) == {}
         assert asked[-1].endswith("/history?max_items=5")  # asks for less where it can

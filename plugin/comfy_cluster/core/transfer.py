@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 _IMAGE_TYPES = ("output", "temp", "input")
+#: The frame number part of a file name (sign, then at most the digits a frame number has).
+_FRAME_NUMBER = re.compile(r"-?[0-9]{1,12}")
 
 
 def frame_path(pattern: str, frame: int) -> Path:
@@ -79,16 +83,45 @@ def existing_frames(
     found = frames_on_disk(pattern, frames)
     if not whole_images:
         return found
-    paths = [frame_path(pattern, f) for f in found]
-    if len(paths) < 256:
-        ok = [image_file_ok(p) for p in paths]
-    else:
-        # Opening thousands of files is latency, not CPU (network disks): overlap it.
-        from concurrent.futures import ThreadPoolExecutor
+    return tuple(f for f, good in zip(found, _whole_images(_frame_paths(pattern, found))) if good)
 
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="comfy-cluster-check") as pool:
-            ok = list(pool.map(image_file_ok, paths, chunksize=64))
-    return tuple(f for f, good in zip(found, ok) if good)
+
+def _frame_paths(pattern: str, frames: tuple[int, ...]) -> list[str]:
+    """``frame_path`` of each frame as text, without building a ``Path`` per frame."""
+    full = str(Path(pattern).expanduser().absolute())
+    folder, name = os.path.split(full)
+    if has_frame_token(folder):
+        return [format_frame_path(full, f) for f in frames]
+    fmt = frame_name_formatter(name)
+    return [os.path.join(folder, fmt(f)) for f in frames]
+
+
+#: Files checked one after another before deciding whether the disk is slow to open them.
+_SAMPLE_FILES = 64
+#: Seconds per file above which the rest are checked by :data:`_CHECK_THREADS` threads.
+_SLOW_FILE_SECONDS = 0.0005
+_CHECK_THREADS = 8
+
+
+def _whole_images(paths: list[str]) -> list[bool]:
+    """``image_file_ok`` of each path, in order. A local disk answers in microseconds and
+    threads would only fight over the GIL; a network disk's latency is overlapped instead,
+    once the first files show it (each thread checks one contiguous slice)."""
+    started = time.monotonic()
+    ok = [image_file_ok(p) for p in paths[:_SAMPLE_FILES]]
+    rest = paths[_SAMPLE_FILES:]
+    if not rest:
+        return ok
+    if time.monotonic() - started <= _SLOW_FILE_SECONDS * len(ok):
+        return ok + [image_file_ok(p) for p in rest]
+    from concurrent.futures import ThreadPoolExecutor
+
+    step = -(-len(rest) // _CHECK_THREADS)
+    slices = [rest[i : i + step] for i in range(0, len(rest), step)]
+    with ThreadPoolExecutor(_CHECK_THREADS, thread_name_prefix="comfy-cluster-check") as pool:
+        for checked in pool.map(lambda part: [image_file_ok(p) for p in part], slices):
+            ok += checked
+    return ok
 
 
 def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
@@ -104,6 +137,9 @@ def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
         listing = listings[folder] = _listing(folder)
         if not listing:
             return ()
+        named = _frames_named(listing, name)
+        if named is not None:  # the usual case: read the few names, not format every frame
+            return tuple(f for f in frames if f in named) if named else ()
         fmt = frame_name_formatter(name)
         return tuple(f for f in frames if os.path.normcase(fmt(f)) in listing)
     out = []
@@ -115,6 +151,34 @@ def frames_on_disk(pattern: str, frames: Iterable[int]) -> tuple[int, ...]:
         if os.path.normcase(leaf) in listing:
             out.append(f)
     return tuple(out)
+
+
+def _frames_named(listing: frozenset[str], name: str) -> Optional[set[int]]:
+    """The frames whose file name (``name`` with its one frame token filled) is in
+    ``listing``, read off the names themselves; ``None`` when ``name`` has several tokens.
+
+    A name counts only if formatting its number gives the name back (``s.01.png`` is not
+    frame 1 of ``s.####.png``), so the answer is the one a per-frame lookup would give.
+    """
+    tokens = list(_FRAME_TOKEN.finditer(name))
+    if len(tokens) != 1:
+        return None
+    fmt = frame_name_formatter(name)
+    prefix = os.path.normcase(name[: tokens[0].start()])
+    suffix = os.path.normcase(name[tokens[0].end() :])
+    frames: set[int] = set()
+    for entry in listing:
+        if len(entry) <= len(prefix) + len(suffix):
+            continue
+        if not (entry.startswith(prefix) and entry.endswith(suffix)):
+            continue
+        number = entry[len(prefix) : len(entry) - len(suffix)]
+        if not _FRAME_NUMBER.fullmatch(number):
+            continue
+        frame = int(number)
+        if os.path.normcase(fmt(frame)) == entry:
+            frames.add(frame)
+    return frames
 
 
 def _listing(folder: str) -> frozenset[str]:

@@ -31,8 +31,8 @@ class FrameLedger:
         self._claimed: dict[int, int] = {}
         #: Delivered frames that are in ``to_render`` (progress without a scan).
         self._done = 0
-        #: attempt id -> fraction of its running prompt done, weighted by the prompt's frames.
-        self._fractions: dict[int, float] = {}
+        #: attempt id -> (fraction of its running prompt done, frames of it not written yet).
+        self._fractions: dict[int, tuple[float, int]] = {}
         #: attempt id -> frames it delivered.
         self._frames_done_in: dict[int, int] = {}
 
@@ -60,7 +60,9 @@ class FrameLedger:
         if total == 0:
             return 1.0, 0.0
         done = self._done
-        running = sum(min(1.0, max(0.0, x)) for x in self._fractions.values())
+        # Each running prompt counts its unwritten frames, times how far it is: a batch prompt
+        # of ten frames half done is five frames, not one.
+        running = sum(fraction * frames for fraction, frames in self._fractions.values())
         return min(1.0, (done + running) / total), max(0.0, total - done - running)
 
     def delivered_frames(self) -> dict[int, tuple[str, str]]:
@@ -95,19 +97,32 @@ class FrameLedger:
         self._delivered[frame] = (path, attempt.server)
         done = self._frames_done_in.get(attempt.attempt_id, 0) + 1
         self._frames_done_in[attempt.attempt_id] = done
-        self._fractions.pop(attempt.attempt_id, None)
+        self._written_from_prompt(attempt.attempt_id)
         return done
+
+    def _written_from_prompt(self, attempt_id: int) -> None:
+        """One frame of the running prompt is on disk: it stops counting as running (the rest
+        of a batch keeps its fraction, so progress does not dip while a batch is written)."""
+        running = self._fractions.get(attempt_id)
+        if running is None:
+            return
+        fraction, frames = running
+        if frames > 1:
+            self._fractions[attempt_id] = (fraction, frames - 1)
+        else:
+            del self._fractions[attempt_id]
 
     # -- running prompts --------------------------------------------------------------------
 
     def set_fraction(self, attempt: Attempt, fraction: float, frames: int) -> bool:
         """Note that the prompt of ``attempt`` (``frames`` frames) is ``fraction`` done; False
         when the change is under 1 % (not worth an event)."""
-        weighted = fraction * frames
+        fraction = min(1.0, max(0.0, fraction))
+        frames = max(1, frames)
         previous = self._fractions.get(attempt.attempt_id)
-        if previous is not None and abs(previous - weighted) < 0.01 * frames:
+        if previous is not None and abs(previous[0] - fraction) < 0.01:
             return False
-        self._fractions[attempt.attempt_id] = weighted
+        self._fractions[attempt.attempt_id] = (fraction, frames)
         return True
 
     def attempt_ended(self, attempt: Attempt) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.tools import Bounded, ClientFactory, in_background
+from comfy_cluster.core.protocol import JOB_UNUSED
 from comfy_cluster.core.server import ServerConfig
 
 __all__ = ["ServerLink"]
@@ -62,7 +63,8 @@ class ServerLink:
         self.runner = Bounded(self.name, self.over)
         self._tainted = False
         self.client = self.factory(self.server)
-        self.listener = self.client.listen(self.on_event, self.stop)
+        # The job reads a few message types: the rest are dropped before a full parse.
+        self.listener = self.client.listen(self.on_event, self.stop, drop=JOB_UNUSED)
         wait = getattr(self.listener, "wait_connected", None)
         if wait is not None:
             # Events of a fast prompt can come before POST returns: listen first.

@@ -9,7 +9,9 @@ images count), and, unless the host is still writing them (``wait_for_input``), 
 Then the frames are cut into chunks.
 
 Fast for long ranges: files are looked up in one listing per folder (``transfer.frames_on_disk``),
-never ``stat``-ed per frame, and sets are built once.
+never ``stat``-ed per frame, sets are built once, and a frame-mode job holds at most
+:data:`MAX_FRAME_MODE_CHUNKS` chunks (``--frames 1-1000000``: under a second to the first
+prompt, about 130 bytes of client memory per frame).
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from comfy_cluster.core.server import ServerConfig
 from comfy_cluster.core.transfer import existing_frames, frames_on_disk
 from comfy_cluster.core.workflow import Workflow, WorkflowTargets, validate_workflow
 
-__all__ = ["EarlyFailure", "JobPlan", "plan_job"]
+__all__ = ["MAX_FRAME_MODE_CHUNKS", "EarlyFailure", "JobPlan", "plan_job"]
+
+#: Most chunks a frame-mode job is cut into without a chunk size: past it chunks grow beyond one
+#: frame (``--frames 1-1000000`` gets 10-frame chunks), so the client's memory for the job's
+#: bookkeeping stays bounded while every server still gets work in small steps.
+MAX_FRAME_MODE_CHUNKS = 100_000
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,10 @@ def plan_job(
         to_render = requested
     chunks: tuple[Chunk, ...] = ()
     if to_render:
-        chunks = tuple(
-            order_chunks(_chunker(job, usable, speed, settings).split(to_render), job.order)
-        )
+        chunker = _chunker(job, len(to_render), usable, speed, settings)
+        # The job's range is sorted and unique already: no need to check a million frames again.
+        frames = job.frame_range if to_render is requested else to_render
+        chunks = tuple(order_chunks(chunker.split(frames), job.order))
     if job.input_pattern and not inputs_arrive_later:
         _check_inputs(job.input_pattern, chunks)
     return JobPlan(workflow, targets, usable, strategy, requested, to_render, skipped, chunks)
@@ -160,14 +168,16 @@ def _job_servers(job: RenderJob, servers: Sequence[ServerConfig]) -> tuple[Serve
 
 def _chunker(
     job: RenderJob,
+    frames: int,
     servers: Sequence[ServerConfig],
     speed: SpeedRecord,
     settings: EngineSettings,
 ) -> Chunker:
     """How the job's frames are cut: fixed sizes when asked (or per frame), else by timing."""
     if job.mode == "frame":
-        # One prompt per frame anyway: one-frame chunks balance best at no extra cost.
-        return FixedChunker(job.chunk_size or 1)
+        # One prompt per frame anyway: one-frame chunks balance best at little extra cost, up
+        # to MAX_FRAME_MODE_CHUNKS chunks (each costs the client some memory).
+        return FixedChunker(job.chunk_size or -(-frames // MAX_FRAME_MODE_CHUNKS))
     if job.chunk_size:
         return FixedChunker(job.chunk_size, job.handles)
     known = [speed.seconds_per_frame(srv.name) for srv in servers]
