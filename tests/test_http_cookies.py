@@ -28,7 +28,7 @@ class CookieServer(ThreadingHTTPServer):
 class CookieHandler(BaseHTTPRequestHandler):
     server: CookieServer
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         self.server.cookies_seen.append(self.headers.get("Cookie", ""))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
