@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Callable, Optional
 
 from comfy_cluster.core.engine.balancing import JobBalancer
@@ -155,6 +156,8 @@ class JobRun:
         refused = self._take_output()
         if refused is not None:
             return refused
+        if self.tools.speed_for is not None:  # speeds of this workflow's shape only
+            self.tools = replace(self.tools, speed=self.tools.speed_for(self.job.workflow))
         try:
             plan = plan_job(
                 self.job,

@@ -32,6 +32,7 @@ from comfy_cluster.core.engine.inputs import InputHook
 from comfy_cluster.core.engine.job import JobResult, RenderJob
 from comfy_cluster.core.engine.job_run import JobRun
 from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.engine.speed_book import SpeedBook
 from comfy_cluster.core.engine.tools import (
     CheckFactory,
     ClientFactory,
@@ -217,7 +218,9 @@ class Scheduler:
             raise ValueError(f"server names must be unique: {names}")
         self.servers: tuple[ServerConfig, ...] = tuple(servers)
         self.health = health
-        #: Seconds per frame per server, shared by every job of this scheduler.
+        #: Seconds per frame per server and workflow shape, learnt across this scheduler's jobs;
+        #: a ``speed`` record passed in serves every workflow instead.
+        self.speeds = SpeedBook(fixed=speed)
         self.speed = SpeedTracker() if speed is None else speed
         policy = retry or retry_transient(attempts=3, max_seconds=20.0, sleep=sleep, clock=clock)
         self.tools = EngineTools(
@@ -225,6 +228,7 @@ class Scheduler:
             clock=clock,
             call=ServerCall(policy),
             speed=self.speed,
+            speed_for=self.speeds.for_workflow,
             transfer_factory=transfer_factory,
             health=health,
             preflight=_preflight(client_factory, check_factory, check_timeout),

@@ -95,7 +95,7 @@ class EngineTools:
     client_factory: ClientFactory
     clock: Callable[[], float]
     call: ServerCall
-    #: Seconds per frame per server, shared by every job of the scheduler.
+    #: Seconds per frame per server: the record of the job's workflow once the job starts.
     speed: SpeedRecord
     #: ``transfer_factory(shared_storage) -> Transfer``: how frames reach and leave servers.
     transfer_factory: Callable[[bool], Transfer]
@@ -106,6 +106,9 @@ class EngineTools:
     #: How each job checks its servers before their first prompt; ``None``: no check, every
     #: server takes work at once.
     preflight: Optional[Preflight] = None
+    #: ``speed_for(workflow)``: the speed record of a workflow's shape (``speed_book.py``);
+    #: ``None``: every job shares ``speed``.
+    speed_for: Optional[Callable[[Any], SpeedRecord]] = None
 
 
 class Bounded:

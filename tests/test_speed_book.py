@@ -1,0 +1,83 @@
+"""Speeds are learnt per workflow shape: a scheduler that lives for a Nuke session renders a
+colour transform and a 30-step sampler on the same servers, and one's speed must not plan the
+other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_comfy import FakeCluster, FakeServer
+from workflows import invert_workflow
+
+from comfy_cluster.core.balance import SpeedTracker
+from comfy_cluster.core.engine.job import RenderJob
+from comfy_cluster.core.engine.scheduler import Scheduler
+from comfy_cluster.core.engine.speed_book import SpeedBook, workflow_signature
+from comfy_cluster.core.retry import retry_transient
+
+
+def sampler(steps: int, seed: int = 1, text: str = "a cat") -> dict[str, Any]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {"seed": seed, "steps": steps, "model": ["4", 0]},
+        },
+    }
+
+
+def test_a_new_seed_or_prompt_text_is_the_same_shape_and_more_steps_is_not() -> None:
+    assert workflow_signature(sampler(20)) == workflow_signature(sampler(20, seed=7, text="a dog"))
+    assert workflow_signature(sampler(20)) != workflow_signature(sampler(30))
+    assert workflow_signature(invert_workflow("a")) == workflow_signature(invert_workflow("b"))
+
+
+def test_the_book_keeps_one_record_per_shape_and_only_the_latest_few() -> None:
+    book = SpeedBook(keep=2)
+    twenty = book.for_workflow(sampler(20))
+    assert book.for_workflow(sampler(20, seed=9)) is twenty
+    assert book.for_workflow(sampler(30)) is not twenty
+    book.for_workflow(sampler(20))  # used again: the most recent
+    book.for_workflow(sampler(40))  # pushes out the least recent (30 steps)
+    assert len(book) == 2
+    assert book.for_workflow(sampler(20)) is twenty
+    with pytest.raises(ValueError, match="keep"):
+        SpeedBook(keep=0)
+
+
+def test_a_record_passed_in_serves_every_workflow() -> None:
+    shared = SpeedTracker()
+    book = SpeedBook(fixed=shared)
+    assert book.for_workflow(sampler(20)) is shared is book.for_workflow(invert_workflow())
+
+
+def test_a_workflow_that_does_not_load_gets_a_record_of_its_own(tmp_path: Path) -> None:
+    book = SpeedBook()
+    assert book.for_workflow(tmp_path / "missing.json") is not book.for_workflow(sampler(20))
+    assert len(book) == 1
+
+
+def test_a_job_learns_the_speed_of_its_own_workflow_only(tmp_path: Path) -> None:
+    for f in (1, 2):
+        (tmp_path / f"in.{f:04d}.png").write_bytes(b"frame-%d" % f)
+    job = RenderJob(
+        invert_workflow(),
+        "1-2",
+        str(tmp_path / "out" / "shot.####.png"),
+        input_pattern=str(tmp_path / "in.####.png"),
+    )
+    with FakeCluster([FakeServer("s")]) as cluster, Scheduler(
+        cluster.configs,
+        client_factory=cluster.client_factory,
+        poll_interval=0.01,
+        retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
+        join_timeout=5.0,
+    ) as scheduler:
+        assert scheduler.run(job).ok
+        same_shape = scheduler.speeds.for_workflow(invert_workflow("other-prefix"))
+        other_shape = scheduler.speeds.for_workflow(sampler(20))
+    assert same_shape.seconds_per_frame("s") is not None
+    assert other_shape.seconds_per_frame("s") is None
