@@ -46,7 +46,8 @@ def test_a_cancelled_job_reloads(rig_factory: Callable[..., Rig]) -> None:
     nuke = rig.nuke
     node = rig.create_node()
     nuke._fake.press(node[K.RENDER])
-    nuke._fake.pump_until(lambda: (rig.out / "inv.0001.png").is_file(), TIMEOUT)
+    # The file lands before the main thread hears of it: wait for the reload it brings.
+    nuke._fake.pump_until(lambda: _reloads(nuke, node) >= 1, TIMEOUT)
     before = _reloads(nuke, node)
     nuke._fake.press(node[K.CANCEL])
     rig.wait_status(node, "Cancelled")
