@@ -655,6 +655,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="keep the per-test coverage in this file and reuse it while the target modules "
         "and the tests are unchanged",
     )
+    parser.add_argument(
+        "--again",
+        help="only the mutants that survived in this --json file of an earlier run (same "
+        "place and change), to check the tests added since",
+    )
     args = parser.parse_args(argv)
 
     groups = args.only or sorted(TARGETS)
@@ -672,6 +677,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             found, skipped = find_mutants(path, sources[path])
             mutants.extend(found)
             opted_out[path] = skipped
+    if args.again:
+        earlier = json.loads(Path(args.again).read_text())
+        wanted = {(row["where"], row["what"]) for row in earlier if not row["killed"]}
+        mutants = [m for m in mutants if (m.where, m.what) in wanted]
     if args.list:
         for m in mutants:
             print(f"{m.where}: {m.what}: {m.text[:60]!r}")
