@@ -13,6 +13,7 @@ from test_engine_job_runs import WORKFLOW, Broken, Shot, run, scheduler_for
 
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.frames import Chunk
 
 
@@ -56,3 +57,42 @@ def test_a_job_that_cannot_even_fail_cleanly_reports_its_real_duration(shot: Sho
         scheduler.close(timeout=0)
     assert result is not None and result.status is JobStatus.FAILED
     assert 0.0 <= result.seconds < 10.0
+
+
+# -- settings: every limit is checked on its own ------------------------------------------------
+
+POSITIVE = (
+    "stall_timeout",
+    "poll_interval",
+    "history_interval",
+    "probe_interval",
+    "input_timeout",
+    "input_poll",
+    "answer_timeout",
+    "cleanup_timeout",
+    "rejoin_after",
+)
+
+
+@pytest.mark.parametrize("name", POSITIVE)
+def test_each_timing_setting_must_be_positive_and_a_small_one_is_fine(name: str) -> None:
+    """A zero interval would spin a thread at full speed; each field is checked, not just the
+    first of its line."""
+    with pytest.raises(ValueError, match=name):
+        EngineSettings(**{name: 0})
+    with pytest.raises(ValueError, match=name):
+        EngineSettings(**{name: -1.0})
+    assert getattr(EngineSettings(**{name: 0.001}), name) == 0.001
+
+
+@pytest.mark.parametrize("name", ["blocklist_after", "max_chunk_servers"])
+def test_counting_settings_accept_one_and_refuse_zero(name: str) -> None:
+    assert getattr(EngineSettings(**{name: 1}), name) == 1
+    with pytest.raises(ValueError, match=name):
+        EngineSettings(**{name: 0})
+
+
+def test_the_probe_backoff_keeps_a_larger_maximum_and_the_wait_step_follows_the_poll() -> None:
+    settings = EngineSettings(probe_interval=1.0, probe_interval_max=8.0, poll_interval=0.2)
+    assert settings.probe_interval_max == 8.0
+    assert settings.wait_step == pytest.approx(1.0)
