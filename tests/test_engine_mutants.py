@@ -14,6 +14,7 @@ from test_engine_job_runs import WORKFLOW, Broken, Shot, run, scheduler_for
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.settings import EngineSettings
+from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.frames import Chunk
 
 
@@ -96,3 +97,25 @@ def test_the_probe_backoff_keeps_a_larger_maximum_and_the_wait_step_follows_the_
     settings = EngineSettings(probe_interval=1.0, probe_interval_max=8.0, poll_interval=0.2)
     assert settings.probe_interval_max == 8.0
     assert settings.wait_step == pytest.approx(1.0)
+
+
+def test_one_server_back_restarts_the_probe_backoff_of_the_others() -> None:
+    """A server answering again hints the others may be back too (a network restored): their
+    next probe comes soon and their backoff starts over, not only the answering server's."""
+    now = [0.0]
+    settings = EngineSettings(probe_interval=0.5, probe_interval_max=10.0, blocklist_after=9)
+    standing = ServerStanding(["a", "b", "c"], lambda: now[0], settings)  # c stays usable
+    assert standing.suspend("a", "down")
+    for at in (0.5, 1.5):  # two failed probes: a's next one is 2 s after the last
+        now[0] = at
+        assert standing.claim_probe("a")
+        assert standing.probe_failed("a", "refused") is None
+    assert standing.until_probe("a") == pytest.approx(2.0)
+    assert standing.suspend("b", "down")
+    now[0] = 1.6
+    assert standing.back("b") is not None
+    assert standing.until_probe("a") == pytest.approx(0.5)  # pulled in
+    now[0] = 2.1
+    assert standing.claim_probe("a")
+    standing.probe_failed("a", "still refused")
+    assert standing.until_probe("a") == pytest.approx(1.0)  # backoff restarted at 2 x 0.5
