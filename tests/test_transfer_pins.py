@@ -227,3 +227,48 @@ def test_shared_storage_needs_both_folders(tmp_path: Path, missing: str) -> None
         SharedTransfer().prepare_input(None, server, plate)
     with pytest.raises(ConfigError, match="dir_local and dir_remote"):
         SharedTransfer().fetch_output(None, server, ImageRef("x.png"), tmp_path / "o.png")
+
+
+def test_the_whole_image_check_of_many_frames_keeps_only_whole_ones(tmp_path: Path) -> None:
+    """Hundreds of frames are opened on a thread pool: the answer is the same as one by one
+    (whole files kept, cut ones dropped, in frame order)."""
+    from comfy_cluster.sim.harness import make_test_image
+
+    pattern = str(tmp_path / "s.####.png")
+    good = tmp_path / "good.png"
+    make_test_image(good)
+    data = good.read_bytes()
+    cut = {7, 150, 299}
+    for f in range(1, 301):
+        frame_path(pattern, f).write_bytes(data[:-1] if f in cut else data)
+    expected = tuple(f for f in range(1, 301) if f not in cut)
+    assert existing_frames(pattern, range(1, 302), whole_images=True) == expected
+
+
+class _Entry:
+    """A directory entry whose type cannot be read (a stale network-share entry)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def is_dir(self) -> bool:
+        raise OSError("stale file handle")
+
+
+class _Listing(list):
+    def __enter__(self) -> _Listing:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def test_an_entry_whose_type_cannot_be_read_still_counts_as_a_frame(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Only a real folder is not a frame: an entry that cannot be stat-ed is listed as a file,
+    so resume keeps it rather than rendering over it."""
+    from comfy_cluster.core import transfer
+
+    monkeypatch.setattr(transfer.os, "scandir", lambda folder: _Listing([_Entry("o.0001.png")]))
+    assert existing_frames(str(tmp_path / "o.####.png"), [1, 2]) == (1,)
