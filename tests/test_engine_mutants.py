@@ -119,3 +119,27 @@ def test_one_server_back_restarts_the_probe_backoff_of_the_others() -> None:
     assert standing.claim_probe("a")
     standing.probe_failed("a", "still refused")
     assert standing.until_probe("a") == pytest.approx(1.0)  # backoff restarted at 2 x 0.5
+
+
+def test_suspending_a_suspended_or_blocked_server_again_changes_nothing() -> None:
+    now = [0.0]
+    settings = EngineSettings(probe_interval=0.5, probe_interval_max=10.0, rejoin_after=30.0)
+    standing = ServerStanding(["a", "b"], lambda: now[0], settings)
+    assert standing.suspend("a", "down")
+    now[0] = 0.5
+    assert standing.claim_probe("a")
+    standing.probe_failed("a", "refused")  # next probe 1 s later
+    assert not standing.suspend("a", "down again")
+    assert standing.until_probe("a") == pytest.approx(1.0)  # backoff kept
+    assert standing.block("b", "sent junk")
+    assert not standing.suspend("b", "down")
+
+
+def test_the_second_chance_probe_counts_down() -> None:
+    now = [0.0]
+    standing = ServerStanding(["a", "b"], lambda: now[0], EngineSettings(rejoin_after=30.0))
+    assert standing.block("a", "sent junk")
+    now[0] = 10.0
+    assert standing.until_probe("a") == pytest.approx(20.0)
+    now[0] = 40.0
+    assert standing.until_probe("a") == 0.0

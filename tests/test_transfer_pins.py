@@ -272,3 +272,12 @@ def test_an_entry_whose_type_cannot_be_read_still_counts_as_a_frame(
 
     monkeypatch.setattr(transfer.os, "scandir", lambda folder: _Listing([_Entry("o.0001.png")]))
     assert existing_frames(str(tmp_path / "o.####.png"), [1, 2]) == (1,)
+
+
+def test_a_file_name_with_two_frame_tokens_is_found_on_disk(tmp_path: Path) -> None:
+    """The fast name formatter handles one token; a name with two (``a.####.b.####.png``) must
+    still have both filled in, or resume never sees the frame."""
+    pattern = str(tmp_path / "a.####.b.####.png")
+    frame_path(pattern, 3).write_bytes(b"png")
+    assert frame_path(pattern, 3).name == "a.0003.b.0003.png"
+    assert existing_frames(pattern, [1, 2, 3]) == (3,)
