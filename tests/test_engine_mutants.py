@@ -11,10 +11,12 @@ import pytest
 from fake_comfy import FakeCluster, FakeServer
 from test_engine_job_runs import WORKFLOW, Broken, Shot, run, scheduler_for
 
+from comfy_cluster.core.engine.attempt import OutcomeKind
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
+from comfy_cluster.core.errors import NodeError, WorkflowInvalid, WorkflowRejected
 from comfy_cluster.core.frames import Chunk
 
 
@@ -143,3 +145,67 @@ def test_the_second_chance_probe_counts_down() -> None:
     assert standing.until_probe("a") == pytest.approx(20.0)
     now[0] = 40.0
     assert standing.until_probe("a") == 0.0
+
+
+def test_a_server_back_from_away_starts_a_clean_failure_count() -> None:
+    """A server that worked in the job, then failed its probes until it was taken out (away,
+    still probed), comes back with a clean count: one more failure does not take it out."""
+    now = [0.0]
+    settings = EngineSettings(probe_interval=0.5, blocklist_after=3)
+    standing = ServerStanding(["a", "b"], lambda: now[0], settings)
+    standing.mark_validated("a")
+    assert standing.suspend("a", "down")
+    reasons = []
+    for _ in range(3):
+        now[0] += 20.0
+        assert standing.claim_probe("a")
+        reason = standing.probe_failed("a", "refused")
+        if reason is not None:
+            reasons.append(reason)
+            standing.block("a", reason)
+    assert len(reasons) == 1 and "a" in standing.away
+    now[0] += 20.0
+    assert standing.claim_probe("a")
+    assert standing.back("a") is not None
+    assert "a" in standing.eligible()
+    assert standing.count_failure("a") == 1  # not 4: its old failures are forgotten
+
+
+def test_a_server_rejoining_after_its_second_chance_starts_clean() -> None:
+    """Its old failures and its old rejection of the workflow are forgotten: another server's
+    rejection is not 'every server rejected' because of what the rejoined one said before."""
+    now = [0.0]
+    standing = ServerStanding(["a", "b"], lambda: now[0], EngineSettings(rejoin_after=1.0))
+    missing = WorkflowRejected(
+        "Cannot execute because node X does not exist.", error_type="invalid_prompt"
+    )
+    assert standing.count_failure("a") == 1
+    assert standing.judge("a", missing).kind is OutcomeKind.DEGRADED
+    assert standing.block("a", "rejected the workflow")
+    now[0] = 1.0
+    assert standing.claim_probe("a")
+    assert standing.rejoin("a") == "rejected the workflow"
+    assert standing.count_failure("a") == 1
+    assert standing.judge("b", missing).kind is OutcomeKind.DEGRADED
+
+
+def _input_error(input_name: str) -> WorkflowRejected:
+    node = NodeError("5", "LoadImage", "value_not_valid", "bad value", input_name=input_name)
+    return WorkflowRejected(
+        "Prompt outputs failed validation",
+        error_type="prompt_outputs_failed_validation",
+        node_errors=(node,),
+    )
+
+
+def test_rejections_of_different_inputs_are_not_one_invalid_workflow() -> None:
+    """Every server rejected, but for different inputs of the node (one lacks a file the other
+    has, say): the job fails, yet not as 'the workflow is invalid' (exit status 2)."""
+    standing = ServerStanding(["a", "b"], lambda: 0.0, EngineSettings())
+    assert standing.judge("a", _input_error("image")).kind is OutcomeKind.DEGRADED
+    outcome = standing.judge("b", _input_error("mask"))
+    assert outcome.kind is OutcomeKind.JOB
+    assert not isinstance(outcome.error, WorkflowInvalid)
+    same = ServerStanding(["a", "b"], lambda: 0.0, EngineSettings())
+    same.judge("a", _input_error("image"))
+    assert isinstance(same.judge("b", _input_error("image")).error, WorkflowInvalid)
