@@ -6,18 +6,21 @@ Each test names the one-line slip it catches; they use the same fakes as the oth
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_comfy import FakeCluster, FakeServer
 from test_engine_job_runs import WORKFLOW, Broken, Shot, run, scheduler_for
 
-from comfy_cluster.core.engine.attempt import OutcomeKind
+from comfy_cluster.core.engine import events as ev
+from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.errors import NodeError, WorkflowInvalid, WorkflowRejected
-from comfy_cluster.core.frames import Chunk
+from comfy_cluster.core.frames import Chunk, FixedChunker
 
 
 @pytest.fixture
@@ -209,3 +212,65 @@ def test_rejections_of_different_inputs_are_not_one_invalid_workflow() -> None:
     same = ServerStanding(["a", "b"], lambda: 0.0, EngineSettings())
     same.judge("a", _input_error("image"))
     assert isinstance(same.judge("b", _input_error("image")).error, WorkflowInvalid)
+
+
+# -- the book's second chance and pull-back --------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _book(servers: tuple[str, ...], frames: str = "1-3", **kw: Any) -> tuple[JobBook, list, _Clock]:
+    job = RenderJob(WORKFLOW, frames, "o.####.png")
+    got: list[Any] = []
+    clock = _Clock()
+
+    def first_free(chunk: Any, free: Any, in_flight: Any, remaining: int, able: Any) -> Any:
+        return free[0], "first free"
+
+    book = JobBook(
+        job,
+        FixedChunker(1).split(job.frame_range),
+        servers,
+        frames_to_render=job.frame_range.frames,
+        chooser=first_free,
+        sink=ev.EventSink(got.append),
+        clock=clock,
+        **kw,
+    )
+    for s in servers:
+        book.add_slot(f"slot-{s}", s)
+    return book, got, clock
+
+
+def test_a_refused_server_gets_one_second_chance_through_the_book() -> None:
+    """Out for what it did (authentication refused): after ``rejoin_after`` one probe; an
+    answer brings it back (told with the reason it was out), a failure leaves it out for good."""
+    book, got, clock = _book(("a", "b", "c"), settings=EngineSettings(rejoin_after=5.0))
+    book.server_refused("a", Outcome(OutcomeKind.SERVER, "authentication refused"))
+    book.server_refused("b", Outcome(OutcomeKind.SERVER, "authentication refused too"))
+    assert "a" in book.blocklist and "b" in book.blocklist
+    assert book.second_chance_due("slot-a", 0.0) is False  # not yet
+    clock.now = 5.0
+    assert book.second_chance_due("slot-a", 0.0) is True
+    assert book.second_chance_due("slot-b", 0.0) is True
+    book.probe_result("a", True)
+    book.probe_result("b", False, "refused again")
+    assert "a" not in book.blocklist and "b" in book.blocklist
+    rejoined = [e for e in got if isinstance(e, ev.ServerRejoined)]
+    assert [(e.server, e.why) for e in rejoined] == [("a", "authentication refused")]
+    assert book.second_chance_due("slot-b", 0.0) is None  # no more chances: the slot stops
+
+
+def test_a_stale_attempt_is_never_pulled_back() -> None:
+    book, _, _ = _book(("a", "b"), frames="1")
+    attempt = book.next_attempt("slot-a", 0.0)
+    assert attempt is not None
+    assert book.pull_back(attempt, False)  # queued on a while b idles: it may move
+    book.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "boom"))
+    assert not book.pull_back(attempt, False)  # that attempt is over: nothing to move
