@@ -10,17 +10,27 @@ from typing import Any
 
 import pytest
 from fake_comfy import FakeCluster, FakeServer
-from test_engine_job_runs import WORKFLOW, Broken, Shot, run, scheduler_for
+from test_engine_job_runs import (
+    WORKFLOW,
+    Broken,
+    Shot,
+    hanging_cluster,
+    run,
+    scheduler_for,
+    until,
+)
 
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.server_watch import ServerWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.errors import NodeError, WorkflowInvalid, WorkflowRejected
 from comfy_cluster.core.frames import Chunk, FixedChunker
+from comfy_cluster.core.health_status import ServerState, ServerStatus
 
 
 @pytest.fixture
@@ -274,3 +284,32 @@ def test_a_stale_attempt_is_never_pulled_back() -> None:
     assert book.pull_back(attempt, False)  # queued on a while b idles: it may move
     book.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "boom"))
     assert not book.pull_back(attempt, False)  # that attempt is over: nothing to move
+
+
+def test_one_ready_server_does_not_hide_the_news_of_the_next() -> None:
+    """A server ready at the start is not news; the offline one listed after it still is."""
+    posted: list[tuple[str, str]] = []
+    watch = ServerWatch(lambda cls, **fields: posted.append((fields["server"], fields["state"])))
+    watch.update(
+        {
+            "a": ServerStatus("a", "http://a", state=ServerState.READY),
+            "b": ServerStatus("b", "http://b", state=ServerState.OFFLINE, reason="refused"),
+        }
+    )
+    assert posted == [("b", "offline")]
+
+
+def test_a_running_job_names_the_server_holding_its_prompt(shot: Shot) -> None:
+    """What the Ctrl+C message lists: while a prompt runs on ``h`` the job says so; once the
+    job ended and its prompts were cleaned up, no server is named."""
+    cluster, server = hanging_cluster()
+    with cluster:
+        with scheduler_for(cluster, stall_timeout=30) as scheduler:
+            handle = scheduler.start(shot.job("1"))
+            assert handle.servers_holding_prompts() in ((), ("h",))  # before or after POST
+            until(lambda: server.received)
+            assert handle.servers_holding_prompts() == ("h",)
+            handle.cancel()
+            result = handle.wait(10)
+        assert result is not None and result.status is JobStatus.CANCELLED
+        assert handle.servers_holding_prompts() == ()
