@@ -5,6 +5,7 @@ Each test names the one-line slip it catches; they use the same fakes as the oth
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +314,15 @@ def test_a_running_job_names_the_server_holding_its_prompt(shot: Shot) -> None:
             result = handle.wait(10)
         assert result is not None and result.status is JobStatus.CANCELLED
         assert handle.servers_holding_prompts() == ()
+
+
+def test_a_slot_waiting_for_a_second_chance_sleeps_until_the_probe_is_due() -> None:
+    """The slot of a server out for what it did blocks until its probe is due (never longer
+    than asked, never a busy loop returning at once)."""
+    book, _, clock = _book(("a", "b"), settings=EngineSettings(rejoin_after=5.0))
+    book.server_refused("a", Outcome(OutcomeKind.SERVER, "authentication refused"))
+    clock.now = 4.8  # the probe is due in 0.2 s
+    began = time.monotonic()
+    assert book.second_chance_due("slot-a", timeout=3.0) is False
+    waited = time.monotonic() - began
+    assert 0.15 <= waited < 2.0, waited
