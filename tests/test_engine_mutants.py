@@ -326,3 +326,11 @@ def test_a_slot_waiting_for_a_second_chance_sleeps_until_the_probe_is_due() -> N
     assert book.second_chance_due("slot-a", timeout=3.0) is False
     waited = time.monotonic() - began
     assert 0.15 <= waited < 2.0, waited
+
+
+def test_nothing_is_pulled_back_once_the_job_ended() -> None:
+    book, _, _ = _book(("a", "b"), frames="1")
+    attempt = book.next_attempt("slot-a", 0.0)
+    assert attempt is not None and book.pull_back(attempt, False)
+    book.cancel()
+    assert not book.pull_back(attempt, True)
