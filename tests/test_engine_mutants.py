@@ -266,6 +266,8 @@ def test_a_refused_server_gets_one_second_chance_through_the_book() -> None:
     book.server_refused("a", Outcome(OutcomeKind.SERVER, "authentication refused"))
     book.server_refused("b", Outcome(OutcomeKind.SERVER, "authentication refused too"))
     assert "a" in book.blocklist and "b" in book.blocklist
+    blocked = [e.server for e in got if isinstance(e, ev.ServerBlocklisted)]
+    assert blocked == ["a", "b"]  # told at once, not with some later event
     assert book.second_chance_due("slot-a", 0.0) is False  # not yet
     clock.now = 5.0
     assert book.second_chance_due("slot-a", 0.0) is True
