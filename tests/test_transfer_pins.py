@@ -7,6 +7,7 @@ the resume check counts files, not folders.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -281,3 +282,38 @@ def test_a_file_name_with_two_frame_tokens_is_found_on_disk(tmp_path: Path) -> N
     frame_path(pattern, 3).write_bytes(b"png")
     assert frame_path(pattern, 3).name == "a.0003.b.0003.png"
     assert existing_frames(pattern, [1, 2, 3]) == (3,)
+
+
+def _shared_output(tmp_path: Path, name: str, data: bytes) -> None:
+    output = tmp_path / "mnt" / "ComfyUI" / "output"
+    output.mkdir(parents=True, exist_ok=True)
+    (output / name).write_bytes(data)
+
+
+def test_shared_storage_refuses_an_output_of_another_image_kind(tmp_path: Path) -> None:
+    """PNG bytes written as ``.exr``: refused before copying, naming both kinds (with the
+    right article: 'a PNG', 'an EXR'), and nothing is written."""
+    from comfy_cluster.sim.harness import make_test_image
+
+    server = shared(tmp_path)
+    make_test_image(tmp_path / "good.png")
+    _shared_output(tmp_path, "x.png", (tmp_path / "good.png").read_bytes())
+    dest = tmp_path / "out" / "shot.0001.exr"
+    with pytest.raises(ConfigError, match=r"wrote a PNG file .* asks for an EXR"):
+        SharedTransfer().fetch_output(None, server, ImageRef("x.png"), dest)
+    assert not dest.exists()
+
+
+def test_shared_storage_takes_an_output_exactly_at_the_download_cap(tmp_path: Path) -> None:
+    from comfy_cluster.sim.harness import make_test_image
+
+    make_test_image(tmp_path / "good.png")
+    data = (tmp_path / "good.png").read_bytes()
+    _shared_output(tmp_path, "x.png", data)
+    dest = tmp_path / "out" / "shot.0001.png"
+    at_cap = dataclasses.replace(shared(tmp_path), max_download_bytes=len(data))
+    assert SharedTransfer().fetch_output(None, at_cap, ImageRef("x.png"), dest) == dest
+    assert dest.read_bytes() == data
+    under = dataclasses.replace(at_cap, max_download_bytes=len(data) - 1)
+    with pytest.raises(ProtocolError, match="over the"):
+        SharedTransfer().fetch_output(None, under, ImageRef("x.png"), tmp_path / "o.0002.png")
