@@ -22,7 +22,7 @@ from test_engine_job_runs import (
 )
 
 from comfy_cluster.core.engine import events as ev
-from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
+from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
@@ -336,3 +336,50 @@ def test_nothing_is_pulled_back_once_the_job_ended() -> None:
     assert attempt is not None and book.pull_back(attempt, False)
     book.cancel()
     assert not book.pull_back(attempt, True)
+
+
+def _two_slots_on_a(frames: str = "1-2", **kw: Any) -> tuple[JobBook, list, Attempt]:
+    """Servers a (two slots) and b: a's first slot took chunk 0, its second holds chunk 1
+    assigned but not started."""
+    book, got, _ = _book(("a", "b"), frames=frames, **kw)
+    book.add_slot("a-1", "a")
+    first = book.next_attempt("slot-a", 0.0)
+    assert isinstance(first, Attempt) and first.chunk.index == 0
+    book.flush()
+    assigned = [(e.server, e.chunk_index) for e in got if isinstance(e, ev.ChunkAssigned)]
+    assert assigned == [("a", 0), ("a", 1)]
+    return book, got, first
+
+
+def test_a_server_gone_for_now_gives_back_the_chunks_it_had_not_started() -> None:
+    """A server that worked in the job drops (down): it is suspended, and the chunk assigned
+    to its other slot goes back in line, not left to be sent to a dead server."""
+    book, _, first = _two_slots_on_a()
+    book.mark_validated("a")
+    book.finish_attempt(first, Outcome(OutcomeKind.SERVER, "refused", down=True))
+    assert "a" not in book.blocklist  # gone for now, not out
+    assert not isinstance(book.next_attempt("a-1", 0.0), Attempt)
+    taken = book.next_attempt("slot-b", 0.0)
+    assert isinstance(taken, Attempt)
+
+
+def test_a_refused_server_hands_its_unstarted_chunks_to_the_others_at_once() -> None:
+    book, got, _ = _two_slots_on_a()
+    got.clear()
+    book.server_refused("a", Outcome(OutcomeKind.SERVER, "authentication refused"))
+    assigned = [(e.server, e.chunk_index) for e in got if isinstance(e, ev.ChunkAssigned)]
+    assert assigned == [("b", 1)]
+
+
+def test_a_chunk_failing_on_servers_that_went_down_still_counts_its_failures() -> None:
+    """Down is not the server's fault, but the chunk still failed there: after
+    ``max_chunk_servers`` such servers the job fails instead of trying forever."""
+    settings = EngineSettings(max_chunk_servers=2)
+    book, _, _ = _book(("a", "b", "c"), frames="1", settings=settings)
+    for server in ("a", "b"):
+        book.mark_validated(server)
+        attempt = book.next_attempt(f"slot-{server}", 0.0)
+        assert isinstance(attempt, Attempt) and attempt.server == server
+        book.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "refused", down=True))
+    end = book.end()
+    assert end is not None and end.status is JobStatus.FAILED and "2 servers" in end.message
