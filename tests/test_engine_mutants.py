@@ -5,6 +5,7 @@ Each test names the one-line slip it catches; they use the same fakes as the oth
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.link import ServerLink
 from comfy_cluster.core.engine.server_watch import ServerWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
 from comfy_cluster.core.errors import NodeError, WorkflowInvalid, WorkflowRejected
 from comfy_cluster.core.frames import Chunk, FixedChunker
 from comfy_cluster.core.health_status import ServerState, ServerStatus
+from comfy_cluster.core.server import ServerConfig
 
 
 @pytest.fixture
@@ -383,3 +386,47 @@ def test_a_chunk_failing_on_servers_that_went_down_still_counts_its_failures() -
         book.finish_attempt(attempt, Outcome(OutcomeKind.SERVER, "refused", down=True))
     end = book.end()
     assert end is not None and end.status is JobStatus.FAILED and "2 servers" in end.message
+
+
+# -- the slot's link to its server ---------------------------------------------------------------
+
+
+class _Listener:
+    """No ``wait_connected``: nothing to wait for."""
+
+    def close(self) -> None:
+        pass
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def listen(self, on_event: Any, stop: threading.Event) -> _Listener:
+        return _Listener()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_client_whose_cleanup_hung_is_replaced_and_closed_on_the_next_connect() -> None:
+    """A cleanup request that did not answer leaves the client with a request in flight: the
+    next connect must not reuse it (it would queue behind the hung call) but close it."""
+    made: list[_Client] = []
+
+    def factory(server: Any) -> _Client:
+        made.append(_Client())
+        return made[-1]
+
+    server = ServerConfig(name="a", host="127.0.0.1", port=1)
+    link = ServerLink(server, factory, EngineSettings(), lambda event: None, lambda: False)
+    link.connect()
+    assert link.connect() is link.listener and len(made) == 1  # a healthy client is kept
+    release = threading.Event()
+    assert link.cleanup(lambda client: release.wait(10), wait=False) is False
+    try:
+        link.connect()
+        assert len(made) == 2 and link.client is made[1]
+        assert made[0].closed.wait(5)
+    finally:
+        release.set()
