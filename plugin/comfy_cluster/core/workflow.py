@@ -455,7 +455,7 @@ def _new_ids(existing: Iterable[str], count: int) -> list[str]:
     """Fresh numeric ids above every numeric id in use (API exports use "1", "2"...)."""
     taken = set(existing)
     numbers = [int(node_id) for node_id in taken if node_id.isdigit()]
-    next_id = max(numbers, default=0) + 1
+    next_id = max(numbers, default=0) + 1  # pragma: no mutate
     ids = []
     while len(ids) < count:
         if str(next_id) not in taken:

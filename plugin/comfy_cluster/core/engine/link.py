@@ -49,7 +49,7 @@ class ServerLink:
         self.stop = threading.Event()
         self.runner = Bounded(self.name, over)
         #: A cleanup request on the client was abandoned: replace the client before its next use.
-        self._tainted = False
+        self._tainted = False  # pragma: no mutate
 
     def connect(self) -> Any:
         """The listener (new when there was none, or the old client is tainted)."""
