@@ -430,3 +430,26 @@ def test_a_client_whose_cleanup_hung_is_replaced_and_closed_on_the_next_connect(
         assert made[0].closed.wait(5)
     finally:
         release.set()
+
+
+def test_cleanup_uses_the_slots_client_unless_it_is_tainted() -> None:
+    made: list[_Client] = []
+
+    def factory(server: Any) -> _Client:
+        made.append(_Client())
+        return made[-1]
+
+    server = ServerConfig(name="a", host="127.0.0.1", port=1)
+    link = ServerLink(server, factory, EngineSettings(), lambda event: None, lambda: False)
+    link.connect()
+    used: list[Any] = []
+    assert link.cleanup(used.append)
+    assert used == [made[0]] and len(made) == 1  # the slot's own client, no new connection
+    release = threading.Event()
+    try:
+        assert link.cleanup(lambda client: release.wait(10), wait=False) is False  # tainted
+        assert link.cleanup(used.append)
+        assert len(made) == 2 and used[-1] is made[1]  # a fresh client, not the hung one
+        assert made[1].closed.is_set()  # and closed after
+    finally:
+        release.set()
