@@ -504,7 +504,7 @@ def build_batch_prompt(
     template = prompt[loader_id]
     template["inputs"]["image"] = image_values[0]
     count = len(rendered)
-    new_ids = _new_ids(prompt, 2 * (count - 1))
+    new_ids = _new_ids(prompt, 2 * (count - 1))  # pragma: no mutate
     loader_ids, batch_ids = [loader_id, *new_ids[: count - 1]], new_ids[count - 1 :]
     title = workflow.title(loader_id) or LOADER_CLASS
     for node_id, frame, value in zip(loader_ids[1:], rendered[1:], image_values[1:]):
