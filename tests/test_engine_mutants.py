@@ -394,16 +394,20 @@ def test_a_chunk_failing_on_servers_that_went_down_still_counts_its_failures() -
 class _Listener:
     """No ``wait_connected``: nothing to wait for."""
 
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
     def close(self) -> None:
-        pass
+        self.closed.set()
 
 
 class _Client:
     def __init__(self) -> None:
         self.closed = threading.Event()
+        self.listener = _Listener()
 
     def listen(self, on_event: Any, stop: threading.Event) -> _Listener:
-        return _Listener()
+        return self.listener
 
     def close(self) -> None:
         self.closed.set()
@@ -427,7 +431,7 @@ def test_a_client_whose_cleanup_hung_is_replaced_and_closed_on_the_next_connect(
     try:
         link.connect()
         assert len(made) == 2 and link.client is made[1]
-        assert made[0].closed.wait(5)
+        assert made[0].closed.wait(5) and made[0].listener.closed.wait(5)
     finally:
         release.set()
 
