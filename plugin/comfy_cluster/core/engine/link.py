@@ -108,5 +108,5 @@ class ServerLink:
             if client is not None:
                 client.close()
 
-        if listener is not None or client is not None:
+        if listener is not None or client is not None:  # pragma: no mutate
             in_background(run, self.settings.cleanup_timeout, f"comfy-cluster-{self.name}-close")
