@@ -457,3 +457,14 @@ def test_cleanup_uses_the_slots_client_unless_it_is_tainted() -> None:
         assert made[1].closed.is_set()  # and closed after
     finally:
         release.set()
+
+
+def test_an_output_over_the_input_names_every_frame_it_would_replace(shot: Shot) -> None:
+    """Batch mode with handles reads frames either side of each rendered one; an output that
+    is the input itself is refused before sending, naming all the frames it would replace."""
+    job = RenderJob(WORKFLOW, "2-4", shot.input, input_pattern=shot.input, mode="batch", handles=1)
+    with FakeCluster([FakeServer("a")]) as cluster:
+        result = run(cluster, job)
+    assert result.status is JobStatus.FAILED
+    assert "would overwrite the input" in result.message
+    assert "frame(s) 2-4)" in result.message, result.message
