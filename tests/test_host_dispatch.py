@@ -8,6 +8,7 @@ same class through the shared fake.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
 
@@ -157,11 +158,25 @@ def test_knob_updates_coalesce_to_one_flush(fake: _Nuke) -> None:
     assert node.knob("cc_progress").values == [999, 1000]
 
 
-def test_knob_update_for_deleted_node_is_skipped(fake: _Nuke) -> None:
+def test_knob_update_for_deleted_node_is_skipped(
+    fake: _Nuke, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node deleted between the worker's update and the main-thread flush is skipped quietly,
+    and the updates queued beside it (for a live node) still land."""
+    fake.nodes["Gone"] = _Node(fake, ("cc_progress",))
     dispatcher = _dispatcher(fake)
-    _in_worker(lambda: dispatcher.set_knob_later("Gone", "cc_progress", 5))
-    _in_worker(lambda: dispatcher.set_knob_later("N1", "missing_knob", 5))
-    fake.pump()  # no error
+
+    def work() -> None:
+        dispatcher.set_knob_later("Gone", "cc_progress", 5)  # first: a crash would drop the rest
+        dispatcher.set_knob_later("N1", "missing_knob", 5)
+        dispatcher.set_knob_later("N1", "cc_status", "still here")
+
+    _in_worker(work)
+    del fake.nodes["Gone"]  # deleted before the main thread runs the flush
+    caplog.set_level(logging.DEBUG)
+    assert fake.pump() == 1
+    assert fake.nodes["N1"].knob("cc_status").values == ["still here"]
+    assert "failed" not in caplog.text
 
 
 def test_set_knob_on_main_thread_applies_now(fake: _Nuke) -> None:

@@ -7,6 +7,7 @@ the resume check counts files, not folders.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -227,3 +228,92 @@ def test_shared_storage_needs_both_folders(tmp_path: Path, missing: str) -> None
         SharedTransfer().prepare_input(None, server, plate)
     with pytest.raises(ConfigError, match="dir_local and dir_remote"):
         SharedTransfer().fetch_output(None, server, ImageRef("x.png"), tmp_path / "o.png")
+
+
+def test_the_whole_image_check_of_many_frames_keeps_only_whole_ones(tmp_path: Path) -> None:
+    """Hundreds of frames are opened on a thread pool: the answer is the same as one by one
+    (whole files kept, cut ones dropped, in frame order)."""
+    from comfy_cluster.sim.harness import make_test_image
+
+    pattern = str(tmp_path / "s.####.png")
+    good = tmp_path / "good.png"
+    make_test_image(good)
+    data = good.read_bytes()
+    cut = {7, 150, 299}
+    for f in range(1, 301):
+        frame_path(pattern, f).write_bytes(data[:-1] if f in cut else data)
+    expected = tuple(f for f in range(1, 301) if f not in cut)
+    assert existing_frames(pattern, range(1, 302), whole_images=True) == expected
+
+
+class _Entry:
+    """A directory entry whose type cannot be read (a stale network-share entry)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def is_dir(self) -> bool:
+        raise OSError("stale file handle")
+
+
+class _Listing(list):
+    def __enter__(self) -> _Listing:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def test_an_entry_whose_type_cannot_be_read_still_counts_as_a_frame(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Only a real folder is not a frame: an entry that cannot be stat-ed is listed as a file,
+    so resume keeps it rather than rendering over it."""
+    from comfy_cluster.core import transfer
+
+    monkeypatch.setattr(transfer.os, "scandir", lambda folder: _Listing([_Entry("o.0001.png")]))
+    assert existing_frames(str(tmp_path / "o.####.png"), [1, 2]) == (1,)
+
+
+def test_a_file_name_with_two_frame_tokens_is_found_on_disk(tmp_path: Path) -> None:
+    """The fast name formatter handles one token; a name with two (``a.####.b.####.png``) must
+    still have both filled in, or resume never sees the frame."""
+    pattern = str(tmp_path / "a.####.b.####.png")
+    frame_path(pattern, 3).write_bytes(b"png")
+    assert frame_path(pattern, 3).name == "a.0003.b.0003.png"
+    assert existing_frames(pattern, [1, 2, 3]) == (3,)
+
+
+def _shared_output(tmp_path: Path, name: str, data: bytes) -> None:
+    output = tmp_path / "mnt" / "ComfyUI" / "output"
+    output.mkdir(parents=True, exist_ok=True)
+    (output / name).write_bytes(data)
+
+
+def test_shared_storage_refuses_an_output_of_another_image_kind(tmp_path: Path) -> None:
+    """PNG bytes written as ``.exr``: refused before copying, naming both kinds (with the
+    right article: 'a PNG', 'an EXR'), and nothing is written."""
+    from comfy_cluster.sim.harness import make_test_image
+
+    server = shared(tmp_path)
+    make_test_image(tmp_path / "good.png")
+    _shared_output(tmp_path, "x.png", (tmp_path / "good.png").read_bytes())
+    dest = tmp_path / "out" / "shot.0001.exr"
+    with pytest.raises(ConfigError, match=r"wrote a PNG file .* asks for an EXR"):
+        SharedTransfer().fetch_output(None, server, ImageRef("x.png"), dest)
+    assert not dest.exists()
+
+
+def test_shared_storage_takes_an_output_exactly_at_the_download_cap(tmp_path: Path) -> None:
+    from comfy_cluster.sim.harness import make_test_image
+
+    make_test_image(tmp_path / "good.png")
+    data = (tmp_path / "good.png").read_bytes()
+    _shared_output(tmp_path, "x.png", data)
+    dest = tmp_path / "out" / "shot.0001.png"
+    at_cap = dataclasses.replace(shared(tmp_path), max_download_bytes=len(data))
+    assert SharedTransfer().fetch_output(None, at_cap, ImageRef("x.png"), dest) == dest
+    assert dest.read_bytes() == data
+    under = dataclasses.replace(at_cap, max_download_bytes=len(data) - 1)
+    with pytest.raises(ProtocolError, match="over the"):
+        SharedTransfer().fetch_output(None, under, ImageRef("x.png"), tmp_path / "o.0002.png")

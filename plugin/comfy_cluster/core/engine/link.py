@@ -50,7 +50,7 @@ class ServerLink:
         self.stop = threading.Event()
         self.runner = Bounded(self.name, over)
         #: A cleanup request on the client was abandoned: replace the client before its next use.
-        self._tainted = False
+        self._tainted = False  # pragma: no mutate
 
     def connect(self) -> Any:
         """The listener (new when there was none, or the old client is tainted)."""
@@ -110,5 +110,5 @@ class ServerLink:
             if client is not None:
                 client.close()
 
-        if listener is not None or client is not None:
+        if listener is not None or client is not None:  # pragma: no mutate
             in_background(run, self.settings.cleanup_timeout, f"comfy-cluster-{self.name}-close")

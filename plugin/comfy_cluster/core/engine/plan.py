@@ -194,7 +194,7 @@ def _chunker(
 
 def _input_frames(requested: Sequence[int], handles: int) -> Sequence[int]:
     """The input frames a job may read: the requested ones and ``handles`` either side."""
-    if not handles:
+    if not handles:  # pragma: no mutate
         return requested
     return sorted({g for f in requested for g in range(f - handles, f + handles + 1)})
 

