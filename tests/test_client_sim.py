@@ -340,6 +340,7 @@ def test_listener_callback_errors_do_not_kill_it(sim: Any) -> None:
 
     with ComfyClient(cfg(sim), timeouts=FAST) as client:
         listener = client.listen(flaky)
+        assert listener.wait_connected(5.0)  # else the prompt may finish before we listen
         pid = client.submit(prompt("cb"))
         seen.wait_for(finished(pid))
         assert listener.is_alive()

@@ -69,13 +69,16 @@ def test_a_job_learns_the_speed_of_its_own_workflow_only(tmp_path: Path) -> None
         str(tmp_path / "out" / "shot.####.png"),
         input_pattern=str(tmp_path / "in.####.png"),
     )
-    with FakeCluster([FakeServer("s")]) as cluster, Scheduler(
-        cluster.configs,
-        client_factory=cluster.client_factory,
-        poll_interval=0.01,
-        retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
-        join_timeout=5.0,
-    ) as scheduler:
+    with (
+        FakeCluster([FakeServer("s")]) as cluster,
+        Scheduler(
+            cluster.configs,
+            client_factory=cluster.client_factory,
+            poll_interval=0.01,
+            retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
+            join_timeout=5.0,
+        ) as scheduler,
+    ):
         assert scheduler.run(job).ok
         same_shape = scheduler.speeds.for_workflow(invert_workflow("other-prefix"))
         other_shape = scheduler.speeds.for_workflow(sampler(20))
