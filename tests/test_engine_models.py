@@ -146,9 +146,11 @@ def inputs(folder: Path, frames: int) -> str:
 
 def test_two_jobs_with_different_models_partition_the_cluster(tmp_path: Path) -> None:
     """Each server loads each model at most once within a job: the second job takes its share,
-    the first gives those servers up instead of loading its model there again."""
+    the first gives those servers up instead of loading its model there again. A load is long
+    against the half-second reads of each server's queue, as a real checkpoint's is: with
+    0.6 s loads a loaded CI machine once saw a server switch back before the read came."""
     opts = [
-        SimOptions(name=f"m{i}", node_seconds=0.01, load_seconds=0.6, models_in_memory=1, steps=2)
+        SimOptions(name=f"m{i}", node_seconds=0.01, load_seconds=2.0, models_in_memory=1, steps=2)
         for i in range(2)
     ]
     sims = start_sims(2, opts)
