@@ -102,6 +102,22 @@ def test_a_newcomer_takes_over_only_its_share_of_busy_servers() -> None:
     assert aff.admit(list("cd"), list("abcd"), 40) == []  # two of four: its share
 
 
+def test_a_busy_server_read_empty_between_two_of_their_prompts_stays_theirs() -> None:
+    """Another job's warm prompts are short: a read may find its server's queue empty between
+    two of them. That server is still the other job's for a while, not free for the taking."""
+    now = [100.0]
+    aff = ModelAffinity(frozenset({"ours.safetensors"}), ["a", "b"], clock=lambda: now[0])
+    busy = queue_models({"queue_running": [item(1, "x", "theirs.safetensors")]}, set())
+    for name in "ab":
+        aff.observe(name, busy)
+    aff.assigned("a")
+    aff.observe("b", queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
+    assert aff.admit(["b"], ["a", "b"], 40) == []  # one of two: its share
+    now[0] += 6.0  # nothing of theirs seen on b for longer than a few reads: they are gone
+    aff.observe("b", queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
+    assert aff.admit(["b"], ["a", "b"], 40) == ["b"]
+
+
 def test_a_server_whose_model_another_job_queued_behind_ours_is_lost_once_loaded() -> None:
     aff = affinity("ab")
     for name in "ab":
@@ -117,13 +133,43 @@ def test_a_server_whose_model_another_job_queued_behind_ours_is_lost_once_loaded
     assert not aff.lost("a")  # every server lost: loading again beats never finishing
 
 
+def test_a_prompt_of_ours_sent_behind_another_model_loses_the_server() -> None:
+    """Our model ran on ``a``; before our next read of its queue another client's prompt came in
+    and we sent one more behind it. Once theirs runs, ours would load our model there a second
+    time: the server is lost and our pending prompt goes back. The newcomer, whose model runs,
+    keeps the server although our stray prompt waits ahead of its next one."""
+    aff = affinity("ab")
+    for name in "ab":
+        aff.observe(name, queue_models({}, set()))
+        aff.submitted(name)
+    ours_running = {
+        "queue_running": [item(1, "p1", "ours.safetensors")],
+        "queue_pending": [item(2, "q1", "theirs.safetensors"), item(3, "p2", "ours.safetensors")],
+    }
+    aff.observe("a", queue_models(ours_running, {"p1", "p2"}))
+    assert not aff.lost("a")  # ours is loaded now: theirs has not taken it yet
+    theirs_running = {
+        "queue_running": [item(2, "q1", "theirs.safetensors")],
+        "queue_pending": [item(3, "p2", "ours.safetensors")],
+    }
+    aff.observe("a", queue_models(theirs_running, {"p2"}))
+    assert aff.lost("a") and aff.pending_here("a", "p2")
+
+    newcomer = ModelAffinity(frozenset({"theirs.safetensors"}), ["a"], clock=time.monotonic)
+    newcomer.observe("a", queue_models(ours_running, {"q1"}))
+    newcomer.submitted("a")
+    theirs_running["queue_pending"].append(item(4, "q2", "theirs.safetensors"))
+    newcomer.observe("a", queue_models(theirs_running, {"q1", "q2"}))
+    assert not newcomer.lost("a")
+
+
 def test_a_cold_server_gets_work_only_when_its_load_pays() -> None:
     aff = affinity("ab")
     for name in "ab":
         aff.observe(name, queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
     aff.submitted("a")
-    aff.prompt_done(1.0, loaded=False)
-    aff.prompt_done(11.0, loaded=True)  # a load costs about 10 s
+    aff.prompt_done("a", 1.0, loaded=False)
+    aff.prompt_done("a", 11.0, loaded=True)  # a load costs about 10 s
     assert aff.admit(["b"], ["a", "b"], remaining=4) == []  # 4 s of work left: not worth 10 s
     assert aff.admit(["b"], ["a", "b"], remaining=100) == ["b"]
 

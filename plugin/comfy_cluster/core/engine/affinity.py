@@ -6,8 +6,8 @@ so the job follows three rules, decided from what its worker slots see in each s
 ``/queue`` (other clients' loader inputs, ``model_names.py``) and from its own prompts:
 
 - **at most one load per server**: once our model was loaded on a server and another client's
-  prompt with another model waits there (behind ours, or ahead of the next one we would send),
-  the server is *lost* to this job: no new prompt goes there, a prompt of ours still pending
+  prompt with another model waits there (behind ours, ahead of the next one we would send, or
+  ahead of a pending one of ours once ours no longer runs), the server is *lost* to this job: no new prompt goes there, a prompt of ours still pending
   there is taken back. Only when every server is lost do we load again (better than no end);
 - **fair share**: a server busy with another client's other-model work is taken over only while
   the job holds fewer servers than its share (servers / models in demand);
@@ -31,6 +31,10 @@ __all__ = ["ModelAffinity"]
 
 #: A cold server must cut the estimated finish by this share to be worth its load.
 GAIN = 0.9
+#: Seconds another model seen in a server's queue keeps it contested. Another job's warm
+#: prompts are short and its queue is often empty between two of them when read: one empty
+#: read must not make its server look free for the taking.
+CONTEST_MEMORY = 5.0
 
 
 @dataclass
@@ -40,8 +44,12 @@ class _Server:
     known: bool = False
     held: Optional[frozenset] = None
     view: QueueModels = field(default_factory=QueueModels)
+    #: Other clients' models seen in its queue, with when they were last seen.
+    others: dict = field(default_factory=dict)
     claimed: bool = False
     loaded: bool = False
+    #: Our model was in memory there (a prompt of ours seen running or finished).
+    ran: bool = False
     lost: bool = False
     polled_at: float = -math.inf
 
@@ -77,6 +85,11 @@ class ModelAffinity:
         """A fresh read of ``server``'s queue (``held``: the newest history entry's models)."""
         s = self._servers[server]
         s.known, s.view = True, view
+        s.ran = s.ran or view.ours_running
+        now = self._clock()
+        for models in (view.running, *view.ahead, *view.behind):
+            if self._other(models):
+                s.others[models] = now
         if view.running:
             s.held = view.running
         elif view.ours_running:
@@ -90,12 +103,14 @@ class ModelAffinity:
         return bool(models) and models.isdisjoint(self.ours)
 
     def _evicted(self, s: _Server) -> bool:
-        """Another model will be (or is) loaded before our next prompt there would run."""
+        """Another model will be (or is) loaded before our next prompt there would run. While
+        ours runs, only a prompt behind all of ours counts: one ahead of our pending prompt may
+        be the other job's stray, which it takes back once it sees our model running."""
         v = s.view
         if any(self._other(m) for m in v.behind):
             return True
-        if v.ours_running or v.ours_pending:
-            return False
+        if v.ours_running or (v.ours_pending and not s.ran):
+            return False  # ours runs, or our first load there is still to come
         return self._other(v.running) or any(self._other(m) for m in v.ahead)
 
     def assigned(self, server: str) -> None:
@@ -112,11 +127,12 @@ class ModelAffinity:
         s.held, s.loaded, s.claimed = self.ours, True, True
         return loads
 
-    def prompt_done(self, seconds: float, loaded: bool) -> None:
-        """One prompt of ours took ``seconds`` (submit to result), ``loaded`` or warm: the load
-        estimate is the slowest loading prompt less the fastest warm one."""
+    def prompt_done(self, server: str, seconds: float, loaded: bool) -> None:
+        """One prompt of ours on ``server`` took ``seconds`` (submit to result), ``loaded`` or
+        warm: the load estimate is the slowest loading prompt less the fastest warm one."""
         if not self.enabled:
             return
+        self._servers[server].ran = True
         if not loaded:
             self._steady = seconds if self._steady is None else min(self._steady, seconds)
         elif self._steady is not None:
@@ -162,16 +178,19 @@ class ModelAffinity:
         s = self._servers[name]
         return s.claimed or (s.held is not None and bool(s.held & self.ours))
 
+    def _seen_others(self, name: str) -> set:
+        """Other clients' models in ``name``'s queue lately (``CONTEST_MEMORY``)."""
+        since = self._clock() - CONTEST_MEMORY
+        return {m for m, at in self._servers[name].others.items() if at >= since}
+
     def _contested(self, name: str) -> bool:
-        v = self._servers[name].view
-        return any(self._other(m) for m in (v.running, *v.ahead, *v.behind))
+        return bool(self._seen_others(name))
 
     def _share(self, usable: Sequence[str]) -> int:
         """Servers this job may hold: all of them over the models in demand, ours included."""
         demand = {self.ours}
         for name in usable:
-            v = self._servers[name].view
-            demand.update(m for m in (v.running, *v.ahead, *v.behind) if self._other(m))
+            demand.update(self._seen_others(name))
         return max(1, math.ceil(len(usable) / len(demand)))
 
     def _worth_a_load(self, warm: int, remaining: int) -> bool:

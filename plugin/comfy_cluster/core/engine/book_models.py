@@ -79,9 +79,9 @@ class ModelTurns:
         with self._cond:
             return self.models.submitted(server)
 
-    def model_prompt_done(self, seconds: float, loaded: bool) -> None:
+    def model_prompt_done(self, server: str, seconds: float, loaded: bool) -> None:
         with self._cond:
-            self.models.prompt_done(seconds, loaded)
+            self.models.prompt_done(server, seconds, loaded)
 
     def model_lost(self, server: str) -> bool:
         """Another client's model took ``server``: send nothing more there."""

@@ -393,7 +393,7 @@ class Worker:
             # Saves queueing late events only: drain() and the prompt-id check drop them anyway.
             self.watch.forget()  # pragma: no mutate
         self.book.prompt_finished(self.name, pid)
-        self.book.model_prompt_done(self.tools.clock() - sent, loads)
+        self.book.model_prompt_done(self.name, self.tools.clock() - sent, loads)
         return result
 
     def _progress(self, attempt: Attempt, fraction: float, frames: int) -> None:
