@@ -27,10 +27,13 @@ from comfy_cluster.core.engine.attempt import Attempt, Outcome, OutcomeKind
 from comfy_cluster.core.engine.book import JobBook
 from comfy_cluster.core.engine.chunk_queue import ChunkQueue
 from comfy_cluster.core.engine.job import JobStatus, RenderJob
+from comfy_cluster.core.engine.ledger import FrameLedger
 from comfy_cluster.core.engine.link import ServerLink
 from comfy_cluster.core.engine.server_watch import ServerWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.standing import ServerStanding
+from comfy_cluster.core.engine.stop import JobStop
+from comfy_cluster.core.engine.waits import QueueWaits
 from comfy_cluster.core.errors import NodeError, WorkflowInvalid, WorkflowRejected
 from comfy_cluster.core.frames import Chunk, FixedChunker
 from comfy_cluster.core.health_status import ServerState, ServerStatus
@@ -303,6 +306,54 @@ def test_one_ready_server_does_not_hide_the_news_of_the_next() -> None:
         }
     )
     assert posted == [("b", "offline")]
+
+
+def test_each_servers_news_is_told_whatever_the_servers_before_it_did() -> None:
+    """An unchanged server, or one going from ready to busy (still usable: not news), must not
+    hide the next server going offline."""
+    posted: list[tuple[str, str]] = []
+    watch = ServerWatch(lambda cls, **fields: posted.append((fields["server"], fields["state"])))
+
+    def status(name: str, state: ServerState, reason: str = "") -> ServerStatus:
+        return ServerStatus(name, f"http://{name}", state=state, reason=reason or None)
+
+    watch.update({n: status(n, ServerState.READY) for n in "abc"})
+    assert posted == []
+    watch.update(
+        {
+            "a": status("a", ServerState.READY),
+            "b": status("b", ServerState.BUSY),
+            "c": status("c", ServerState.OFFLINE, "refused"),
+        }
+    )
+    assert posted == [("c", "offline")]
+
+
+def test_a_failed_disk_check_wakes_the_supervisor_at_once() -> None:
+    """The end-of-job disk check fails the job: the supervisor must not sleep out its poll."""
+    cond = threading.Condition()
+    stop = JobStop(cond, FrameLedger([1]))
+    woke = threading.Event()
+
+    def supervisor() -> None:
+        stop.wait_supervisor(30)
+        woke.set()
+
+    threading.Thread(target=supervisor, daemon=True).start()
+    time.sleep(0.1)
+    with cond:
+        stop.fail_verification("frame 1 is not on disk")
+    assert woke.wait(10)
+    assert stop.end is not None and stop.end.status is JobStatus.FAILED
+
+
+def test_a_prompt_end_reported_late_does_not_move_the_last_end_back() -> None:
+    """Two slots of one server report their prompts' ends out of order: the later end counts,
+    else time spent behind our own prompt is blamed on other clients."""
+    waits = QueueWaits()
+    waits.ended("a", 5.0)
+    waits.ended("a", 3.0)
+    assert waits.foreign_wait("a", submitted=4.0, started=7.0) == 2.0
 
 
 def test_a_running_job_names_the_server_holding_its_prompt(shot: Shot) -> None:

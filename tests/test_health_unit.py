@@ -295,6 +295,25 @@ def test_close_is_prompt_idempotent_and_closes_clients() -> None:
     assert mon.closed and mon.wait_for_poll(0.1) is False
 
 
+def test_close_also_waits_for_a_removed_server_still_in_its_poll() -> None:
+    """A server removed mid-poll is told to stop; ``close`` must wait for its thread too, else
+    the thread outlives the monitor (a panel test once saw one on a loaded machine)."""
+    world = World(a="hang")
+    a, b = servers("a", "b")
+    mon = monitor(world, [a, b], timeout=5.0)
+    mon.start()
+    wait_until(lambda: world.in_poll.get("a") == 1)
+    mon.set_servers([b])
+    release = threading.Timer(0.3, world.release.set)
+    release.start()
+    try:
+        mon.close(timeout=3.0)
+        assert not [t for t in threading.enumerate() if t.name == "comfy-cluster-health-a"]
+    finally:
+        release.cancel()
+        world.release.set()
+
+
 def test_set_servers_adds_disables_and_removes() -> None:
     world = World()
     with monitor(world, servers("a", "b")) as mon:

@@ -138,20 +138,20 @@ def test_model_memory_lru() -> None:
 
 
 def test_loads_cost_load_seconds_and_evict(sim_factory) -> None:
-    sim = sim_factory(node_seconds=0.0, load_seconds=0.4, models_in_memory=1, speed=4.0)
+    sim = sim_factory(node_seconds=0.0, load_seconds=1.0, models_in_memory=1, speed=4.0)
     make_test_image(sim.input_dir / "plate.0001.png")
     make_test_image(sim.input_dir / "plate.0002.png", color=(1, 2, 3))
     _, _, first = run(sim, img2img("sd15.safetensors"))
     _, _, warm = run(sim, img2img("sd15.safetensors", "plate.0002.png"))
-    assert first >= 0.4  # not scaled by speed 4
-    assert warm < 0.3
+    assert first >= 1.0  # not scaled by speed 4
+    assert warm < 0.8  # a loaded CI machine may add tenths, never a load
     s = stats(sim)
     assert s["models"]["loaded"] == ["sd15.safetensors"] and s["models"]["loads"] == 1
     _, _, other = run(sim, img2img("sim-a.safetensors"))
-    assert other >= 0.4
+    assert other >= 1.0
     assert stats(sim)["models"]["loaded"] == ["sim-a.safetensors"]  # sd15 evicted
     _, _, back = run(sim, img2img("sd15.safetensors"))
-    assert back >= 0.4
+    assert back >= 1.0
     assert stats(sim)["models"]["loads_by_model"] == {
         "sd15.safetensors": 2,
         "sim-a.safetensors": 1,
@@ -159,12 +159,12 @@ def test_loads_cost_load_seconds_and_evict(sim_factory) -> None:
 
 
 def test_two_models_in_memory_switch_for_free(sim_factory) -> None:
-    sim = sim_factory(node_seconds=0.0, load_seconds=0.3, models_in_memory=2)
+    sim = sim_factory(node_seconds=0.0, load_seconds=1.0, models_in_memory=2)
     make_test_image(sim.input_dir / "plate.0001.png")
     run(sim, img2img("sd15.safetensors"))
     run(sim, img2img("sim-a.safetensors"))
     _, _, again = run(sim, img2img("sd15.safetensors"))
-    assert again < 0.25
+    assert again < 0.8
     assert stats(sim)["models"]["loads"] == 2
 
 

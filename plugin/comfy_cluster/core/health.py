@@ -283,6 +283,8 @@ class HealthMonitor(_PollerSide):
         self._servers: dict[str, ServerConfig] = {s.name: s for s in servers}
         self._facts: dict[str, PollFacts] = {}
         self._pollers: dict[str, ServerPoller] = {}
+        #: Pollers of removed or changed servers, told to stop: ``close`` waits for them too.
+        self._retired: list[ServerPoller] = []
         self._subscribers = _Subscribers()
         self._use = _JobUse(interval_in_use)
         #: Poll requests: a poll that *starts* after request n serves it (see wait_for_poll).
@@ -316,8 +318,9 @@ class HealthMonitor(_PollerSide):
             if self._closed:
                 return
             self._closed = True
-            pollers = list(self._pollers.values())
+            pollers = [*self._pollers.values(), *self._retired]
             self._pollers.clear()
+            self._retired.clear()
             self._cond.notify_all()
         for poller in pollers:
             poller.stop_soon()
@@ -469,6 +472,7 @@ class HealthMonitor(_PollerSide):
                 for n in list(self._pollers)
                 if n not in new or new[n] != old.get(n)
             ]
+            self._retired = [p for p in self._retired if p.thread.is_alive()] + stale
             now = self._clock()
             statuses = {}
             for name, server in new.items():

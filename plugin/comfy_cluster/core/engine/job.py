@@ -88,7 +88,8 @@ class RenderJob:
             raise ValueError("handles only make sense in batch mode")
         if self.mode == "batch" and not self.input_pattern:
             raise ValueError("batch mode needs an input_pattern (the frames to batch)")
-        format_frame_path(self.output_pattern, 0)  # raises ConfigError without a frame token
+        # Raises ConfigError without a frame token; any frame number would do.
+        format_frame_path(self.output_pattern, 0)  # pragma: no mutate
         if self.input_pattern:
             format_frame_path(self.input_pattern, 0)
         if self.servers is not None:
