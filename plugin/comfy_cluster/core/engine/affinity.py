@@ -7,10 +7,12 @@ so the job follows three rules, decided from what its worker slots see in each s
 
 - **at most one load per server**: once our model was loaded on a server and another client's
   prompt with another model waits there (behind ours, ahead of the next one we would send, or
-  ahead of a pending one of ours once ours no longer runs), the server is *lost* to this job: no new prompt goes there, a prompt of ours still pending
-  there is taken back. Only when every server is lost do we load again (better than no end);
-- **fair share**: a server busy with another client's other-model work is taken over only while
-  the job holds fewer servers than its share (servers / models in demand);
+  ahead of a pending one of ours once ours no longer runs), the server is *lost* to this job:
+  no new prompt goes there, a prompt of ours still pending there is taken back. Only when every
+  server is lost do we load again (better than no end);
+- **fair share**: a server busy with another client's other-model work (seen in its queue within
+  the last ``CONTEST_MEMORY`` seconds) is taken over only while the job holds fewer servers than
+  its share (servers / models in demand);
 - **a load is weighed**: with warm servers at hand, a cold server (another model in memory) gets
   work only when the estimate says the job ends sooner with it, the load included.
 
