@@ -84,3 +84,42 @@ def test_a_job_learns_the_speed_of_its_own_workflow_only(tmp_path: Path) -> None
         other_shape = scheduler.speeds.for_workflow(sampler(20))
     assert same_shape.seconds_per_frame("s") is not None
     assert other_shape.seconds_per_frame("s") is None
+
+
+def test_a_job_reads_its_workflow_file_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """The plan, the speed record of the workflow's shape and the checkpoint it loads all come
+    from one read: a file saved again mid-start cannot size chunks with another shape's speed."""
+    import json
+
+    from comfy_cluster.core import workflow as workflow_module
+
+    for f in (1, 2):
+        (tmp_path / f"in.{f:04d}.png").write_bytes(b"frame-%d" % f)
+    path = tmp_path / "flow.json"
+    path.write_text(json.dumps(invert_workflow()), encoding="utf-8")
+    reads: list[str] = []
+    real_read = workflow_module.read_input_text
+
+    def counting_read(name: str, *args: Any, **kwargs: Any) -> str:
+        reads.append(name)
+        return real_read(name, *args, **kwargs)
+
+    monkeypatch.setattr(workflow_module, "read_input_text", counting_read)
+    job = RenderJob(
+        str(path),
+        "1-2",
+        str(tmp_path / "out" / "shot.####.png"),
+        input_pattern=str(tmp_path / "in.####.png"),
+    )
+    with (
+        FakeCluster([FakeServer("s")]) as cluster,
+        Scheduler(
+            cluster.configs,
+            client_factory=cluster.client_factory,
+            poll_interval=0.01,
+            retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
+            join_timeout=5.0,
+        ) as scheduler,
+    ):
+        assert scheduler.run(job).ok
+    assert reads.count(str(path)) == 1, reads

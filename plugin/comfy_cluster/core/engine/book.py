@@ -64,6 +64,7 @@ class JobBook(ServerTurns, ModelTurns, CopyTurns):
         clock: Callable[[], float],
         eta: Optional[EtaFn] = None,
         settings: EngineSettings = _DEFAULTS,
+        models: Optional[frozenset] = None,
     ) -> None:
         self.job = job
         self._cond = threading.Condition(threading.RLock())
@@ -82,7 +83,10 @@ class JobBook(ServerTurns, ModelTurns, CopyTurns):
         self._times = FrameTimes(clock)
         self.speculating = settings.speculation and job.mode != "batch"
         #: Which servers hold the job's checkpoint (``affinity.py``; idle without one).
-        self.models = ModelAffinity(workflow_models(job.workflow), self.servers, clock)
+        #: ``models``: the checkpoints its workflow loads, if the caller read them already.
+        if models is None:
+            models = workflow_models(job.workflow)
+        self.models = ModelAffinity(models, self.servers, clock)
         #: Prompts we may have queued, per server (for the cancel sweep): its own lock.
         live = LivePrompts()
         self.prompt_submitted, self.prompt_finished = live.submitted, live.finished

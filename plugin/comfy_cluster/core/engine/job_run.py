@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 from comfy_cluster.core.engine.balancing import JobBalancer
 from comfy_cluster.core.engine.book import JobBook
+from comfy_cluster.core.engine.book_models import workflow_models
 from comfy_cluster.core.engine.cleanup import ignore_errors
 from comfy_cluster.core.engine.ending import early_result, final_result
 from comfy_cluster.core.engine.events import EventSink, JobStarted
@@ -156,8 +157,6 @@ class JobRun:
         refused = self._take_output()
         if refused is not None:
             return refused
-        if self.tools.speed_for is not None:  # speeds of this workflow's shape only
-            self.tools = replace(self.tools, speed=self.tools.speed_for(self.job.workflow))
         try:
             plan = plan_job(
                 self.job,
@@ -165,6 +164,7 @@ class JobRun:
                 speed=self.tools.speed,
                 settings=self.settings,
                 inputs_arrive_later=self.wait_for_input is not None,
+                speed_for=self.tools.speed_for,  # speeds of this workflow's shape only
             )
         except EarlyFailure as failure:
             return self._fail_early(
@@ -174,6 +174,7 @@ class JobRun:
                 existing=failure.existing,
             )
         self.plan = plan
+        self.tools = replace(self.tools, speed=plan.speed)
         book = self.book = self._open_book(plan)
         book.post(
             JobStarted,
@@ -210,6 +211,7 @@ class JobRun:
             clock=self.clock,
             eta=balancer.eta,
             settings=self.settings,
+            models=workflow_models(plan.workflow),
         )
 
     def _end(self) -> JobResult:

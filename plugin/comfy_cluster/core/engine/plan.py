@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from comfy_cluster.core.balance import Strategy, make_strategy
 from comfy_cluster.core.engine.job import RenderJob
@@ -60,6 +60,8 @@ class JobPlan:
     #: Frames on disk already and not rendered (``existing="resume"``).
     skipped: tuple[int, ...]
     chunks: tuple[Chunk, ...]
+    #: The speed record the chunks were sized with (the workflow shape's, when known).
+    speed: SpeedRecord
 
 
 class EarlyFailure(Exception):
@@ -88,11 +90,14 @@ def plan_job(
     speed: SpeedRecord,
     settings: EngineSettings,
     inputs_arrive_later: bool = False,
+    speed_for: Optional[Callable[[Workflow], SpeedRecord]] = None,
 ) -> JobPlan:
     """Check ``job`` against the scheduler's ``servers`` and cut it into chunks.
 
     ``inputs_arrive_later``: the job was started with ``wait_for_input``, so its input frames
-    need not exist yet (each worker waits for its own). Raises :class:`EarlyFailure`.
+    need not exist yet (each worker waits for its own). ``speed_for``: the record of the
+    loaded workflow's shape, used instead of ``speed`` (the workflow is read once, here).
+    Raises :class:`EarlyFailure`.
     """
     try:
         workflow = Workflow.load(job.workflow)
@@ -104,6 +109,8 @@ def plan_job(
         )
     except WorkflowError as exc:
         raise EarlyFailure(str(exc), node_id=exc.node_id, error=exc) from None
+    if speed_for is not None:
+        speed = speed_for(workflow)
     try:
         strategy = make_strategy(job.strategy)
     except ConfigError as exc:
@@ -148,7 +155,9 @@ def plan_job(
         chunks = tuple(order_chunks(chunker.split(frames), job.order))
     if job.input_pattern and not inputs_arrive_later:
         _check_inputs(job.input_pattern, chunks)
-    return JobPlan(workflow, targets, usable, strategy, requested, to_render, skipped, chunks)
+    return JobPlan(
+        workflow, targets, usable, strategy, requested, to_render, skipped, chunks, speed
+    )
 
 
 def _job_servers(job: RenderJob, servers: Sequence[ServerConfig]) -> tuple[ServerConfig, ...]:
