@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from sim_jobs import configs, inputs
 
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.affinity import ModelAffinity
@@ -22,14 +23,14 @@ from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.model_names import history_models, prompt_models, queue_models
 from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.transfer import frame_path
-from comfy_cluster.sim.harness import make_test_image, start_sims, stop_all
+from comfy_cluster.sim.harness import start_sims, stop_all
 from comfy_cluster.sim.models import foreign_prompt
 from comfy_cluster.sim.options import SimOptions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 IMG2IMG = json.loads((FIXTURES / "workflow_img2img_api.json").read_text(encoding="utf-8"))
 SECRET = "comfyorg-SECRET-KEY-do-not-show"
+SIZE = (16, 16)
 
 
 def img2img(ckpt: str) -> dict[str, Any]:
@@ -183,13 +184,6 @@ def test_a_workflow_without_a_checkpoint_is_left_alone() -> None:
 # -- end to end against the sim ----------------------------------------------------------------
 
 
-def inputs(folder: Path, frames: int) -> str:
-    pattern = str(folder / "in.####.png")
-    for f in range(1, frames + 1):
-        make_test_image(frame_path(pattern, f), (16, 16), (f, 2 * f, 100))
-    return pattern
-
-
 def test_two_jobs_with_different_models_partition_the_cluster(tmp_path: Path) -> None:
     """Each server loads each model at most once within a job: the second job takes its share,
     the first gives those servers up instead of loading its model there again. A load is long
@@ -200,11 +194,8 @@ def test_two_jobs_with_different_models_partition_the_cluster(tmp_path: Path) ->
         for i in range(2)
     ]
     sims = start_sims(2, opts)
-    pattern = inputs(tmp_path / "in", 16)
-    servers = [
-        ServerConfig(name=s.options.name, host="127.0.0.1", port=s.port, max_in_flight=2)
-        for s in sims
-    ]
+    pattern = inputs(tmp_path / "in", 16, SIZE)
+    servers = configs(sims)
     jobs = [
         RenderJob(
             img2img(ckpt), "1-16", str(tmp_path / f"out{k}" / "o.####.png"), input_pattern=pattern
@@ -244,7 +235,7 @@ def test_a_secret_in_a_foreign_prompt_is_in_no_event_log_or_output(
             "extra_data": {"api_key_comfy_org": SECRET},
         }
         requests.post(f"{sim.url}/prompt", json=body, timeout=5).raise_for_status()
-    pattern = inputs(tmp_path / "in", 4)
+    pattern = inputs(tmp_path / "in", 4, SIZE)
     workflow = tmp_path / "wf.json"
     workflow.write_text(json.dumps(img2img("sim-a.safetensors")))
     servers = [{"name": "a", "ip": "127.0.0.1", "port": sim.port}]
@@ -281,7 +272,7 @@ def test_events_of_a_model_job_carry_no_foreign_extra_data(tmp_path: Path) -> No
                 img2img("sim-a.safetensors"),
                 "1-3",
                 str(tmp_path / "out" / "o.####.png"),
-                input_pattern=inputs(tmp_path / "in", 3),
+                input_pattern=inputs(tmp_path / "in", 3, SIZE),
             )
             result = scheduler.run(job, events.append)
     finally:

@@ -6,29 +6,14 @@ import threading
 import time
 from pathlib import Path
 
+from sim_jobs import configs, inputs
 from workflows import invert_workflow
 
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
-from comfy_cluster.core.server import ServerConfig
-from comfy_cluster.core.transfer import frame_path
-from comfy_cluster.sim.harness import SimServer, make_test_image, start_sims, stop_all
+from comfy_cluster.sim.harness import start_sims, stop_all
 from comfy_cluster.sim.options import SimOptions
-
-
-def configs(sims: list[SimServer]) -> list[ServerConfig]:
-    return [
-        ServerConfig(name=s.options.name, host="127.0.0.1", port=s.port, max_in_flight=2)
-        for s in sims
-    ]
-
-
-def inputs(folder: Path, frames: int) -> str:
-    pattern = str(folder / "in.####.png")
-    for f in range(1, frames + 1):
-        make_test_image(frame_path(pattern, f), (8, 8), (f, 2 * f, 100))
-    return pattern
 
 
 def test_cold_and_shared_servers_render_every_frame_once(tmp_path: Path) -> None:

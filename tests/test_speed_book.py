@@ -4,6 +4,8 @@ other."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +62,9 @@ def test_a_workflow_that_does_not_load_gets_a_record_of_its_own(tmp_path: Path) 
     assert len(book) == 1
 
 
-def test_a_job_learns_the_speed_of_its_own_workflow_only(tmp_path: Path) -> None:
-    for f in (1, 2):
-        (tmp_path / f"in.{f:04d}.png").write_bytes(b"frame-%d" % f)
-    job = RenderJob(
-        invert_workflow(),
-        "1-2",
-        str(tmp_path / "out" / "shot.####.png"),
-        input_pattern=str(tmp_path / "in.####.png"),
-    )
+@contextmanager
+def on_one_fake_server() -> Iterator[Scheduler]:
+    """A scheduler over one fake server "s" that retries at once."""
     with (
         FakeCluster([FakeServer("s")]) as cluster,
         Scheduler(
@@ -79,7 +75,24 @@ def test_a_job_learns_the_speed_of_its_own_workflow_only(tmp_path: Path) -> None
             join_timeout=5.0,
         ) as scheduler,
     ):
-        assert scheduler.run(job).ok
+        yield scheduler
+
+
+def two_frames(folder: Path, workflow: Any) -> RenderJob:
+    """Frames 1-2 of ``workflow`` over two input frames written into ``folder``."""
+    for f in (1, 2):
+        (folder / f"in.{f:04d}.png").write_bytes(b"frame-%d" % f)
+    return RenderJob(
+        workflow,
+        "1-2",
+        str(folder / "out" / "shot.####.png"),
+        input_pattern=str(folder / "in.####.png"),
+    )
+
+
+def test_a_job_learns_the_speed_of_its_own_workflow_only(tmp_path: Path) -> None:
+    with on_one_fake_server() as scheduler:
+        assert scheduler.run(two_frames(tmp_path, invert_workflow())).ok
         same_shape = scheduler.speeds.for_workflow(invert_workflow("other-prefix"))
         other_shape = scheduler.speeds.for_workflow(sampler(20))
     assert same_shape.seconds_per_frame("s") is not None
@@ -93,8 +106,6 @@ def test_a_job_reads_its_workflow_file_once(tmp_path: Path, monkeypatch: Any) ->
 
     from comfy_cluster.core import workflow as workflow_module
 
-    for f in (1, 2):
-        (tmp_path / f"in.{f:04d}.png").write_bytes(b"frame-%d" % f)
     path = tmp_path / "flow.json"
     path.write_text(json.dumps(invert_workflow()), encoding="utf-8")
     reads: list[str] = []
@@ -105,21 +116,6 @@ def test_a_job_reads_its_workflow_file_once(tmp_path: Path, monkeypatch: Any) ->
         return real_read(name, *args, **kwargs)
 
     monkeypatch.setattr(workflow_module, "read_input_text", counting_read)
-    job = RenderJob(
-        str(path),
-        "1-2",
-        str(tmp_path / "out" / "shot.####.png"),
-        input_pattern=str(tmp_path / "in.####.png"),
-    )
-    with (
-        FakeCluster([FakeServer("s")]) as cluster,
-        Scheduler(
-            cluster.configs,
-            client_factory=cluster.client_factory,
-            poll_interval=0.01,
-            retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
-            join_timeout=5.0,
-        ) as scheduler,
-    ):
-        assert scheduler.run(job).ok
+    with on_one_fake_server() as scheduler:
+        assert scheduler.run(two_frames(tmp_path, str(path))).ok
     assert reads.count(str(path)) == 1, reads
