@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fake_comfy import FakeCluster, FakeServer, invert
+from test_engine_job_runs import scheduler_for
 from workflows import generated_workflow, invert_workflow
 
 from comfy_cluster.core.engine import events as ev
@@ -37,20 +38,6 @@ def shot(tmp_path: Path) -> dict[str, Any]:
         "output": str(tmp_path / "out" / "shot.####.png"),
         "dir": tmp_path / "out",
     }
-
-
-def make_scheduler(cluster: FakeCluster, **kw: Any) -> Scheduler:
-    options: dict[str, Any] = dict(
-        client_factory=cluster.client_factory,
-        stall_timeout=0.2,
-        poll_interval=0.01,
-        history_interval=0.2,
-        retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
-        join_timeout=5.0,
-        probe_interval=0.02,
-    )
-    options.update(kw)
-    return Scheduler(cluster.configs, **options)
 
 
 class Recorder:
@@ -101,7 +88,7 @@ def nothing_left(cluster: FakeCluster, timeout: float = 3.0) -> None:
 def test_per_frame_render_writes_every_frame_once_with_events(shot: dict[str, Any]) -> None:
     with FakeCluster([FakeServer("a"), FakeServer("b", max_in_flight=2)]) as cluster:
         rec = Recorder()
-        with make_scheduler(cluster) as scheduler:
+        with scheduler_for(cluster) as scheduler:
             result = scheduler.run(
                 RenderJob(WORKFLOW, "1-12", shot["output"], input_pattern=shot["input"]), rec
             )
@@ -128,7 +115,7 @@ def test_per_frame_render_writes_every_frame_once_with_events(shot: dict[str, An
 
 def test_no_input_workflow_with_frame_override(tmp_path: Path) -> None:
     out = str(tmp_path / "o.%04d.png")
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         job = RenderJob(NO_INPUT, "5-7", out, overrides=("1.color={frame}",))
         result = scheduler.run(job)
     assert result.ok, result.message
@@ -138,7 +125,7 @@ def test_no_input_workflow_with_frame_override(tmp_path: Path) -> None:
 
 def test_batch_mode_with_handles_maps_outputs_and_drops_handles(shot: dict[str, Any]) -> None:
     with FakeCluster([FakeServer("a"), FakeServer("b")]) as cluster:
-        with make_scheduler(cluster) as scheduler:
+        with scheduler_for(cluster) as scheduler:
             job = RenderJob(
                 WORKFLOW,
                 "2-11",
@@ -162,7 +149,7 @@ def test_batch_mode_with_handles_maps_outputs_and_drops_handles(shot: dict[str, 
 
 def test_fastest_leaves_a_slow_server_idle_at_the_tail(shot: dict[str, Any]) -> None:
     fast, slow = FakeServer("fast", seconds=0.002), FakeServer("slow", seconds=0.3)
-    with FakeCluster([fast, slow]) as cluster, make_scheduler(cluster, stall_timeout=5) as s:
+    with FakeCluster([fast, slow]) as cluster, scheduler_for(cluster, stall_timeout=5) as s:
         result = s.run(RenderJob(WORKFLOW, "1-10", shot["output"], input_pattern=shot["input"]))
     assert result.ok, result.message
     # The slow one seeds its speed with one frame, then the fast one is always sooner.
@@ -174,7 +161,7 @@ def test_existing_frames_error_lists_them_before_sending(shot: dict[str, Any]) -
     shot["dir"].mkdir()
     for f in (3, 4):
         (shot["dir"] / f"shot.{f:04d}.png").write_bytes(b"old")
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         rec = Recorder()
         result = scheduler.run(
             RenderJob(WORKFLOW, "1-5", shot["output"], input_pattern=shot["input"]), rec
@@ -193,7 +180,7 @@ def test_resume_skips_existing_and_overwrite_replaces(shot: dict[str, Any]) -> N
     shot["dir"].mkdir()
     # A whole PNG: resume keeps only files that pass the image check.
     old = make_test_image(shot["dir"] / "shot.0002.png").read_bytes()
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         job = RenderJob(
             WORKFLOW, "1-4", shot["output"], input_pattern=shot["input"], existing="resume"
         )
@@ -211,7 +198,7 @@ def test_resume_skips_existing_and_overwrite_replaces(shot: dict[str, Any]) -> N
 
 
 def test_missing_input_frames_fail_before_sending(shot: dict[str, Any]) -> None:
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(
             RenderJob(WORKFLOW, "19-23", shot["output"], input_pattern=shot["input"])
         )
@@ -239,7 +226,7 @@ def test_missing_input_frames_fail_before_sending(shot: dict[str, Any]) -> None:
 def test_faults_on_one_server_still_deliver_every_frame(shot: dict[str, Any], plan: list) -> None:
     with FakeCluster([FakeServer("bad", plan=plan), FakeServer("good")]) as cluster:
         rec = Recorder()
-        with make_scheduler(cluster) as scheduler:
+        with scheduler_for(cluster) as scheduler:
             result = scheduler.run(
                 RenderJob(WORKFLOW, "1-8", shot["output"], input_pattern=shot["input"]), rec
             )
@@ -254,7 +241,7 @@ def test_stuck_prompt_is_interrupted_before_its_frames_move(shot: dict[str, Any]
     bad = FakeServer("bad", plan=["hang"])
     with FakeCluster([bad, FakeServer("good")]) as cluster:
         rec = Recorder()
-        with make_scheduler(cluster, speculation=False) as scheduler:
+        with scheduler_for(cluster, speculation=False) as scheduler:
             result = scheduler.run(
                 RenderJob(WORKFLOW, "1-4", shot["output"], input_pattern=shot["input"]), rec
             )
@@ -269,7 +256,7 @@ def test_server_failing_several_chunks_is_blocklisted(shot: dict[str, Any]) -> N
     bad = FakeServer("bad", plan=["exec_error"] * 10)
     with FakeCluster([bad, FakeServer("good", seconds=0.05)]) as cluster:
         rec = Recorder()
-        with make_scheduler(cluster, blocklist_after=2) as scheduler:
+        with scheduler_for(cluster, blocklist_after=2) as scheduler:
             result = scheduler.run(
                 RenderJob(WORKFLOW, "1-8", shot["output"], input_pattern=shot["input"]), rec
             )
@@ -281,7 +268,7 @@ def test_server_failing_several_chunks_is_blocklisted(shot: dict[str, Any]) -> N
 
 def test_missing_node_on_one_server_degrades_it_with_the_reason(shot: dict[str, Any]) -> None:
     bad = FakeServer("bad", plan=["reject"] * 10)
-    with FakeCluster([bad, FakeServer("good")]) as cluster, make_scheduler(cluster) as s:
+    with FakeCluster([bad, FakeServer("good")]) as cluster, scheduler_for(cluster) as s:
         result = s.run(RenderJob(WORKFLOW, "1-6", shot["output"], input_pattern=shot["input"]))
     assert result.ok
     assert "FancyNode" in result.blocklisted["bad"]
@@ -290,7 +277,7 @@ def test_missing_node_on_one_server_degrades_it_with_the_reason(shot: dict[str, 
 
 def test_rejected_everywhere_fails_fast_naming_the_node(shot: dict[str, Any]) -> None:
     servers = [FakeServer(n, plan=["reject"] * 50) for n in ("a", "b", "c")]
-    with FakeCluster(servers) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster(servers) as cluster, scheduler_for(cluster) as scheduler:
         rec = Recorder()
         t0 = time.monotonic()
         result = scheduler.run(
@@ -307,7 +294,7 @@ def test_rejected_everywhere_fails_fast_naming_the_node(shot: dict[str, Any]) ->
 
 def test_structural_rejection_is_the_jobs_fault_at_once(shot: dict[str, Any]) -> None:
     a = FakeServer("a", plan=["reject"], reject_type="prompt_no_outputs")
-    with FakeCluster([a, FakeServer("b", seconds=0.5)]) as cluster, make_scheduler(cluster) as s:
+    with FakeCluster([a, FakeServer("b", seconds=0.5)]) as cluster, scheduler_for(cluster) as s:
         result = s.run(RenderJob(WORKFLOW, "1", shot["output"], input_pattern=shot["input"]))
         assert cluster.servers["b"].submits == 0
     assert result.status is JobStatus.FAILED and "rejected" in result.message
@@ -315,7 +302,7 @@ def test_structural_rejection_is_the_jobs_fault_at_once(shot: dict[str, Any]) ->
 
 def test_same_execution_error_on_two_servers_is_the_jobs_fault(shot: dict[str, Any]) -> None:
     servers = [FakeServer(n, plan=["exec_error"] * 9, error_type="ValueError") for n in "abc"]
-    with FakeCluster(servers) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster(servers) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(
             RenderJob(WORKFLOW, "1-9", shot["output"], input_pattern=shot["input"])
         )
@@ -333,7 +320,7 @@ def test_no_eligible_server_left_fails_with_reasons(shot: dict[str, Any]) -> Non
     a, b = FakeServer("a"), FakeServer("b")
     a.kill()
     b.kill()
-    with FakeCluster([a, b]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([a, b]) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(
             RenderJob(WORKFLOW, "1-6", shot["output"], input_pattern=shot["input"])
         )
@@ -344,7 +331,7 @@ def test_no_eligible_server_left_fails_with_reasons(shot: dict[str, Any]) -> Non
 
 def test_server_killed_mid_job(shot: dict[str, Any]) -> None:
     a, b = FakeServer("a", seconds=0.02), FakeServer("b", seconds=0.02)
-    with FakeCluster([a, b]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([a, b]) as cluster, scheduler_for(cluster) as scheduler:
         rec = Recorder()
         killed = threading.Event()
 
@@ -366,7 +353,7 @@ def test_server_killed_mid_job(shot: dict[str, Any]) -> None:
 
 def test_cancel_leaves_nothing_queued_anywhere(shot: dict[str, Any]) -> None:
     servers = [FakeServer("a", seconds=0.5, max_in_flight=2), FakeServer("b", plan=["hang"])]
-    with FakeCluster(servers) as cluster, make_scheduler(cluster, stall_timeout=30) as scheduler:
+    with FakeCluster(servers) as cluster, scheduler_for(cluster, stall_timeout=30) as scheduler:
         rec = Recorder()
         handle = scheduler.start(
             RenderJob(WORKFLOW, "1-10", shot["output"], input_pattern=shot["input"]), rec
@@ -385,7 +372,7 @@ def test_cancel_leaves_nothing_queued_anywhere(shot: dict[str, Any]) -> None:
 
 def test_handle_threads_and_lifecycle(shot: dict[str, Any]) -> None:
     with FakeCluster([FakeServer("a", seconds=0.2)]) as cluster:
-        scheduler = make_scheduler(cluster)
+        scheduler = scheduler_for(cluster)
         handle = scheduler.start(
             RenderJob(WORKFLOW, "1-3", shot["output"], input_pattern=shot["input"])
         )
@@ -408,7 +395,7 @@ def test_a_broken_callback_does_not_break_the_render(shot: dict[str, Any]) -> No
     def boom(event: ev.JobEvent) -> None:
         raise RuntimeError("progress bar bug")
 
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(
             RenderJob(WORKFLOW, "1-3", shot["output"], input_pattern=shot["input"]), boom
         )
@@ -417,7 +404,7 @@ def test_a_broken_callback_does_not_break_the_render(shot: dict[str, Any]) -> No
 
 def test_allow_list_and_unknown_servers(shot: dict[str, Any]) -> None:
     cluster = FakeCluster([FakeServer("a"), FakeServer("b")])
-    with cluster, make_scheduler(cluster) as scheduler:
+    with cluster, scheduler_for(cluster) as scheduler:
         job = RenderJob(
             WORKFLOW, "1-4", shot["output"], input_pattern=shot["input"], servers=("b",)
         )
@@ -431,7 +418,7 @@ def test_allow_list_and_unknown_servers(shot: dict[str, Any]) -> None:
 
 def test_workflow_problems_fail_before_sending(shot: dict[str, Any]) -> None:
     no_output = {k: v for k, v in WORKFLOW.items() if k != "3"}
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(
             RenderJob(no_output, "1", shot["output"], input_pattern=shot["input"])
         )
@@ -466,7 +453,7 @@ def test_dead_server_is_suspended_and_its_chunk_moves_at_once(shot: dict[str, An
     sleeps: list[float] = []
     with FakeCluster([a, b]) as cluster:
         retry = retry_transient(attempts=3, max_seconds=5.0, sleep=sleeps.append)
-        with make_scheduler(cluster, retry=retry) as scheduler:
+        with scheduler_for(cluster, retry=retry) as scheduler:
             rec = Recorder()
             started = threading.Event()
 
@@ -495,7 +482,7 @@ def test_prompt_queued_behind_one_that_never_ends_does_not_hang_the_job(
     """A prompt that ignores interrupts wedges its server; ours queued behind it must move."""
     wedged = FakeServer("a", plan=["wedge"], max_in_flight=2)
     cluster = FakeCluster([wedged, FakeServer("b", seconds=0.01)])
-    with cluster, make_scheduler(cluster, first_prompt_timeout=0.3, speculation=False) as scheduler:
+    with cluster, scheduler_for(cluster, first_prompt_timeout=0.3, speculation=False) as scheduler:
         handle = scheduler.start(
             RenderJob(WORKFLOW, "1-6", shot["output"], input_pattern=shot["input"])
         )
@@ -558,7 +545,7 @@ def test_wait_for_input_renders_first_chunks_while_later_frames_are_exported(
     batch = dict(mode="batch", chunk_size=2, handles=1) if mode == "batch" else {}
     job = RenderJob(WORKFLOW, "1-8", out, input_pattern=str(tmp_path / "in.####.png"), **batch)
     cluster = FakeCluster([FakeServer("a"), FakeServer("b")])
-    with cluster, make_scheduler(cluster, input_poll=0.01) as scheduler:
+    with cluster, scheduler_for(cluster, input_poll=0.01) as scheduler:
         rec = Recorder()
         inputs.release([1, 2, 3])  # frames 4-8 do not exist yet: the start check is skipped
         handle = scheduler.start(job, rec, wait_for_input=inputs.wait_for_input)
@@ -580,7 +567,7 @@ def test_an_input_frame_that_never_comes_fails_the_job_naming_it(tmp_path: Path)
         WORKFLOW, "1-2", str(tmp_path / "o.####.png"), input_pattern=str(tmp_path / "in.####.png")
     )
     cluster = FakeCluster([FakeServer("a")])
-    with cluster, make_scheduler(cluster, input_timeout=0.2, input_poll=0.02) as scheduler:
+    with cluster, scheduler_for(cluster, input_timeout=0.2, input_poll=0.02) as scheduler:
         result = scheduler.run(job, wait_for_input=inputs.wait_for_input)
     assert result.status is JobStatus.FAILED
     assert "input frame 2" in result.message and "not ready" in result.message
@@ -595,7 +582,7 @@ def test_a_failing_input_hook_fails_the_job_and_cancel_stays_responsive(tmp_path
         return False  # at once, as an exporter that stopped does: must not spin
 
     pattern = str(tmp_path / "in.####.png")
-    with FakeCluster([FakeServer("a")]) as cluster, make_scheduler(cluster) as scheduler:
+    with FakeCluster([FakeServer("a")]) as cluster, scheduler_for(cluster) as scheduler:
         result = scheduler.run(
             RenderJob(WORKFLOW, "3", str(tmp_path / "o.####.png"), input_pattern=pattern),
             wait_for_input=broken,

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 from fake_comfy import FakeCluster, FakeServer
+from test_engine_job_runs import scheduler_for
 from workflows import invert_workflow
 
 from comfy_cluster.core.balance import SpeedTracker
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.scheduler import Scheduler
 from comfy_cluster.core.engine.speed_book import SpeedBook, workflow_signature
-from comfy_cluster.core.retry import retry_transient
 
 
 def sampler(steps: int, seed: int = 1, text: str = "a cat") -> dict[str, Any]:
@@ -65,16 +65,7 @@ def test_a_workflow_that_does_not_load_gets_a_record_of_its_own(tmp_path: Path) 
 @contextmanager
 def on_one_fake_server() -> Iterator[Scheduler]:
     """A scheduler over one fake server "s" that retries at once."""
-    with (
-        FakeCluster([FakeServer("s")]) as cluster,
-        Scheduler(
-            cluster.configs,
-            client_factory=cluster.client_factory,
-            poll_interval=0.01,
-            retry=retry_transient(attempts=3, max_seconds=5.0, sleep=lambda s: None),
-            join_timeout=5.0,
-        ) as scheduler,
-    ):
+    with FakeCluster([FakeServer("s")]) as cluster, scheduler_for(cluster) as scheduler:
         yield scheduler
 
 
