@@ -7,39 +7,18 @@ Methods of the book: they hold its one lock.
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Optional
+from typing import Optional
 
-from comfy_cluster.core.engine.affinity import ModelAffinity
 from comfy_cluster.core.engine.attempt import Attempt
-from comfy_cluster.core.engine.chunk_queue import ChunkQueue
+from comfy_cluster.core.engine.book_parts import BookParts
 from comfy_cluster.core.engine.events import ChunkAssigned, ChunkSpeculated
-from comfy_cluster.core.engine.feed import JobFeed
-from comfy_cluster.core.engine.ledger import FrameLedger
-from comfy_cluster.core.engine.speculation import CopyPlan, FrameTimes, pick_copy
-from comfy_cluster.core.engine.standing import ServerStanding
-from comfy_cluster.core.engine.stop import JobStop
+from comfy_cluster.core.engine.speculation import CopyPlan, pick_copy
 
 __all__ = ["CopyTurns"]
 
 
-class CopyTurns:
+class CopyTurns(BookParts):
     """The book's methods about speculative copies. Any thread."""
-
-    _cond: threading.Condition
-    _queue: ChunkQueue
-    _ledger: FrameLedger
-    _standing: ServerStanding
-    _feed: JobFeed
-    _stop: JobStop
-    _times: FrameTimes
-    models: ModelAffinity
-    #: Speculation is on for this job (the setting, and frame mode).
-    speculating: bool
-    job: Any
-
-    def flush(self) -> None:  # pragma: no cover - JobBook's
-        raise NotImplementedError
 
     def _copy_plan(self, slot: str) -> Optional[CopyPlan]:
         q = self._queue

@@ -7,11 +7,10 @@ which free servers the next chunk may go to. Methods of the book: they hold its 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from comfy_cluster.core.engine.affinity import ModelAffinity
+from comfy_cluster.core.engine.book_parts import BookParts
 from comfy_cluster.core.engine.chunk_queue import Chooser
 from comfy_cluster.core.engine.model_names import QueueModels, prompt_models
 from comfy_cluster.core.frames import Chunk
@@ -29,14 +28,8 @@ def workflow_models(workflow: Any) -> frozenset:
         return frozenset()
 
 
-class ModelTurns:
+class ModelTurns(BookParts):
     """The book's methods about models. Any thread."""
-
-    _cond: threading.Condition
-    models: ModelAffinity
-
-    def _dispatch_locked(self) -> None:  # pragma: no cover - JobBook's
-        raise NotImplementedError
 
     def _affine(self, chooser: Chooser, eligible: Sequence[str]) -> Chooser:
         """``chooser`` offered only the free servers model affinity admits."""

@@ -7,32 +7,17 @@ work while another server is free. Methods of the book: they hold its one lock.
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 from comfy_cluster.core.engine.attempt import Attempt, Outcome
-from comfy_cluster.core.engine.chunk_queue import ChunkQueue
+from comfy_cluster.core.engine.book_parts import BookParts
 from comfy_cluster.core.engine.events import ServerRejoined
-from comfy_cluster.core.engine.failover import Failover
-from comfy_cluster.core.engine.feed import JobFeed
-from comfy_cluster.core.engine.standing import ServerStanding
-from comfy_cluster.core.engine.stop import JobStop
 
 __all__ = ["ServerTurns"]
 
 
-class ServerTurns:
+class ServerTurns(BookParts):
     """The book's methods about servers coming and going. Any thread."""
-
-    _cond: threading.Condition
-    _queue: ChunkQueue
-    _standing: ServerStanding
-    _feed: JobFeed
-    _stop: JobStop
-    _failover: Failover
-
-    def _dispatch_locked(self) -> None:  # pragma: no cover - JobBook's
-        raise NotImplementedError
 
     def flush(self) -> None:  # pragma: no cover - JobBook's
         raise NotImplementedError
