@@ -18,7 +18,7 @@ import requests
 from sim_jobs import configs, inputs
 
 from comfy_cluster.core.engine import events as ev
-from comfy_cluster.core.engine.affinity import ModelAffinity
+from comfy_cluster.core.engine.affinity import CONTEST_MEMORY, ModelAffinity
 from comfy_cluster.core.engine.job import RenderJob
 from comfy_cluster.core.engine.model_names import history_models, prompt_models, queue_models
 from comfy_cluster.core.engine.scheduler import Scheduler
@@ -179,6 +179,109 @@ def test_a_workflow_without_a_checkpoint_is_left_alone() -> None:
     aff = ModelAffinity(frozenset(), "ab", clock=time.monotonic)
     assert aff.admit(["a", "b"], ["a", "b"], 3) == ["a", "b"]  # not even read yet
     assert not aff.submitted("a") and not aff.lost("a")
+
+
+def test_each_server_is_read_once_per_interval_and_only_for_a_checkpoint() -> None:
+    now = [100.0]
+    aff = ModelAffinity(frozenset({"ours.safetensors"}), ["a", "b"], clock=lambda: now[0])
+    assert aff.poll_due("a", 0.5)
+    assert not aff.poll_due("a", 0.5)  # the other slots of that server skip this round
+    assert aff.poll_due("b", 0.5)  # each server has its own round
+    now[0] += 0.5
+    assert aff.poll_due("a", 0.5) and not aff.poll_due("a", 0.5)
+    plain = ModelAffinity(frozenset(), ["a"], clock=lambda: now[0])
+    assert not plain.poll_due("a", 0.5)  # no checkpoint: nothing to read
+
+
+def test_what_a_server_holds_comes_from_its_queue_then_its_history() -> None:
+    """``submitted`` says whether our prompt will load our model there."""
+    theirs = frozenset({"theirs.safetensors"})
+    ours = frozenset({"ours.safetensors"})
+    aff = affinity("abcd")
+    aff.observe("a", queue_models({"queue_running": [item(1, "x", "theirs.safetensors")]}, set()))
+    assert aff.submitted("a")  # theirs runs there: ours loads
+    running_ours = {"queue_running": [item(1, "p1", "ours.safetensors")]}
+    aff.observe("b", queue_models(running_ours, {"p1"}), held=theirs)
+    assert not aff.submitted("b")  # ours runs there, whatever the history said
+    aff.observe("c", queue_models({}, set()), held=ours)
+    assert not aff.submitted("c")  # idle, and our model ran last
+    aff.observe("d", queue_models({"queue_running": [item(1, "x", "theirs.safetensors")]}, set()))
+    pending = {"queue_pending": [item(2, "y", "theirs.safetensors")]}
+    aff.observe("d", queue_models(pending, set()), held=ours)  # history is stale with a queue
+    assert aff.submitted("d")  # theirs waits there: ours loads after it
+    aff.observe("c", queue_models({}, set()))  # the history was not read this time
+    assert not aff.submitted("c")  # what we knew stays
+
+
+def test_a_server_we_sent_to_stays_in_our_share_when_its_history_shows_theirs() -> None:
+    """Their prompt ran there between two reads; a server keeping two models in memory still
+    holds ours, so it stays our share (it is lost only when theirs waits in its queue)."""
+    busy = queue_models({"queue_running": [item(1, "x", "theirs.safetensors")]}, set())
+    aff = affinity("ab")
+    for name in "ab":
+        aff.observe(name, busy)
+    aff.submitted("a")
+    aff.observe("a", queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
+    assert not aff.lost("a")
+    assert aff.admit(["b"], ["a", "b"], 40) == []  # a is our share of two servers, two models
+
+
+def test_a_server_where_our_prompt_finished_unseen_counts_as_loaded() -> None:
+    """A warm prompt may run between two reads: its end alone says our model was loaded."""
+    aff = affinity("ab")
+    for name in "ab":
+        aff.observe(name, queue_models({}, set()))
+        aff.submitted(name)
+    aff.prompt_done("a", 1.0, loaded=True)
+    their_turn = {
+        "queue_running": [item(2, "q1", "theirs.safetensors")],
+        "queue_pending": [item(3, "p2", "ours.safetensors")],
+    }
+    aff.observe("a", queue_models(their_turn, {"p2"}))
+    assert aff.lost("a")
+
+
+def cold_server_admitted(prompts: list[tuple[float, bool]], remaining: int) -> bool:
+    """With warm ``a`` whose prompts took ``prompts`` (seconds, loaded), is the cold ``b``
+    worth its load for ``remaining`` frames?"""
+    aff = affinity("ab")
+    aff.observe("a", queue_models({}, set()))
+    aff.observe("b", queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
+    aff.submitted("a")
+    for seconds, loaded in prompts:
+        aff.prompt_done("a", seconds, loaded=loaded)
+    return aff.admit(["b"], ["a", "b"], remaining) == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("prompts", "remaining", "admitted"),
+    [
+        ([(1.0, False)], 1, True),  # the load is not known yet: try it
+        ([(1.0, False), (3.0, False), (11.0, True)], 10, False),  # load 10 s vs 10 s of work
+        ([(1.0, False), (11.0, True)], 13, True),  # 13 s of work: (13 + 10) / 2 < 0.9 * 13
+        ([(1.0, False), (9.0, True)], 10, False),  # exactly the gain asked: not enough
+        ([(1.0, False), (11.0, True)], 100, True),
+        ([(11.0, True), (1.0, False)], 5, False),  # a loading prompt first: load 11 s at most
+        ([(2.0, False), (22.0, True)], 20, True),  # 40 s of work at 2 s a frame
+    ],
+)
+def test_a_load_is_weighed_against_the_work_left(
+    prompts: list[tuple[float, bool]], remaining: int, admitted: bool
+) -> None:
+    assert cold_server_admitted(prompts, remaining) is admitted
+
+
+def test_other_models_keep_a_server_contested_for_exactly_the_memory() -> None:
+    now = [100.0]
+    aff = ModelAffinity(frozenset({"ours.safetensors"}), list("abcd"), clock=lambda: now[0])
+    busy = queue_models({"queue_running": [item(1, "x", "theirs.safetensors")]}, set())
+    for name in "abcd":
+        aff.observe(name, busy)
+    aff.assigned("a")
+    assert aff.admit(["c"], list("abcd"), 40) == ["c"]  # one held, share two of four
+    aff.assigned("b")
+    now[0] += CONTEST_MEMORY
+    assert aff.admit(["c"], list("abcd"), 40) == []  # seen just now, at the memory's edge
 
 
 # -- end to end against the sim ----------------------------------------------------------------

@@ -197,8 +197,9 @@ class ModelAffinity:
 
     def _worth_a_load(self, warm: int, remaining: int) -> bool:
         """With ``warm`` servers doing ``remaining`` frames, does one more that must load first
-        end the job sooner? Unknown costs: yes (early in a job every server is tried)."""
-        if self._steady is None or self._load is None or warm <= 0:
+        end the job sooner (``warm`` >= 1)? Unknown costs: yes (early in a job every server is
+        tried)."""
+        if self._steady is None or self._load is None:
             return True
         work = remaining * self._steady
         return (work + self._load) / (warm + 1) < GAIN * work / warm
