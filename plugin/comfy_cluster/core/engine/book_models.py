@@ -64,8 +64,7 @@ class ModelTurns(BookParts):
         """A slot read ``server``'s queue: update what it holds; new choices may follow."""
         with self._cond:
             self.models.observe(server, view, held)
-            self._dispatch_locked()
-            self._cond.notify_all()
+            self._dispatch_locked()  # wakes the slots it hands chunks to
 
     def model_submitted(self, server: str) -> bool:
         """A prompt of ours goes to ``server``; whether it loads our model there."""
