@@ -50,6 +50,8 @@ def test_the_checkpoint_comes_from_the_loader_input_only() -> None:
     assert prompt_models(img2img("sim-a.safetensors")) == {"sim-a.safetensors"}
     assert prompt_models({"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}) == set()
     assert prompt_models("not a prompt") == set()
+    junk_first = {"0": "not a node", "1": {"class_type": "UNETLoader"}, **img2img("x.safetensors")}
+    assert prompt_models(junk_first) == {"x.safetensors"}  # a server's junk hides nothing after it
 
 
 def test_foreign_prompts_are_told_ahead_of_and_behind_ours() -> None:
