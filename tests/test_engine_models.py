@@ -87,6 +87,18 @@ def test_a_secret_in_foreign_extra_data_is_never_read() -> None:
     assert history_models(history) == {"z.safetensors"}
 
 
+def test_the_newest_history_entry_with_a_model_says_what_a_server_holds() -> None:
+    def entry(number: Any, ckpt: str) -> dict:
+        return {"prompt": item(number, f"p{number}", ckpt), "outputs": {}}
+
+    older_first = {"p3": entry(3, "old.safetensors"), "p7": entry(7, "new.safetensors")}
+    newer_first = {"p7": entry(7, "new.safetensors"), "p3": entry(3, "old.safetensors")}
+    assert history_models(older_first) == history_models(newer_first) == {"new.safetensors"}
+    junk = {"x": "junk", "y": {"prompt": [1]}, "p2": entry("two", "any.safetensors")}
+    assert history_models(junk) == {"any.safetensors"}  # a number that is not one counts as 0
+    assert history_models({}) is None and history_models(["not", "a", "map"]) is None
+
+
 # -- the rules ----------------------------------------------------------------------------
 
 
