@@ -158,6 +158,33 @@ def test_a_slow_check_does_not_delay_another_servers_first_prompt(
     assert rec.first(ev.ServerChecked, server="slow")[1] - rec.first(ev.FrameWritten)[1] >= 0
 
 
+def test_a_silent_check_is_given_up_within_the_jobs_idle_limit(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    """The check may wait 30 s for a verdict, but a job whose idle limit is 4 s must not sit
+    that long on a server whose check never answers: it waits half the limit, then treats the
+    server like any that does not answer (it renders once it does)."""
+    only = sim_factory(name="only", node_seconds=0.01)
+    release = threading.Event()
+
+    def check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
+        return HangingInfo(ComfyClient(server, timeouts=timeouts), release)
+
+    inputs, output = shot(tmp_path, 2)
+    rec = Recorder()
+    started = time.monotonic()
+    try:
+        with Scheduler(
+            configs(only), check_factory=check_factory, check_timeout=30.0, no_server_timeout=4.0
+        ) as scheduler:
+            result = scheduler.run(RenderJob(img2img(), "1-2", output, input_pattern=inputs), rec)
+    finally:
+        release.set()
+    assert result.ok, result.message
+    _, checked_at = rec.first(ev.ServerChecked, server="only")
+    assert checked_at - started < 10.0  # about 2 s; the check's own 30 s would be 30
+
+
 def test_a_server_unreachable_at_check_time_still_takes_work_once_it_answers(
     tmp_path: Path, sim_factory: Any
 ) -> None:

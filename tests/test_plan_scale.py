@@ -108,6 +108,8 @@ def test_frame_mode_keeps_one_frame_chunks_up_to_the_cap(tmp_path: Path) -> None
 
     chunks = frame_mode_chunks(tmp_path, f"1-{MAX_FRAME_MODE_CHUNKS}")
     assert len(chunks) == MAX_FRAME_MODE_CHUNKS and {len(c) for c in chunks} == {1}
+    # The documented cap: a hundred thousand chunks; one frame more makes two-frame chunks.
+    assert len(frame_mode_chunks(tmp_path, "1-100001")) == 50_001
 
 
 def test_a_million_frame_job_is_held_in_a_bounded_number_of_chunks(tmp_path: Path) -> None:

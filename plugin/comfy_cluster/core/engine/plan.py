@@ -205,7 +205,10 @@ def _input_frames(requested: Sequence[int], handles: int) -> Sequence[int]:
     """The input frames a job may read: the requested ones and ``handles`` either side."""
     if not handles:  # pragma: no mutate
         return requested
-    return sorted({g for f in requested for g in range(f - handles, f + handles + 1)})
+    # Each requested frame is read itself, so a frame read beyond the last handle collides with
+    # no output frame: an end one too far changes no verdict of the output check.
+    stop = handles + 1  # pragma: no mutate
+    return sorted({g for f in requested for g in range(f - handles, f + stop)})
 
 
 def _check_inputs(input_pattern: str, chunks: Sequence[Chunk]) -> None:
