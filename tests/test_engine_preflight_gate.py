@@ -201,6 +201,22 @@ def test_a_named_loader_without_input_frames_keeps_its_image_checked(
     assert sim.prompts_seen == []
 
 
+def test_a_one_frame_job_is_checked_with_its_overrides(tmp_path: Path, sim_factory: Any) -> None:
+    """``--set 4.ckpt_name=...`` is what gets checked, for a job of a single frame too."""
+    sim = sim_factory(name="one", node_seconds=0.01)
+    inputs, output = shot(tmp_path, 1)
+    rec = Recorder()
+    job = RenderJob(
+        img2img(), "1", output, input_pattern=inputs, overrides=["4.ckpt_name=absent.safetensors"]
+    )
+    with Scheduler(configs(sim), no_server_timeout=20.0) as scheduler:
+        result = scheduler.run(job, rec)
+    assert not result.ok
+    [verdict] = rec.of(ev.ServerChecked)
+    assert not verdict.ok and "absent.safetensors" in " ".join(verdict.reasons), verdict
+    assert sim.prompts_seen == []
+
+
 def test_a_server_unreachable_at_check_time_still_takes_work_once_it_answers(
     tmp_path: Path, sim_factory: Any
 ) -> None:
