@@ -327,6 +327,8 @@ def test_each_servers_news_is_told_whatever_the_servers_before_it_did() -> None:
         }
     )
     assert posted == [("c", "offline")]
+    watch.update({"c": status("c", ServerState.READY)})
+    assert posted[-1] == ("c", "ready")  # back from offline: news
 
 
 def test_a_failed_disk_check_wakes_the_supervisor_at_once() -> None:
