@@ -242,3 +242,91 @@ def test_views_show_a_speculated_chunk_without_breaking(kind: str) -> None:
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
         [spec] = [line for line in lines if line["type"] == "ChunkSpeculated"]
         assert spec["holder"] == "b" and spec["frames"] == [2, 1]
+
+
+# -- pick_copy's arithmetic, at its edges ---------------------------------------------------------
+
+
+def with_paces(clock: Clock, **seconds_per_frame: float) -> FrameTimes:
+    """A FrameTimes that has seen one frame of each server take the given seconds."""
+    times = FrameTimes(clock)
+    for n, (server, seconds) in enumerate(seconds_per_frame.items()):
+        done = attempt(90 + n, server, (100 + n,))
+        times.started(done)
+        clock.now += seconds
+        times.written(done)
+    return times
+
+
+def everything_left(frames: Any) -> tuple[int, ...]:
+    return tuple(frames)
+
+
+def test_the_holders_time_left_counts_its_current_frame_half_done_at_most() -> None:
+    """slow is 10 s a frame and has run 6 s on the first of 2 frames: about 15 s left (its
+    pace less half a frame), against 2 s on the idle fast server."""
+    clock = Clock()
+    times = with_paces(clock, fast=1.0, slow=10.0)
+    holder = attempt(1, "slow", (5, 6))
+    times.started(holder)
+    clock.now += 6.0
+    plan = pick_copy("fast", [holder], everything_left, times)
+    assert plan is not None
+    assert "~2.0 s for 2 frame(s) against ~15.0 s on slow" in plan.reason, plan.reason
+
+
+def test_a_copy_at_exactly_half_the_holders_time_and_two_frames_saved_is_made() -> None:
+    clock = Clock()
+    times = with_paces(clock, fast=1.0, slow=2.0)
+    holder = attempt(1, "slow", (5, 6))
+    times.started(holder)
+    assert pick_copy("fast", [holder], everything_left, times) is not None  # 2 s against 4 s
+
+
+def test_no_copy_that_would_take_more_than_half_the_holders_time() -> None:
+    """10 frames at 1 s against 18 s: it saves 8 s, but a copy costs the holder's server its
+    queue slot and the cluster twice the work; it must be a clear win."""
+    clock = Clock()
+    times = with_paces(clock, fast=1.0, slow=1.8)
+    holder = attempt(1, "slow", tuple(range(1, 11)))
+    times.started(holder)
+    assert pick_copy("fast", [holder], everything_left, times) is None
+
+
+def test_the_largest_saving_wins_among_the_holders_whatever_their_order() -> None:
+    """x: 1 frame at 30 s saves 29 s; y: 6 frames at 5.5 s (33 s) saves 27 s. A holder with
+    nothing left, or one not worth copying, hides none that follows it."""
+    clock = Clock()
+    times = with_paces(clock, fast=1.0, x=30.0, y=5.5, quick=1.0)
+    x, y = attempt(1, "x", (9,)), attempt(2, "y", tuple(range(10, 16)))
+    done, quick = attempt(3, "y", (20,)), attempt(4, "quick", (21, 22))
+    for a in (x, y, done, quick):
+        times.started(a)
+
+    def left(frames: Any) -> tuple[int, ...]:
+        return () if tuple(frames) == (20,) else tuple(frames)
+
+    for order in ([x, y], [y, x], [done, quick, y, x]):
+        plan = pick_copy("fast", order, left, times)
+        assert plan is not None and plan.holder is x, order
+
+
+def test_of_two_equal_savings_the_first_holder_is_copied() -> None:
+    clock = Clock()
+    times = with_paces(clock, fast=1.0, slow=10.0)
+    first, second = attempt(1, "slow", (5, 6)), attempt(2, "slow", (7, 8))
+    for a in (first, second):
+        times.started(a)
+    plan = pick_copy("fast", [first, second], everything_left, times)
+    assert plan is not None and plan.holder is first
+
+
+def test_an_ended_attempt_is_forgotten() -> None:
+    clock = Clock()
+    times = FrameTimes(clock)
+    ran = attempt(1, "slow", (5,))
+    times.started(ran)
+    clock.now += 3.0
+    assert times.since_progress(ran) == 3.0
+    times.ended(ran)
+    assert times.since_progress(ran) == 0.0

@@ -37,6 +37,23 @@ def test_a_new_seed_or_prompt_text_is_the_same_shape_and_more_steps_is_not() -> 
     assert workflow_signature(invert_workflow("a")) == workflow_signature(invert_workflow("b"))
 
 
+def test_the_node_order_of_a_saved_file_is_not_a_new_shape() -> None:
+    """A workflow saved again may list its nodes in another order: same work, same speed."""
+    nodes = sampler(20)
+    reordered = dict(reversed(list(nodes.items())))
+    assert list(reordered) != list(nodes)
+    assert workflow_signature(reordered) == workflow_signature(nodes)
+
+
+def test_a_book_may_keep_a_single_shape() -> None:
+    book = SpeedBook(keep=1)
+    book.for_workflow(sampler(20))
+    book.for_workflow(sampler(30))
+    assert len(book) == 1
+    with pytest.raises(ValueError, match="keep"):
+        SpeedBook(keep=0)
+
+
 def test_the_book_keeps_one_record_per_shape_and_only_the_latest_few() -> None:
     book = SpeedBook(keep=2)
     twenty = book.for_workflow(sampler(20))

@@ -41,7 +41,8 @@ def workflow_signature(nodes: Mapping[str, Mapping[str, Any]]) -> str:
         for node_id, node in nodes.items()
     }
     text = json.dumps(shape, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
+    # Any digest length or flag names a shape as well: only equality of signatures matters.
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]  # pragma: no mutate
 
 
 class SpeedBook:
