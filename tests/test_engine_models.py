@@ -70,6 +70,38 @@ def test_foreign_prompts_are_told_ahead_of_and_behind_ours() -> None:
     assert view.ours_pending == {"ours"} and not view.ours_running
 
 
+def test_queue_items_are_read_in_run_order_and_junk_is_skipped() -> None:
+    body = {
+        "queue_running": [],
+        "queue_pending": [
+            item(5, "late", "c.safetensors"),
+            "abc",  # three characters, not an item
+            [4, "short"],
+            item(3, "ours", "mine.safetensors"),
+            item(1, "early", "a.safetensors")[:3],  # number, id and prompt are enough
+            item(4, "b2", "b.safetensors"),
+        ],
+    }
+    view = queue_models(body, {"ours"})
+    assert view.ahead == ({"a.safetensors"},)
+    assert view.behind == ({"b.safetensors"}, {"c.safetensors"})
+    assert view.ours_pending == {"ours"}
+
+
+def test_a_queue_is_idle_only_with_nothing_of_anyones() -> None:
+    theirs = frozenset({"theirs.safetensors"})
+    assert queue_models({}, set()).idle
+    for busy in (
+        queue_models({"queue_running": [item(1, "p", "x.safetensors")]}, {"p"}),
+        queue_models({"queue_pending": [item(1, "p", "x.safetensors")]}, {"p"}),
+        queue_models({"queue_running": [item(1, "q", "theirs.safetensors")]}, set()),
+    ):
+        assert not busy.idle, busy
+    assert queue_models({"queue_pending": [item(1, "q", "theirs.safetensors")]}, set()).ahead == (
+        theirs,
+    )
+
+
 def test_a_secret_in_foreign_extra_data_is_never_read() -> None:
     class Trap(dict):
         def __getitem__(self, key: Any) -> Any:

@@ -94,9 +94,10 @@ def queue_models(body: Any, ours: Container[str]) -> QueueModels:
     if mine:
         first, last = mine[0], mine[-1]
     else:  # none of ours waits: the others wait behind our running prompt, or ahead of our next
-        first = last = -1 if ours_running else len(pending)
-    ahead = tuple(m for n, (o, _, m) in enumerate(pending) if not o and n < first and m)
-    behind = tuple(m for n, (o, _, m) in enumerate(pending) if not o and n > last and m)
+        first = last = -1 if ours_running else len(pending)  # pragma: no mutate (any n < 0)
+    # Before our first pending prompt and after our last, every prompt is another client's.
+    ahead = tuple(m for n, (_, _, m) in enumerate(pending) if n < first and m)
+    behind = tuple(m for n, (_, _, m) in enumerate(pending) if n > last and m)
     return QueueModels(
         running=running,
         ahead=ahead,
