@@ -244,6 +244,12 @@ def test_a_server_unreachable_at_check_time_still_takes_work_once_it_answers(
     assert result.per_server.get("late", 0) > 0  # not excluded: it worked once it answered
 
 
+def test_a_check_timeout_under_a_second_is_fine() -> None:
+    from comfy_cluster.core.engine.tools import Preflight
+
+    assert Preflight(client_factory=ComfyClient, timeout=0.5).timeout == 0.5
+
+
 def test_a_check_timeout_that_is_not_positive_is_refused_at_once() -> None:
     server = ServerConfig(name="a", host="127.0.0.1", port=1)
     with pytest.raises(ValueError, match="check_timeout"):
