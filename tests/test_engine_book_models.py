@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from test_engine_job_book import first_free
+
 from comfy_cluster.core.engine import events as ev
 from comfy_cluster.core.engine.attempt import Attempt
 from comfy_cluster.core.engine.book import JobBook
@@ -28,10 +30,6 @@ def book_of(
 ) -> JobBook:
     """A four-chunk job of the checkpoint workflow; one slot per server in ``slots``."""
     job = RenderJob(CHECKPOINT_WORKFLOW, "1-4", "o.####.png")
-
-    def first_free(chunk: Chunk, free: Sequence[str], *_: Any) -> Optional[tuple[str, str]]:
-        return free[0], "first free"
-
     book = JobBook(
         job,
         FixedChunker(1).split(job.frame_range),

@@ -185,36 +185,37 @@ def test_a_silent_check_is_given_up_within_the_jobs_idle_limit(
     assert checked_at - started < 10.0  # about 2 s; the check's own 30 s would be 30
 
 
+def refusal(sim: Any, job: RenderJob) -> str:
+    """Run ``job`` on ``sim`` alone; it must fail at the check, before any prompt. The
+    check's reasons, joined."""
+    rec = Recorder()
+    with Scheduler(configs(sim), no_server_timeout=20.0) as scheduler:
+        result = scheduler.run(job, rec)
+    assert not result.ok
+    [verdict] = rec.of(ev.ServerChecked)
+    assert not verdict.ok, verdict
+    assert sim.prompts_seen == []
+    return " ".join(verdict.reasons)
+
+
 def test_a_named_loader_without_input_frames_keeps_its_image_checked(
     tmp_path: Path, sim_factory: Any
 ) -> None:
     """With ``--loader`` but no input frames, the loader's image is the workflow's own (a
     still): the check must hold it against the server, not skip it as an uploaded frame."""
     sim = sim_factory(name="nostill", node_seconds=0.01)
-    rec = Recorder()
     job = RenderJob(img2img(), "1-2", str(tmp_path / "out" / "o.####.png"), image_loader="10")
-    with Scheduler(configs(sim), no_server_timeout=20.0) as scheduler:
-        result = scheduler.run(job, rec)
-    assert not result.ok
-    [verdict] = rec.of(ev.ServerChecked)
-    assert not verdict.ok and "plate.0001.png" in " ".join(verdict.reasons), verdict
-    assert sim.prompts_seen == []
+    assert "plate.0001.png" in refusal(sim, job)
 
 
 def test_a_one_frame_job_is_checked_with_its_overrides(tmp_path: Path, sim_factory: Any) -> None:
     """``--set 4.ckpt_name=...`` is what gets checked, for a job of a single frame too."""
     sim = sim_factory(name="one", node_seconds=0.01)
     inputs, output = shot(tmp_path, 1)
-    rec = Recorder()
     job = RenderJob(
         img2img(), "1", output, input_pattern=inputs, overrides=["4.ckpt_name=absent.safetensors"]
     )
-    with Scheduler(configs(sim), no_server_timeout=20.0) as scheduler:
-        result = scheduler.run(job, rec)
-    assert not result.ok
-    [verdict] = rec.of(ev.ServerChecked)
-    assert not verdict.ok and "absent.safetensors" in " ".join(verdict.reasons), verdict
-    assert sim.prompts_seen == []
+    assert "absent.safetensors" in refusal(sim, job)
 
 
 def test_a_server_unreachable_at_check_time_still_takes_work_once_it_answers(

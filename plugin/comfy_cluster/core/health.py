@@ -164,6 +164,7 @@ class _PollerSide:
     _required: frozenset
     _facts: dict[str, PollFacts]
     _pollers: dict[str, ServerPoller]
+    _retired: list[ServerPoller]
     _served: dict[str, int]
     _request_seq: int
     _snapshot: HealthSnapshot
