@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from comfy_cluster.core.engine.attempt import Outcome, OutcomeKind
@@ -114,13 +114,13 @@ class ServerGate:
 
     def _workflow(self) -> Mapping[str, Any]:
         """The prompt of the job's first frame as it will be sent (overrides applied, frame
-        tokens expanded), so a ``--set ckpt_name=...`` is what gets checked."""
+        tokens expanded), so a ``--set ckpt_name=...`` is what gets checked. Workers, and so
+        the gate, start only when a frame is left to render."""
         targets = self.plan.targets
-        frames: Sequence[int] = self.plan.to_render or self.plan.requested
         try:
             return build_frame_prompt(
                 self.plan.workflow,
-                frames[0],
+                self.plan.to_render[0],
                 image_value="check.png" if self.job.input_pattern else None,
                 overrides=self.job.overrides,
                 loader=targets.image_loader,
