@@ -54,6 +54,15 @@ def test_the_checkpoint_comes_from_the_loader_input_only() -> None:
     assert prompt_models(junk_first) == {"x.safetensors"}  # a server's junk hides nothing after it
 
 
+def test_a_loader_input_that_is_not_a_name_is_no_model() -> None:
+    """A checkpoint fed by a link (a primitive node) or left empty names no model: it must not
+    be taken for one, nor break the read of the rest of the prompt."""
+    for value in (["7", 0], "", 3):
+        prompt = img2img("x.safetensors")
+        prompt["4"]["inputs"]["ckpt_name"] = value
+        assert prompt_models(prompt) == set(), value
+
+
 def test_foreign_prompts_are_told_ahead_of_and_behind_ours() -> None:
     body = {
         "queue_running": [item(1, "f1", "a.safetensors")],
@@ -80,6 +89,7 @@ def test_queue_items_are_read_in_run_order_and_junk_is_skipped() -> None:
             item(3, "ours", "mine.safetensors"),
             item(1, "early", "a.safetensors")[:3],  # number, id and prompt are enough
             item(4, "b2", "b.safetensors"),
+            ["first", "junk", foreign_prompt("junk.safetensors", 0)],  # no place in the run
         ],
     }
     view = queue_models(body, {"ours"})
@@ -126,9 +136,22 @@ def test_the_newest_history_entry_with_a_model_says_what_a_server_holds() -> Non
     older_first = {"p3": entry(3, "old.safetensors"), "p7": entry(7, "new.safetensors")}
     newer_first = {"p7": entry(7, "new.safetensors"), "p3": entry(3, "old.safetensors")}
     assert history_models(older_first) == history_models(newer_first) == {"new.safetensors"}
-    junk = {"x": "junk", "y": {"prompt": [1]}, "p2": entry("two", "any.safetensors")}
-    assert history_models(junk) == {"any.safetensors"}  # a number that is not one counts as 0
+    junk = {"x": "junk", "y": {"prompt": [1]}, "p2": entry("two", "junk.safetensors")}
+    assert history_models(junk) is None  # an entry without a number is not placed in the run
+    assert history_models({**junk, "p1": entry(1, "any.safetensors")}) == {"any.safetensors"}
     assert history_models({}) is None and history_models(["not", "a", "map"]) is None
+
+
+def test_a_newer_history_entry_without_a_model_hides_nothing() -> None:
+    """A server's newest prompt may load no checkpoint (an upscale, say): the model it holds
+    is still the one the newest entry *with* a model loaded. Ids sort against the numbers."""
+    upscale = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}
+    history = {
+        "a-newest": {"prompt": [9, "a-newest", upscale, {}, []], "outputs": {}},
+        "b-new": {"prompt": item(7, "b-new", "new.safetensors"), "outputs": {}},
+        "c-old": {"prompt": item(3, "c-old", "old.safetensors"), "outputs": {}},
+    }
+    assert history_models(history) == {"new.safetensors"}
 
 
 # -- the rules ----------------------------------------------------------------------------

@@ -68,12 +68,18 @@ class QueueModels:
         )
 
 
+def _is_item(item: Any) -> bool:
+    """A queue or history item as ComfyUI sends it: a list whose number (its place in the run
+    order), prompt id and prompt are present. Anything else is a server's junk, skipped."""
+    return isinstance(item, (list, tuple)) and len(item) >= 3 and isinstance(item[0], (int, float))
+
+
 def _items(body: Mapping[str, Any], key: str) -> list:
+    """The items under ``key`` in run order (equal numbers keep the server's order)."""
     items = body.get(key)
     if not isinstance(items, list):
         return []
-    good = [i for i in items if isinstance(i, (list, tuple)) and len(i) >= 3]
-    return sorted(good, key=lambda i: (i[0] if isinstance(i[0], (int, float)) else 0, str(i[1])))
+    return sorted((i for i in items if _is_item(i)), key=lambda i: i[0])
 
 
 def queue_models(body: Any, ours: Container[str]) -> QueueModels:
@@ -111,13 +117,11 @@ def history_models(body: Any) -> Optional[frozenset]:
     """The models of the newest ``/history`` entry that names any (``None``: none does)."""
     if not isinstance(body, Mapping):
         return None
-    newest: Optional[tuple] = None
+    named: list[tuple[float, frozenset]] = []
     for entry in body.values():
         item = entry.get("prompt") if isinstance(entry, Mapping) else None
-        if not isinstance(item, (list, tuple)) or len(item) < 3:
-            continue
-        number = item[0] if isinstance(item[0], (int, float)) else 0
-        models = prompt_models(item[2])
-        if models and (newest is None or number > newest[0]):
-            newest = (number, models)
-    return None if newest is None else newest[1]
+        if _is_item(item):
+            models = prompt_models(item[2])
+            if models:
+                named.append((item[0], models))
+    return max(named, key=lambda n: n[0])[1] if named else None
