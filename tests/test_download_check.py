@@ -25,6 +25,7 @@ from comfy_cluster.core.image_check import (
 )
 from comfy_cluster.core.protocol import ImageRef
 from comfy_cluster.core.server import ServerConfig
+from comfy_cluster.core.server_text import ELLIPSIS
 from comfy_cluster.core.transfer import SharedTransfer, existing_frames
 from comfy_cluster.sim.harness import SimServer
 
@@ -262,6 +263,18 @@ def test_shared_storage_copies_only_whole_images(tmp_path: Path, data: bytes, sa
         SharedTransfer().fetch_output(None, server, ImageRef("x_00001_.png"), dest)
     assert says in str(info.value) and "x_00001_.png" in str(info.value)
     assert leftovers(dest.parent) == []
+
+
+def test_a_long_server_file_name_is_cut_in_the_refusal(tmp_path: Path) -> None:
+    """The name of a junk file is the server's text: the refusal shows at most 200 of its
+    characters, like every server file name in our messages, so one name is one short line."""
+    server, output = shared(tmp_path)
+    name = "x" * 236 + ".png"  # a legal name of 240 characters
+    (output / name).write_bytes(HTML)
+    with pytest.raises(ProtocolError) as info:
+        SharedTransfer().fetch_output(None, server, ImageRef(name), tmp_path / "o.0001.png")
+    message = str(info.value)
+    assert "x" * 199 + ELLIPSIS in message and "x" * 200 not in message, message
 
 
 def test_shared_storage_respects_max_download_bytes(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ huge frame-mode jobs are held in a bounded number of chunks."""
 from __future__ import annotations
 
 import os
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,31 @@ def test_resume_keeps_only_whole_images_in_order_on_fast_and_slow_disks(
         Path(format_frame_path(pattern, f)).write_bytes(data)
     found = transfer.existing_frames(pattern, range(1, 400), whole_images=True)
     assert found == tuple(f for f in range(1, 301) if f not in broken)
+
+
+@pytest.mark.parametrize(
+    ("started", "seconds_per_file", "threaded"),
+    [(100.0, 0.00025, False), (0.0, 0.0005, False), (100.0, 0.001, True)],
+)
+def test_whole_images_are_checked_on_threads_only_when_the_disk_proves_slow(
+    monkeypatch: pytest.MonkeyPatch, started: float, seconds_per_file: float, threaded: bool
+) -> None:
+    """The first 64 files are checked in turn; at most half a millisecond each (a local disk)
+    keeps the rest in turn too, more (a network disk) checks them on threads. A fake clock
+    says how long the sample took, the exact limit included."""
+    clock = iter([started, started + seconds_per_file * 64])
+    monkeypatch.setattr(transfer, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    checked_on: set[str] = set()
+
+    def file_ok(path: str) -> bool:
+        checked_on.add(threading.current_thread().name)
+        return path.endswith("7.png")
+
+    monkeypatch.setattr(transfer, "image_file_ok", file_ok)
+    paths = [f"/nowhere/s.{f}.png" for f in range(300)]
+    assert transfer._whole_images(paths) == [p.endswith("7.png") for p in paths]
+    on_threads = {name for name in checked_on if name.startswith("comfy-cluster-check")}
+    assert bool(on_threads) is threaded, checked_on
 
 
 TINY = {

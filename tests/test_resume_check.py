@@ -63,10 +63,14 @@ def test_an_empty_or_missing_folder_costs_nothing_per_frame(
 def test_per_frame_folders_are_each_listed_once(tmp_path: Path) -> None:
     for f in (1, 3):
         make_test_image(tmp_path / f"{f:04d}" / "s.png")
-    assert frames_on_disk(str(tmp_path / "####" / "s.png"), range(1, 5)) == (1, 3)
+    (tmp_path / "0004").mkdir()
+    (tmp_path / "0004" / "s.png").write_bytes(b"half an image")
+    pattern = str(tmp_path / "####" / "s.png")
+    assert frames_on_disk(pattern, range(1, 5)) == (1, 3, 4)
+    assert existing_frames(pattern, range(1, 5), whole_images=True) == (1, 3)
 
 
-@pytest.mark.parametrize("token", ["####", "#", "%04d", "%d", "$F4", "$F"])
+@pytest.mark.parametrize("token", ["####", "##", "#", "%04d", "%02d", "%d", "$F4", "$F"])
 def test_every_token_spelling_is_found(tmp_path: Path, token: str) -> None:
     from comfy_cluster.core.frames import format_frame_path
 
