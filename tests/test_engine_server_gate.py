@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,10 +31,15 @@ from comfy_cluster.core.server import ServerConfig
 
 
 def gate_on(
-    sims: Sequence[Any], tmp_path: Path, *, release: Optional[threading.Event] = None
+    sims: Sequence[Any],
+    tmp_path: Path,
+    *,
+    release: Optional[threading.Event] = None,
+    sink: Callable[[ev.JobEvent], None] = lambda event: None,
 ) -> tuple[ServerGate, JobBook]:
     """A two-frame img2img job's gate for ``sims``, one slot registered per server, not
-    started. With ``release``, every check's ``/object_info`` hangs until it is set."""
+    started; its book's events go to ``sink``. With ``release``, every check's
+    ``/object_info`` hangs until it is set."""
     servers = [ServerConfig(name=s.options.name, host="127.0.0.1", port=s.port) for s in sims]
     inputs, output = shot(tmp_path, 2)
     job = RenderJob(img2img(), "1-2", output, input_pattern=inputs)
@@ -45,7 +50,7 @@ def gate_on(
         [server.name for server in servers],
         frames_to_render=plan.to_render,
         chooser=first_free,
-        sink=ev.EventSink(lambda event: None),
+        sink=ev.EventSink(sink),
         clock=time.monotonic,
     )
 
@@ -71,10 +76,12 @@ def waiting(gate: ServerGate, server: str) -> tuple[threading.Thread, list[bool]
 def test_a_refused_servers_slot_is_told_not_to_work(tmp_path: Path, sim_factory: Any) -> None:
     """A server missing the workflow's model is out of the job: its waiting slot must hear
     False (a True would start a worker that polls the server's queue for nothing), while the
-    job goes on and a server that passed is told to work."""
+    job goes on and a server that passed is told to work. Each verdict is announced by the
+    time its slot hears it, not held until some worker next flushes the book's events."""
     good = sim_factory(name="good", node_seconds=0.01)
     nomodel = sim_factory(name="nomodel", node_seconds=0.01, models=("other.safetensors",))
-    gate, book = gate_on([good, nomodel], tmp_path)
+    seen: list[ev.JobEvent] = []
+    gate, book = gate_on([good, nomodel], tmp_path, sink=seen.append)
     refused, refused_answer = waiting(gate, "nomodel")
     passed, passed_answer = waiting(gate, "good")
     gate.start()
@@ -83,6 +90,23 @@ def test_a_refused_servers_slot_is_told_not_to_work(tmp_path: Path, sim_factory:
     assert not book.over()  # the job goes on: each answer is its own server's verdict
     assert refused_answer == [False]
     assert passed_answer == [True]
+    checked = {e.server: e.ok for e in seen if isinstance(e, ev.ServerChecked)}
+    assert checked == {"good": True, "nomodel": False}
+
+
+def test_a_passing_verdict_is_announced_by_the_time_its_slot_is_told(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    """Not held in the book's feed until a worker next flushes it (a slot with no chunk to
+    take would leave the view without the verdict)."""
+    sim = sim_factory(name="good", node_seconds=0.01)
+    seen: list[ev.JobEvent] = []
+    gate, _ = gate_on([sim], tmp_path, sink=seen.append)
+    thread, answer = waiting(gate, "good")
+    gate.start()
+    thread.join(20)
+    assert answer == [True]
+    assert [(e.server, e.ok) for e in seen if isinstance(e, ev.ServerChecked)] == [("good", True)]
 
 
 def test_a_job_ended_during_a_hanging_check_frees_its_slot_at_once(
