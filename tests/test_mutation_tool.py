@@ -7,6 +7,7 @@ the code it listed, and counts a mutant as killed only when a test caught it.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -82,6 +83,40 @@ def test_fastest_tests_run_first_and_unknown_last(mutate: ModuleType) -> None:
     test_map = mutate.CoverageMap({}, {"t::slow": 9.0, "t::fast": 0.1, "t::mid": 1.0})
     tests = {"t::slow", "t::new", "t::fast", "t::mid"}
     assert test_map.fastest_first(tests) == ["t::fast", "t::mid", "t::slow", "t::new"]
+
+
+def test_a_test_that_keeps_killing_a_modules_mutants_moves_up_there_only(
+    mutate: ModuleType,
+) -> None:
+    """The learnt order: with no history it is fastest first; a slower test that killed the
+    last mutants of a module while the others passed moves ahead of them in that module, as
+    far as its time per kill allows, and does not reorder another module's tests."""
+    order = mutate.TestOrder({"t::fast": 0.1, "t::mid": 1.0, "t::e2e": 3.0})
+    tests = ["t::e2e", "t::mid", "t::fast"]
+    assert order.order("a.py", tests) == ["t::fast", "t::mid", "t::e2e"]
+    for _ in range(3):
+        ran = order.order("a.py", tests)
+        order.record("a.py", ran, "t::e2e")
+    # Ahead of the 1 s test that kept passing; the 0.1 s one still costs little to try first.
+    assert order.order("a.py", tests) == ["t::fast", "t::e2e", "t::mid"]
+    assert order.order("b.py", tests) == ["t::fast", "t::mid", "t::e2e"]
+    order.record("b.py", ["t::fast", "t::mid", "t::e2e"], "")  # a survivor ran them all
+    assert order.order("b.py", tests) == ["t::fast", "t::mid", "t::e2e"]
+
+
+def test_the_first_failing_test_is_read_off_pytests_own_summary(
+    mutate: ModuleType, tmp_path: Path
+) -> None:
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_ok():\n    pass\n"
+        "@pytest.mark.parametrize('n', [1, 2])\n"
+        "def test_bad(n):\n    assert n == 1, 'two - is not one'\n"
+    )
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "test_x.py"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True).stdout
+    assert mutate.first_failure(out) == "test_x.py::test_bad[2]", out
+    assert mutate.first_failure("1 passed in 0.01s\n") == ""
 
 
 def test_a_changed_test_file_replaces_its_own_tests_only(mutate: ModuleType) -> None:
