@@ -93,3 +93,25 @@ def test_no_copy_while_other_work_still_waits() -> None:
     run = SlowHoldsTheTail(held_back=True)
     assert not run.book.copy_worth_asking("fast-0")
     assert run.book.take_copy("fast-0") is None
+
+
+def test_a_running_copy_is_not_queued_again_when_its_slot_closes() -> None:
+    """A copy is started the moment it is handed out. When its worker goes away, the chunk
+    must not go back to the queue as if never taken: its holder still renders it (a second
+    queued copy would render its frames a third time)."""
+    run = SlowHoldsTheTail()
+    copy = run.book.take_copy("fast-0")
+    assert copy is not None
+    run.book.close_slot("fast-0")
+    assert not run.book._queue.has_pending
+
+
+def test_an_ended_attempts_progress_clock_is_forgotten() -> None:
+    """Each attempt's last-progress time is kept only while it runs: a job of a million
+    frames ends a hundred thousand attempts, and none may stay behind in the book."""
+    run = SlowHoldsTheTail()
+    run.clock.now += 3.0
+    assert run.book._times.since_progress(run.tail) == 3.0
+    run.write(run.tail, 3)  # written and finished: the attempt ended
+    run.clock.now += 4.0
+    assert run.book._times.since_progress(run.tail) == 0.0

@@ -83,3 +83,20 @@ def test_our_prompt_times_feed_the_load_estimate() -> None:
     book.model_prompt_done("a", 1.0, False)
     book.model_prompt_done("a", 11.0, True)  # a load costs about 10 s
     assert book.models.admit(["b"], ["a", "b"], 4) == []  # 4 s of work left: not worth it
+
+
+def test_a_server_handed_our_chunk_counts_as_warm_before_its_prompt_is_sent() -> None:
+    """Between handing a chunk out and sending its prompt, the server is already ours: the next
+    chunk in line goes to its other slot, not to a cold server listed first (which, its load
+    cost unknown, still gets the chunk after)."""
+    book = book_of(["b", "a"], slots=["a"])  # only a works at first
+    book.models_seen("a", QueueModels())
+    book.models_seen("b", QueueModels())
+    first = book.next_attempt("a-0", 0.0)
+    assert isinstance(first, Attempt) and first.server == "a"
+    book.add_slot("a-1", "a")
+    book.add_slot("b-0", "b")
+    cold = book.next_attempt("b-0", 0.0)
+    second = book.next_attempt("a-1", 0.0)
+    assert isinstance(second, Attempt) and second.chunk.index == first.chunk.index + 1
+    assert isinstance(cold, Attempt) and cold.chunk.index == second.chunk.index + 1
