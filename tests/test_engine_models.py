@@ -340,6 +340,23 @@ def test_a_load_is_weighed_against_the_work_left(
     assert cold_server_admitted(prompts, remaining) is admitted
 
 
+@pytest.mark.parametrize(("remaining", "admitted"), [(10, False), (40, True)])
+def test_with_two_warm_servers_a_load_must_beat_their_shared_finish(
+    remaining: int, admitted: bool
+) -> None:
+    """Warm ``a`` and ``c`` share the work (1 s a frame); cold ``b`` loads in 10 s. Two warm
+    servers finish ``W`` frames in ``W / 2``: a third is worth its load only when
+    ``(W + 10) / 3 < 0.9 W / 2``, i.e. for more than about 28.6 s of work."""
+    aff = affinity("abc")
+    for name in "ac":
+        aff.observe(name, queue_models({}, set()))
+        aff.submitted(name)
+    aff.observe("b", queue_models({}, set()), held=frozenset({"theirs.safetensors"}))
+    aff.prompt_done("a", 1.0, loaded=False)
+    aff.prompt_done("a", 11.0, loaded=True)
+    assert (aff.admit(["b"], ["a", "b", "c"], remaining) == ["b"]) is admitted
+
+
 def test_other_models_keep_a_server_contested_for_exactly_the_memory() -> None:
     now = [100.0]
     aff = ModelAffinity(frozenset({"ours.safetensors"}), list("abcd"), clock=lambda: now[0])

@@ -185,6 +185,34 @@ def test_a_silent_check_is_given_up_within_the_jobs_idle_limit(
     assert checked_at - started < 10.0  # about 2 s; the check's own 30 s would be 30
 
 
+def test_a_check_answering_within_half_the_idle_limit_is_waited_for(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    """Half the idle limit is the check's budget, not less: with a 12 s limit, a server whose
+    check answers after 4.5 s is judged on its answer (it passed), not given up as silent."""
+    only = sim_factory(name="only", node_seconds=0.01)
+    release = threading.Event()
+
+    def check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
+        return HangingInfo(ComfyClient(server, timeouts=timeouts), release)
+
+    inputs, output = shot(tmp_path, 1)
+    rec = Recorder()
+    answer = threading.Timer(4.5, release.set)
+    answer.start()
+    try:
+        with Scheduler(
+            configs(only), check_factory=check_factory, check_timeout=30.0, no_server_timeout=12.0
+        ) as scheduler:
+            result = scheduler.run(RenderJob(img2img(), "1", output, input_pattern=inputs), rec)
+    finally:
+        answer.cancel()
+        release.set()
+    assert result.ok, result.message
+    [verdict] = rec.of(ev.ServerChecked)
+    assert verdict.ok and verdict.state == "ok", verdict
+
+
 def refusal(sim: Any, job: RenderJob) -> str:
     """Run ``job`` on ``sim`` alone; it must fail at the check, before any prompt. The
     check's reasons, joined."""

@@ -49,6 +49,13 @@ def test_text_concatenation_is_not_swapped_but_arithmetic_is(mutate: ModuleType)
     assert swapped == [source.replace("return n + 1", "return (n - 1)")]
 
 
+def test_an_assert_is_left_alone(mutate: ModuleType) -> None:
+    """Our asserts narrow types for the checker: a mutant of one could only weaken a check
+    that is never false, and would count as a survivor no test can kill."""
+    source = "def f(a, b):\n    assert a is not None and b > 1\n    return a\n"
+    assert _mutants(mutate, source) == []
+
+
 def test_a_mutant_is_planted_in_the_text_it_was_listed_from(
     mutate: ModuleType, tmp_path: Path
 ) -> None:

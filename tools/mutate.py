@@ -12,9 +12,10 @@ mutated line. That is three small steps:
    comparison, ``and``/``or`` swapped, a condition negated, a dropped call statement, an integer
    off by one, ``True``/``False`` swapped, ``+``/``-`` swapped on numbers (never on text or
    sequence literals, where it is a TypeError at once), ``min``/``max`` swapped, ``break``
-   /``continue`` swapped). Log calls, docstrings, f-string text and ``TYPE_CHECKING`` blocks are
-   left alone; a line may opt out with ``# pragma: no mutate`` (for a mutant that cannot change
-   behaviour), which the report counts.
+   /``continue`` swapped). Log calls, docstrings, f-string text, ``assert`` statements (type
+   narrowing here) and ``TYPE_CHECKING`` blocks are left alone; a line may opt out with
+   ``# pragma: no mutate`` (for a mutant that cannot change behaviour), which the report
+   counts.
 3. Each mutant is written into a copy of the snapshot and its covering tests run, fastest
    first, with ``pytest -x``; a failing test or a time-out kills it. pytest exit codes 2-5
    (collection error, internal error, usage error, nothing collected) kill it only when the
@@ -160,6 +161,9 @@ class _Finder(ast.NodeVisitor):
     # skipped subtrees
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
         return  # message text
+
+    def visit_Assert(self, node: ast.Assert) -> None:
+        return  # states a fact for the type checker; a mutant only weakens a check never false
 
     def visit_If(self, node: ast.If) -> None:
         test = node.test

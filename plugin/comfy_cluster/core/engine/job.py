@@ -91,7 +91,7 @@ class RenderJob:
         # Raises ConfigError without a frame token; any frame number would do.
         format_frame_path(self.output_pattern, 0)  # pragma: no mutate
         if self.input_pattern:
-            format_frame_path(self.input_pattern, 0)
+            format_frame_path(self.input_pattern, 0)  # pragma: no mutate
         if self.servers is not None:
             object.__setattr__(self, "servers", tuple(self.servers))
         object.__setattr__(self, "overrides", tuple(self.overrides))
