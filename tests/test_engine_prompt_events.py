@@ -24,10 +24,12 @@ from comfy_cluster.core.balance import SpeedTracker
 from comfy_cluster.core.engine.prompt_watch import PromptWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.stuck import StuckRule
+from comfy_cluster.core.engine.waits import QueuedBehind
 
 PID = "ours"
 OUTPUT = "9"
 IMAGE = {"filename": "ours.png", "subfolder": "", "type": "output"}
+EMPTY_QUEUE = protocol.QueueState()
 ENTRY = {
     "status": {"status_str": "success", "completed": True, "messages": []},
     "outputs": {OUTPUT: {"images": [IMAGE]}},
@@ -35,11 +37,27 @@ ENTRY = {
 
 
 class Script:
-    """The clock, and the events the listener delivers: one list per turn of the loop."""
+    """The clock, and the events the listener delivers: one list per turn of the loop.
 
-    def __init__(self, watch_of: Any, turns: list[list[protocol.Event]]) -> None:
-        self.now = 0.0
+    As the server, it answers ``/history`` with our result from ``done_at`` on and ``/queue``
+    with ``queue_state``. ``turns_left`` bounds the wait: a watch that never ends fails.
+    """
+
+    def __init__(
+        self,
+        watch_of: Any,
+        turns: list[list[protocol.Event]],
+        *,
+        start: float = 0.0,
+        done_at: float = 0.0,
+        queue_state: protocol.QueueState = EMPTY_QUEUE,
+        turns_left: int = 60,
+    ) -> None:
+        self.now = start
         self.turns = turns
+        self.done_at = done_at
+        self.queue_state = queue_state
+        self.turns_left = turns_left
         self.history_reads: list[float] = []
         self.queue_reads: list[float] = []
         self.watch: PromptWatch = watch_of(self)
@@ -49,6 +67,9 @@ class Script:
 
     def turn(self) -> None:
         """The wait loop's ``check``: one second passes, the next events arrive."""
+        self.turns_left -= 1
+        if self.turns_left < 0:
+            raise AssertionError(f"still waiting at t={self.now}")
         self.now += 1.0
         for event in self.turns.pop(0) if self.turns else ():
             self.watch.on_event(event)
@@ -56,15 +77,19 @@ class Script:
     # the client the wait reads the server through
     def history(self, pid: str) -> Optional[dict[str, Any]]:
         self.history_reads.append(self.now)
-        return ENTRY
+        return ENTRY if self.now >= self.done_at else None
 
     def queue(self) -> protocol.QueueState:
         self.queue_reads.append(self.now)
-        return protocol.QueueState()
+        return self.queue_state
 
 
-def watching(script: Script, speed: SpeedTracker) -> PromptWatch:
-    settings = EngineSettings(stall_timeout=60.0, poll_interval=0.001, history_interval=1e6)
+def watching(
+    script: Script, speed: Any, *, stall: float = 60.0, history_interval: float = 1e6
+) -> PromptWatch:
+    settings = EngineSettings(
+        stall_timeout=stall, poll_interval=0.001, history_interval=history_interval
+    )
     watch = PromptWatch(
         "a",
         OUTPUT,
@@ -79,10 +104,15 @@ def watching(script: Script, speed: SpeedTracker) -> PromptWatch:
     return watch
 
 
-def run(turns: list[list[protocol.Event]]) -> tuple[Script, tuple[Any, ...], SpeedTracker]:
+def run(
+    turns: list[list[protocol.Event]], *, done_at: float = 0.0, progress: Any = None
+) -> tuple[Script, tuple[Any, ...], SpeedTracker]:
     speed = SpeedTracker()
-    script = Script(lambda s: watching(s, speed), turns)
-    images = script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    script = Script(lambda s: watching(s, speed), turns, done_at=done_at)
+    report = progress.append if progress is not None else lambda *a: None
+    images = script.watch.wait(
+        script, PID, 1, check=script.turn, progress=lambda f, n: report((f, n))
+    )
     return script, images, speed
 
 
@@ -92,18 +122,26 @@ def executed(pid: str, name: str) -> protocol.Executed:
 
 
 def test_a_prompt_whose_events_all_arrive_is_done_from_them_alone() -> None:
+    progress: list[tuple[float, int]] = []
     script, images, speed = run(
         [
             [protocol.ExecutionStart(prompt_id=PID)],  # t=1: started
-            [protocol.Executing(prompt_id=PID, node="4")],  # t=2
+            [
+                protocol.Executing(prompt_id=PID, node="4"),  # t=2
+                protocol.ProgressEvent(prompt_id=PID, node="4", value=0, max=0),  # no steps
+                protocol.ProgressEvent(prompt_id=PID, node="4", value=1, max=2),
+                protocol.ProgressEvent(prompt_id=PID, node="4", value=1, max=1),
+            ],
             [protocol.Executing(prompt_id=PID, node=OUTPUT)],  # t=3
             [executed(PID, "ours.png")],  # t=4
             [protocol.Executing(prompt_id=PID, node=None)],  # t=5: done
-        ]
+        ],
+        progress=progress,
     )
     assert [image.filename for image in images] == ["ours.png"]
     assert script.history_reads == [] and script.queue_reads == []
     assert speed.seconds_per_frame("a") == pytest.approx(4.0)  # from t=1, not a later node
+    assert progress == [(0.5, 1), (1.0, 1)]  # a node without steps reports nothing
 
 
 def test_a_prompt_that_reports_its_first_node_before_its_start_counts_from_that_node() -> None:
@@ -147,6 +185,23 @@ def test_a_dropped_websocket_is_known_at_once_and_forgotten_on_reconnect() -> No
     assert not watch.ws_lost()
 
 
+def test_after_a_reconnect_the_result_comes_from_history_not_from_events_before_the_gap() -> None:
+    """Images seen before a drop may belong to a run the gap hid the end of: after the
+    reconnect, the end event is confirmed with ``/history`` and its images are the result."""
+    script, images, _ = run(
+        [
+            [protocol.ExecutionStart(prompt_id=PID)],  # t=1
+            [executed(PID, "before-the-gap.png")],  # t=2
+            [protocol.Disconnected(reason="closed")],  # t=3
+            [protocol.Connected(client_id="c")],  # t=4: /history has no result yet
+            [protocol.Executing(prompt_id=PID, node=None)],  # t=5: the end, confirmed
+        ],
+        done_at=5.0,
+    )
+    assert [image.filename for image in images] == ["ours.png"]
+    assert script.history_reads == [4.0, 5.0]
+
+
 def test_a_reconnect_reads_the_result_at_once() -> None:
     """The prompt finished while the socket was down: its end events are lost. The reconnect
     must re-read ``/history`` right away, not after the safety net's interval or a stall."""
@@ -161,3 +216,120 @@ def test_a_reconnect_reads_the_result_at_once() -> None:
     assert [image.filename for image in images] == ["ours.png"]
     assert script.queue_reads and script.queue_reads[0] <= 3.0  # is it alive? asked at the drop
     assert script.history_reads and script.history_reads[0] <= 5.0, script.history_reads
+
+
+# -- the safety nets: /history every interval, /queue after a silence -------------------------
+
+
+def test_with_every_event_lost_history_is_read_each_interval_from_the_submission() -> None:
+    script = Script(lambda s: watching(s, SpeedTracker(), history_interval=3.0), [], done_at=7.0)
+    images = script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    assert [image.filename for image in images] == ["ours.png"]
+    assert script.history_reads == [3.0, 6.0, 9.0]
+    assert script.queue_reads == []  # no silence longer than the stall limit meanwhile
+
+
+def test_a_silence_past_the_stall_limit_asks_the_queue_once_it_is_exceeded() -> None:
+    """Silent for exactly the limit is not yet past it; one second more is. The prompt is in
+    neither list by then: it finished unnoticed, and its result is read from /history."""
+    script = Script(lambda s: watching(s, SpeedTracker(), stall=5.0), [], start=100.0)
+    images = script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    assert [image.filename for image in images] == ["ours.png"]
+    assert script.queue_reads == [106.0]
+
+
+# -- a prompt queued behind other work moves to a free server ---------------------------------
+
+
+class Pace:
+    """A server's known seconds per frame (``None``: not measured yet)."""
+
+    def __init__(self, spf: Optional[float]) -> None:
+        self.spf = spf
+
+    def record(self, server: str, seconds: float, frames: int = 1) -> float:
+        return seconds / frames
+
+    def seconds_per_frame(self, server: str) -> Optional[float]:
+        return self.spf
+
+
+BEHIND_TWO = protocol.QueueState(running=("x",), pending=("y", PID))
+
+
+def queued(
+    spf: Optional[float],
+    frames: int,
+    *,
+    state: protocol.QueueState = BEHIND_TWO,
+    free: bool = True,
+    turns: int = 30,
+) -> tuple[Script, list[bool], Optional[BaseException]]:
+    """Wait for a prompt of ``frames`` submitted at t=100 that never starts; another server
+    is ``free``. Returns the script, the ``move(commit)`` calls and what the wait raised."""
+    calls: list[bool] = []
+
+    def move(commit: bool) -> bool:
+        calls.append(commit)
+        return free
+
+    script = Script(
+        lambda s: watching(s, Pace(spf)),
+        [],
+        start=100.0,
+        done_at=float("inf"),
+        queue_state=state,
+        turns_left=turns,
+    )
+    try:
+        script.watch.wait(
+            script, PID, frames, check=script.turn, progress=lambda f, n: None, move=move
+        )
+    except BaseException as exc:
+        return script, calls, exc
+    return script, calls, None
+
+
+@pytest.mark.parametrize(
+    ("spf", "frames", "moved_at"),
+    [
+        (2.0, 1, 104.0),  # expected 2 s: moved at twice that, looked at every second
+        (1.0, 2, 104.0),  # two frames at 1 s: the same 2 s
+        (3.0, 1, 107.0),  # looked at every 1.5 s: at 101, 103, 105 and 107 (past 6 s)
+        (5.0, 1, 110.0),  # every 2.5 s: at 101, 104, 107, then 110 (exactly 10 s)
+    ],
+)
+def test_a_prompt_queued_twice_its_expected_time_moves_when_a_server_is_free(
+    spf: float, frames: int, moved_at: float
+) -> None:
+    script, calls, raised = queued(spf, frames)
+    assert isinstance(raised, QueuedBehind), raised
+    assert script.now == moved_at
+    assert "behind 2 prompt(s)" in str(raised)
+    assert calls == [False, True]  # asked, confirmed on the server, then committed
+    assert script.queue_reads == [moved_at]
+
+
+def test_a_prompt_that_started_meanwhile_is_not_moved() -> None:
+    running = protocol.QueueState(running=(PID,), pending=("y",))
+    _, calls, raised = queued(2.0, 1, state=running, turns=8)
+    assert not isinstance(raised, QueuedBehind), raised
+    assert calls and not any(calls)  # asked, never committed
+
+
+def test_no_move_without_a_free_server_or_a_known_pace() -> None:
+    for spf, free in ((2.0, False), (None, True)):
+        script, calls, raised = queued(spf, 1, free=free, turns=12)
+        assert not isinstance(raised, QueuedBehind), (spf, free)
+        assert script.queue_reads == []  # the server is not even asked
+        assert True not in calls
+
+
+def test_a_slot_that_cannot_move_its_prompt_just_waits_for_it() -> None:
+    """``move`` ``None``: the prompt waits in the queue past twice its time and still ends."""
+    script = Script(
+        lambda s: watching(s, Pace(1.0)),
+        [[], [], [], [], [], [executed(PID, "ours.png")], [protocol.Executing(prompt_id=PID)]],
+    )
+    images = script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    assert [image.filename for image in images] == ["ours.png"]

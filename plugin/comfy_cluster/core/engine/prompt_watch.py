@@ -242,9 +242,7 @@ class PromptWatch:
         """Act on one handed-over event; returns the images when the prompt is done."""
         cls = type(event)
         if cls is protocol.Disconnected:
-            # Belt and braces: any later event follows a Connected, which sets it too.
-            w.missed = True  # pragma: no mutate
-            self._alive_after_drop(w)
+            self._alive_after_drop(w)  # no event arrives until the Connected that marks a gap
         elif cls is protocol.Connected:
             w.missed = True
             w.next_history = now  # events were missed while disconnected: re-sync
