@@ -15,6 +15,7 @@ scripted event, as the listener thread would. The contract pinned here:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import pytest
@@ -24,7 +25,8 @@ from comfy_cluster.core.balance import SpeedTracker
 from comfy_cluster.core.engine.prompt_watch import PromptWatch
 from comfy_cluster.core.engine.settings import EngineSettings
 from comfy_cluster.core.engine.stuck import StuckRule
-from comfy_cluster.core.engine.waits import QueuedBehind
+from comfy_cluster.core.engine.waits import QueuedBehind, QueueWaits
+from comfy_cluster.core.errors import ExecutionFailed, Interrupted, ServerSilent
 
 PID = "ours"
 OUTPUT = "9"
@@ -51,12 +53,16 @@ class Script:
         start: float = 0.0,
         done_at: float = 0.0,
         queue_state: protocol.QueueState = EMPTY_QUEUE,
+        queue_states: Sequence[protocol.QueueState] = (),
+        history_entry: Optional[dict[str, Any]] = None,
         turns_left: int = 60,
     ) -> None:
         self.now = start
         self.turns = turns
         self.done_at = done_at
         self.queue_state = queue_state
+        self.queue_states = list(queue_states)  # one per read, then ``queue_state``
+        self.history_entry = history_entry or ENTRY
         self.turns_left = turns_left
         self.history_reads: list[float] = []
         self.queue_reads: list[float] = []
@@ -77,15 +83,21 @@ class Script:
     # the client the wait reads the server through
     def history(self, pid: str) -> Optional[dict[str, Any]]:
         self.history_reads.append(self.now)
-        return ENTRY if self.now >= self.done_at else None
+        return self.history_entry if self.now >= self.done_at else None
 
     def queue(self) -> protocol.QueueState:
         self.queue_reads.append(self.now)
-        return self.queue_state
+        return self.queue_states.pop(0) if self.queue_states else self.queue_state
 
 
 def watching(
-    script: Script, speed: Any, *, stall: float = 60.0, history_interval: float = 1e6
+    script: Script,
+    speed: Any,
+    *,
+    stall: float = 60.0,
+    history_interval: float = 1e6,
+    stuck: Any = None,
+    waits: Optional[QueueWaits] = None,
 ) -> PromptWatch:
     settings = EngineSettings(
         stall_timeout=stall, poll_interval=0.001, history_interval=history_interval
@@ -96,9 +108,10 @@ def watching(
         settings=settings,
         clock=script,
         speed=speed,
-        stuck=StuckRule("a", ("a",), speed, settings, out_of_job=lambda: False),
+        stuck=stuck or StuckRule("a", ("a",), speed, settings, out_of_job=lambda: False),
         call=lambda fn, what: fn(),
         cancel=threading.Event(),
+        waits=waits,
     )
     watch.expect(PID)
     return watch
@@ -333,3 +346,111 @@ def test_a_slot_that_cannot_move_its_prompt_just_waits_for_it() -> None:
     )
     images = script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
     assert [image.filename for image in images] == ["ours.png"]
+
+
+# -- failures, the stuck rules' inputs, the queue-wait record ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (
+            protocol.ExecutionErrorEvent(prompt_id=PID, node_id="4", exception_message="OOM"),
+            ExecutionFailed,
+        ),
+        (protocol.ExecutionInterrupted(prompt_id=PID), Interrupted),
+    ],
+)
+def test_an_error_event_of_our_prompt_ends_the_wait_with_its_error(
+    event: protocol.Event, error: type
+) -> None:
+    with pytest.raises(error):
+        run([[protocol.ExecutionStart(prompt_id=PID)], [event]])
+
+
+def test_a_failed_prompt_found_in_history_raises_its_failure() -> None:
+    failed = {"status": {"status_str": "error", "completed": False, "messages": []}, "outputs": {}}
+    script = Script(
+        lambda s: watching(s, SpeedTracker(), history_interval=2.0), [], history_entry=failed
+    )
+    with pytest.raises(ExecutionFailed, match="status 'error'"):
+        script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+
+
+class StuckInputs:
+    """Records what the stuck rules are asked (never calls anything stuck)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, float, float]] = []
+
+    def check_running(self, running_for: float, silent_for: float, frames: int) -> None:
+        self.asked.append(("running", running_for, silent_for))
+
+    def check_pending(self, q: Any, pid: str, waited: float, frames: int) -> None:
+        self.asked.append(("pending", waited, 0.0))
+
+
+def test_the_stuck_rules_are_told_how_long_the_prompt_waited_and_ran() -> None:
+    """No event at all (from t=100): the queue is asked after each 5 s silence. Waiting at
+    t=106 and 112, running at 118 (it started after 112), gone at 124: its result is read."""
+    stuck = StuckInputs()
+    waiting = protocol.QueueState(running=("x",), pending=(PID,))
+    running = protocol.QueueState(running=(PID,))
+    script = Script(
+        lambda s: watching(s, SpeedTracker(), stall=5.0, stuck=stuck),
+        [],
+        start=100.0,
+        queue_states=[waiting, waiting, running],
+    )
+    images = script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    assert [image.filename for image in images] == ["ours.png"]
+    assert script.queue_reads == [106.0, 112.0, 118.0, 124.0]
+    assert stuck.asked == [("pending", 0.0, 0.0), ("pending", 6.0, 0.0), ("running", 6.0, 18.0)]
+
+
+def test_a_finished_prompt_is_recorded_as_the_servers_last_end() -> None:
+    """The next prompt's wait behind it is our own queue, not other clients' work."""
+    waits = QueueWaits()
+    script = Script(
+        lambda s: watching(s, SpeedTracker(), waits=waits),
+        [[executed(PID, "ours.png")], [protocol.Executing(prompt_id=PID)]],
+    )
+    script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    assert waits.foreign_wait("a", submitted=1.0, started=2.0) == 0.0  # ended at t=2
+
+
+class SlowQueue(Script):
+    """Each ``/queue`` read takes a second of the clock; the prompt never leaves ``running``."""
+
+    def queue(self) -> protocol.QueueState:
+        self.now += 1.0
+        return protocol.QueueState(running=(PID,))
+
+
+def test_an_interrupted_prompt_still_running_a_stall_limit_later_is_timed() -> None:
+    script = SlowQueue(lambda s: watching(s, SpeedTracker(), stall=5.0), [], start=100.0)
+    assert script.watch.still_running(script, PID) == 5.0  # from the interrupt, not the epoch
+    stopped = Script(lambda s: watching(s, SpeedTracker(), stall=5.0), [], start=100.0)
+    assert stopped.watch.still_running(stopped, PID) is None
+
+
+class SilentHistory(Script):
+    """``/history`` does not answer in time; ``/queue`` shows our prompt waiting."""
+
+    def history(self, pid: str) -> Optional[dict[str, Any]]:
+        self.history_reads.append(self.now)
+        raise ServerSilent("GET /history: no answer in 10 s", server="a")
+
+
+def test_a_history_read_that_times_out_gives_the_server_up_only_past_the_stall_limit() -> None:
+    """Silent for exactly the limit (t=105) is not yet past it; at the next read it is."""
+    waiting = protocol.QueueState(running=("x",), pending=(PID,))
+    script = SilentHistory(
+        lambda s: watching(s, SpeedTracker(), stall=5.0, history_interval=5.0, stuck=StuckInputs()),
+        [],
+        start=100.0,
+        queue_state=waiting,
+    )
+    with pytest.raises(ServerSilent, match="stopped answering"):
+        script.watch.wait(script, PID, 1, check=script.turn, progress=lambda f, n: None)
+    assert script.history_reads == [105.0, 110.0]
