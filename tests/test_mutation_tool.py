@@ -111,6 +111,16 @@ def test_a_test_that_keeps_killing_a_modules_mutants_moves_up_there_only(
     assert order.order("b.py", tests) == ["t::fast", "t::mid", "t::e2e"]
 
 
+def test_a_hung_test_is_given_three_times_its_measured_time_within_bounds(
+    mutate: ModuleType,
+) -> None:
+    durations = {"t::unit": 0.1, "t::e2e": 8.0, "t::slowest": 40.0}
+    assert mutate.test_timeout(["t::unit"], durations) == 15.0
+    assert mutate.test_timeout(["t::unit", "t::e2e"], durations) == 24.0
+    assert mutate.test_timeout(["t::slowest"], durations) == 60.0
+    assert mutate.test_timeout(["t::unmeasured"], durations) == 60.0
+
+
 def test_the_first_failing_test_is_read_off_pytests_own_summary(
     mutate: ModuleType, tmp_path: Path
 ) -> None:

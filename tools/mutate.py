@@ -592,8 +592,21 @@ def first_failure(output: str) -> str:
     return ""
 
 
+def test_timeout(tests: list[str], durations: dict[str, float]) -> float:
+    """Seconds one test may take before it counts as hung: three times the slowest of
+    ``tests`` as measured under coverage (itself slower than a plain run), at least 15 s and
+    at most 60 s. A mutant that hangs a 2 s test is killed in 15 s, not 60."""
+    slowest = max((durations.get(t, 20.0) for t in tests), default=20.0)
+    return min(60.0, max(15.0, 3 * slowest))
+
+
 def run_mutant(
-    mutant: Mutant, tests: list[str], copy: Path, python: str, timeout: float
+    mutant: Mutant,
+    tests: list[str],
+    copy: Path,
+    python: str,
+    timeout: float,
+    per_test: float = 60.0,
 ) -> Verdict:
     if not tests:
         return Verdict(mutant, False, "no test runs this line")
@@ -603,7 +616,7 @@ def run_mutant(
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            _pytest(copy, python, tests, "--timeout", "60"),
+            _pytest(copy, python, tests, "--timeout", f"{per_test:g}"),
             cwd=copy,
             env=env,
             capture_output=True,
@@ -683,7 +696,8 @@ def run_all(
         tests = learnt.order(module, tests_for(mutant, test_map))
         copy = free.pop()
         try:
-            verdict = run_mutant(mutant, tests, copy, python, timeout=300)
+            per_test = test_timeout(tests, test_map.durations)
+            verdict = run_mutant(mutant, tests, copy, python, timeout=300, per_test=per_test)
         finally:
             free.append(copy)
         # Only a clear answer teaches the order (not a time-out, a crash or an unnamed failure).
