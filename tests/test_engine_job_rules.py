@@ -633,6 +633,27 @@ def test_the_sweep_deletes_queued_and_interrupts_running_prompts_of_the_job() ->
     assert book.live_prompts() == {"b": ("x",)}
 
 
+def test_a_sweep_abandoned_on_a_silent_server_leaves_only_a_daemon_thread() -> None:
+    """A server that does not answer the clean-up must not keep Nuke (or the command) from
+    exiting: its sweep thread is abandoned after the timeout, and is a daemon."""
+    release = threading.Event()
+
+    class Silent(SweptClient):
+        def queue(self) -> QueueState:
+            release.wait(10)
+            return super().queue()
+
+    job = RenderJob(NO_INPUT, "1", "o.####.png")
+    book = book_for(job, [], servers=("hung",))
+    book.prompt_submitted("hung", "p1")
+    try:
+        sweep_prompts(book, [server("hung")], lambda cfg: Silent(), timeout=0.2)
+        [thread] = [t for t in threading.enumerate() if t.name == "comfy-cluster-hung-sweep"]
+        assert thread.daemon
+    finally:
+        release.set()
+
+
 # -- tools: the retrying call --------------------------------------------------------------------
 
 

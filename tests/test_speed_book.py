@@ -58,11 +58,14 @@ def test_the_book_keeps_one_record_per_shape_and_only_the_latest_few() -> None:
     book = SpeedBook(keep=2)
     twenty = book.for_workflow(sampler(20))
     assert book.for_workflow(sampler(20, seed=9)) is twenty
-    assert book.for_workflow(sampler(30)) is not twenty
+    thirty = book.for_workflow(sampler(30))
+    assert thirty is not twenty
     book.for_workflow(sampler(20))  # used again: the most recent
-    book.for_workflow(sampler(40))  # pushes out the least recent (30 steps)
+    forty = book.for_workflow(sampler(40))  # pushes out the least recent (30 steps)
     assert len(book) == 2
+    assert book.for_workflow(sampler(40)) is forty  # the newest shape is kept
     assert book.for_workflow(sampler(20)) is twenty
+    assert book.for_workflow(sampler(30)) is not thirty  # learnt again from scratch
     with pytest.raises(ValueError, match="keep"):
         SpeedBook(keep=0)
 
