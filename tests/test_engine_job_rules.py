@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -631,6 +632,24 @@ def test_the_sweep_deletes_queued_and_interrupts_running_prompts_of_the_job() ->
     assert [c for c in clients["c"].calls if c[0] != "queue"] == []
     assert all(c.closed for c in clients.values())
     assert book.live_prompts() == {"b": ("x",)}
+
+
+def test_the_sweep_waits_for_a_slow_server_within_its_timeout() -> None:
+    """The end of a job is not reported while a clean-up that will succeed is still under
+    way: a server answering in 0.3 s has its queued prompt deleted before the sweep returns."""
+
+    class Slow(SweptClient):
+        def queue(self) -> QueueState:
+            time.sleep(0.3)
+            return super().queue()
+
+    job = RenderJob(NO_INPUT, "1", "o.####.png")
+    book = book_for(job, [], servers=("slow",))
+    book.prompt_submitted("slow", "p1")
+    client = Slow(pending=("p1",))
+    sweep_prompts(book, [server("slow")], lambda cfg: client, timeout=5.0)
+    assert ("delete", ("p1",)) in client.calls
+    assert book.live_prompts() == {}
 
 
 def test_a_sweep_abandoned_on_a_silent_server_leaves_only_a_daemon_thread() -> None:
