@@ -634,7 +634,9 @@ def test_the_sweep_deletes_queued_and_interrupts_running_prompts_of_the_job() ->
     assert book.live_prompts() == {"b": ("x",)}
 
 
-def test_the_sweep_waits_for_a_slow_server_within_its_timeout() -> None:
+def test_the_sweep_waits_for_a_slow_server_within_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The end of a job is not reported while a clean-up that will succeed is still under
     way: a server answering in 0.3 s has its queued prompt deleted before the sweep returns."""
 
@@ -650,9 +652,12 @@ def test_the_sweep_waits_for_a_slow_server_within_its_timeout() -> None:
     sweep_prompts(book, [server("slow")], lambda cfg: client, timeout=5.0)
     assert ("delete", ("p1",)) in client.calls
     assert book.live_prompts() == {}
+    assert "abandoned" not in caplog.text
 
 
-def test_a_sweep_abandoned_on_a_silent_server_leaves_only_a_daemon_thread() -> None:
+def test_a_sweep_abandoned_on_a_silent_server_leaves_only_a_daemon_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A server that does not answer the clean-up must not keep Nuke (or the command) from
     exiting: its sweep thread is abandoned after the timeout, and is a daemon."""
     release = threading.Event()
@@ -669,6 +674,7 @@ def test_a_sweep_abandoned_on_a_silent_server_leaves_only_a_daemon_thread() -> N
         sweep_prompts(book, [server("hung")], lambda cfg: Silent(), timeout=0.2)
         [thread] = [t for t in threading.enumerate() if t.name == "comfy-cluster-hung-sweep"]
         assert thread.daemon
+        assert "hung: no answer to the clean-up within 0.2 s; abandoned" in caplog.text
     finally:
         release.set()
 
