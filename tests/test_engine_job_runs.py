@@ -506,6 +506,28 @@ def test_the_health_monitor_is_told_while_a_job_runs(shot: Shot) -> None:
     assert health.active == [(True, f"job-{job.job_id}"), (False, f"job-{job.job_id}")]
 
 
+class HealthInUse(Health):
+    """Also records which servers the job's slots say they use (polled less meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_use: list[tuple[str, bool]] = []
+
+    def note_in_use(self, server: str, in_use: bool) -> None:
+        self.in_use.append((server, in_use))
+
+
+def test_each_slot_tells_the_monitor_it_uses_its_server_until_it_ends(shot: Shot) -> None:
+    """Our own prompts prove a server alive, so the monitor polls it less while a slot works
+    there; every slot that started must also say it stopped, or the server stays slow-polled."""
+    health = HealthInUse()
+    with FakeCluster([FakeServer("m", max_in_flight=2)]) as cluster:
+        result = run(cluster, shot.job("1-4"), health=health)
+    assert result.ok
+    assert sorted(health.in_use) == [("m", False), ("m", False), ("m", True), ("m", True)]
+    assert health.in_use[0] == ("m", True)
+
+
 class BrokenOnce:
     """A speed record that fails once on the job's own thread (a bug in a collaborator)."""
 
