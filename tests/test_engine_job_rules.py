@@ -634,6 +634,13 @@ def test_the_sweep_deletes_queued_and_interrupts_running_prompts_of_the_job() ->
     assert book.live_prompts() == {"b": ("x",)}
 
 
+def one_prompt_on(name: str) -> JobBook:
+    """A one-frame job's book whose prompt ``p1`` was sent to server ``name``."""
+    book = book_for(RenderJob(NO_INPUT, "1", "o.####.png"), [], servers=(name,))
+    book.prompt_submitted(name, "p1")
+    return book
+
+
 def test_the_sweep_waits_for_a_slow_server_within_its_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -645,9 +652,7 @@ def test_the_sweep_waits_for_a_slow_server_within_its_timeout(
             time.sleep(0.3)
             return super().queue()
 
-    job = RenderJob(NO_INPUT, "1", "o.####.png")
-    book = book_for(job, [], servers=("slow",))
-    book.prompt_submitted("slow", "p1")
+    book = one_prompt_on("slow")
     client = Slow(pending=("p1",))
     sweep_prompts(book, [server("slow")], lambda cfg: client, timeout=5.0)
     assert ("delete", ("p1",)) in client.calls
@@ -667,9 +672,7 @@ def test_a_sweep_abandoned_on_a_silent_server_leaves_only_a_daemon_thread(
             release.wait(10)
             return super().queue()
 
-    job = RenderJob(NO_INPUT, "1", "o.####.png")
-    book = book_for(job, [], servers=("hung",))
-    book.prompt_submitted("hung", "p1")
+    book = one_prompt_on("hung")
     try:
         sweep_prompts(book, [server("hung")], lambda cfg: Silent(), timeout=0.2)
         [thread] = [t for t in threading.enumerate() if t.name == "comfy-cluster-hung-sweep"]

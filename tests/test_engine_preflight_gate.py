@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -126,6 +126,15 @@ class HangingInfo:
         self.client.close()
 
 
+def hanging_checks(release: threading.Event) -> Callable[[ServerConfig, Timeouts], Any]:
+    """A check factory whose every ``/object_info`` waits for ``release``."""
+
+    def check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
+        return HangingInfo(ComfyClient(server, timeouts=timeouts), release)
+
+    return check_factory
+
+
 def test_a_slow_check_does_not_delay_another_servers_first_prompt(
     tmp_path: Path, sim_factory: Any
 ) -> None:
@@ -167,9 +176,7 @@ def test_a_silent_check_is_given_up_within_the_jobs_idle_limit(
     only = sim_factory(name="only", node_seconds=0.01)
     release = threading.Event()
 
-    def check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
-        return HangingInfo(ComfyClient(server, timeouts=timeouts), release)
-
+    check_factory = hanging_checks(release)
     inputs, output = shot(tmp_path, 2)
     rec = Recorder()
     started = time.monotonic()
@@ -193,9 +200,7 @@ def test_a_check_answering_within_half_the_idle_limit_is_waited_for(
     only = sim_factory(name="only", node_seconds=0.01)
     release = threading.Event()
 
-    def check_factory(server: ServerConfig, timeouts: Timeouts) -> Any:
-        return HangingInfo(ComfyClient(server, timeouts=timeouts), release)
-
+    check_factory = hanging_checks(release)
     inputs, output = shot(tmp_path, 1)
     rec = Recorder()
     answer = threading.Timer(4.5, release.set)
