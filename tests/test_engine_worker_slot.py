@@ -322,6 +322,35 @@ def test_finished_prompts_leave_nothing_for_the_cancel_sweep(shot: Shot) -> None
     assert sorted(rig.written()) == [1, 2, 3]
 
 
+def test_a_slot_that_never_rendered_copies_a_stuck_chunk_then_the_next(shot: Shot) -> None:
+    """Speculative tail from a fresh slot: ``b``'s first slot rendered a chunk (so ``b``'s
+    pace is known), its second has never spoken to the server. Server ``a`` sits on two
+    chunks. The fresh slot connects, copies one chunk, ends that copy and goes back for the
+    other: the job ends with every frame written once, nothing left queued on ``a``."""
+    a, b = FakeServer("a", max_in_flight=2), FakeServer("b", max_in_flight=2)
+    a.hold()
+    with FakeCluster([a, b]) as cluster:
+        rig = SlotRig(cluster, shot.job("1-6", chunk_size=2), stall_timeout=30.0)
+        holders = rig.start(rig.slot("a", 0), rig.slot("a", 1))
+        deadline = time.monotonic() + 5
+        while len(a.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = rig.slot("b", 0)  # run by hand: it renders one chunk, then stays idle
+        attempt = rig.book.next_attempt(first.slot, 5.0)
+        assert attempt and attempt.chunk.frames == (5, 6), attempt
+        rig.book.finish_attempt(attempt, first._attempt(attempt))
+        try:
+            rig.join(holders + rig.start(rig.slot("b", 1)), timeout=10.0)
+        finally:
+            first.link.close()
+        left = a.our_prompts_left()
+    copies = rig.of(ev.ChunkSpeculated)
+    assert [(c.server, c.holder) for c in copies] == [("b", "a"), ("b", "a")], copies
+    assert sorted(rig.written()) == [1, 2, 3, 4, 5, 6]
+    assert left == []
+    shot.check(range(1, 7))
+
+
 # --- a stuck prompt -----------------------------------------------------------------------------
 
 
