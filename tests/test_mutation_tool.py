@@ -121,6 +121,23 @@ def test_a_hung_test_is_given_three_times_its_measured_time_within_bounds(
     assert mutate.test_timeout(["t::unmeasured"], durations) == 60.0
 
 
+def test_a_whole_run_is_given_a_minute_plus_three_times_its_tests(mutate: ModuleType) -> None:
+    durations = {"t::unit": 1.0, "t::e2e": 9.0, "t::slowest": 100.0}
+    assert mutate.run_timeout(["t::unit", "t::e2e"], durations) == 90.0
+    assert mutate.run_timeout(["t::e2e", "t::slowest"], durations) == 300.0
+    assert mutate.run_timeout(["t::unmeasured"], durations) == 120.0
+
+
+def test_the_coverage_pass_splits_test_files_into_groups_of_about_equal_size(
+    mutate: ModuleType,
+) -> None:
+    sizes = {"a": 90, "b": 50, "c": 40, "d": 10, "e": 5}
+    groups = mutate.split_files(list(sizes), sizes.__getitem__, 2)
+    assert sorted(sum(sizes[f] for f in g) for g in groups) == [95, 100]
+    assert sorted(f for g in groups for f in g) == sorted(sizes)
+    assert mutate.split_files(["a"], sizes.__getitem__, 2) == [["a"]]  # never an empty group
+
+
 def test_the_first_failing_test_is_read_off_pytests_own_summary(
     mutate: ModuleType, tmp_path: Path
 ) -> None:

@@ -419,13 +419,51 @@ def fingerprints(sources: dict[Path, str]) -> tuple[str, dict[str, str]]:
     return _digest(*shared), test_files
 
 
+def split_files(
+    files: Sequence[str], weight: Callable[[str], float], parts: int
+) -> list[list[str]]:
+    """``files`` in up to ``parts`` groups of about equal total ``weight`` (heaviest first,
+    each into the lightest group): the coverage pass runs one pytest per group at once."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(parts, len(files))))]
+    totals = [0.0] * len(groups)
+    for name in sorted(files, key=lambda f: (-weight(f), f)):
+        lightest = totals.index(min(totals))
+        groups[lightest].append(name)
+        totals[lightest] += weight(name)
+    return [sorted(group) for group in groups]
+
+
 def collect_coverage(
-    snapshot: Path, workdir: Path, python: str, tests: Sequence[str] = ()
+    snapshot: Path, workdir: Path, python: str, tests: Sequence[str] = (), parts: int = 1
 ) -> CoverageMap:
-    """Run the suite (or only ``tests``) in ``snapshot`` under coverage, one context per test."""
+    """Run the suite (or only ``tests``) in ``snapshot`` under coverage, one context per test:
+    the test files split in ``parts`` groups (by size), each group's pytest run at once."""
     plugin_dir = workdir / "_mutate_plugin"
     plugin_dir.mkdir(exist_ok=True)
     (plugin_dir / "mutate_contexts.py").write_text(_PLUGIN_SOURCE)
+    files = list(tests) or sorted(
+        str(p.relative_to(snapshot)) for p in (snapshot / "tests").glob("test_*.py")
+    )
+    groups = split_files(files, lambda f: (snapshot / f).stat().st_size, parts)
+    what = f"{len(tests)} changed test files" if tests else "the suite"
+    print(f"collecting per-test coverage ({what}, {len(groups)} at once)...", flush=True)
+    runs = [
+        _start_coverage(snapshot, workdir / f"part{n}", plugin_dir, python, group)
+        for n, group in enumerate(groups)
+    ]
+    test_map = CoverageMap({}, {})
+    for run in runs:
+        test_map = _merge(test_map, _finish_coverage(snapshot, *run), set())
+    if not test_map.lines:
+        raise SystemExit(f"coverage measured nothing under {snapshot}: wrong PYTHONPATH?")
+    return test_map
+
+
+def _start_coverage(
+    snapshot: Path, workdir: Path, plugin_dir: Path, python: str, tests: Sequence[str]
+) -> tuple[subprocess.Popen, Path, Path]:
+    """One pytest under coverage over ``tests``, started (its data files in ``workdir``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     rc = workdir / "coveragerc"
     data = workdir / ".coverage"
     data.unlink(missing_ok=True)
@@ -437,12 +475,20 @@ def collect_coverage(
     env = dict(_env(snapshot, plugin_dir), MUTATE_DURATIONS=str(durations_file))
     cmd = [python, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q"]
     cmd += ["-p", "no:cacheprovider", "-p", "mutate_contexts", *tests]
-    what = f"{len(tests)} changed test files" if tests else "one run of the suite"
-    print(f"collecting per-test coverage ({what})...", flush=True)
-    proc = subprocess.run(cmd, cwd=snapshot, env=env, capture_output=True, text=True)
-    if proc.returncode not in (0, 1) or not durations_file.exists():
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"the test suite did not run (pytest exit {proc.returncode})")
+    out = (workdir / "pytest.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=snapshot, env=env, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    return proc, data, durations_file
+
+
+def _finish_coverage(
+    snapshot: Path, proc: subprocess.Popen, data: Path, durations_file: Path
+) -> CoverageMap:
+    """Wait for one coverage run; read which tests ran each line and how long each took."""
+    code = proc.wait()
+    if code not in (0, 1) or not durations_file.exists():
+        sys.stderr.write((data.parent / "pytest.log").read_text()[-6000:])
+        raise SystemExit(f"the test suite did not run (pytest exit {code})")
     outcome = json.loads(durations_file.read_text())
     failed = set(outcome["failed"])
     if failed:
@@ -463,8 +509,6 @@ def collect_coverage(
             line: sorted(c for c in contexts if c and c not in failed)
             for line, contexts in by_line.items()
         }
-    if not lines:
-        raise SystemExit(f"coverage measured nothing under {snapshot}: wrong PYTHONPATH?")
     durations = {t: d for t, d in outcome["durations"].items() if t not in failed}
     return CoverageMap(lines, durations)
 
@@ -489,7 +533,12 @@ def _merge(old: CoverageMap, new: CoverageMap, replaced: set[str]) -> CoverageMa
 
 
 def load_or_collect(
-    cache: Optional[Path], sources: dict[Path, str], snapshot: Path, workdir: Path, python: str
+    cache: Optional[Path],
+    sources: dict[Path, str],
+    snapshot: Path,
+    workdir: Path,
+    python: str,
+    parts: int = 1,
 ) -> CoverageMap:
     """The coverage map from ``cache`` when made from the same modules and helpers; test files
     changed since are measured again (alone) and merged in."""
@@ -509,12 +558,12 @@ def load_or_collect(
         print(f"coverage reused from {cache}; {len(changed)} test files changed", flush=True)
         if present:
             test_map = _merge(
-                test_map, collect_coverage(snapshot, workdir, python, present), changed
+                test_map, collect_coverage(snapshot, workdir, python, present, parts), changed
             )
         elif changed:
             test_map = _merge(test_map, CoverageMap({}, {}), changed)
     else:
-        test_map = collect_coverage(snapshot, workdir, python)
+        test_map = collect_coverage(snapshot, workdir, python, parts=parts)
     if cache is not None:
         row = {
             "key": key,
@@ -598,6 +647,13 @@ def test_timeout(tests: list[str], durations: dict[str, float]) -> float:
     at most 60 s. A mutant that hangs a 2 s test is killed in 15 s, not 60."""
     slowest = max((durations.get(t, 20.0) for t in tests), default=20.0)
     return min(60.0, max(15.0, 3 * slowest))
+
+
+def run_timeout(tests: list[str], durations: dict[str, float]) -> float:
+    """Seconds a mutant's whole run may take: a minute of start-up and slack plus three times
+    its tests' measured time, at most five minutes. A mutant that hangs outside any test (at
+    the interpreter's exit, say) costs that, not always five minutes."""
+    return min(300.0, 60.0 + 3 * sum(durations.get(t, 20.0) for t in tests))
 
 
 def run_mutant(
@@ -697,7 +753,8 @@ def run_all(
         copy = free.pop()
         try:
             per_test = test_timeout(tests, test_map.durations)
-            verdict = run_mutant(mutant, tests, copy, python, timeout=300, per_test=per_test)
+            timeout = run_timeout(tests, test_map.durations)
+            verdict = run_mutant(mutant, tests, copy, python, timeout=timeout, per_test=per_test)
         finally:
             free.append(copy)
         # Only a clear answer teaches the order (not a time-out, a crash or an unnamed failure).
@@ -794,7 +851,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
         snapshot = Path(tmp) / "snapshot"
         make_snapshot(snapshot, sources)
-        test_map = load_or_collect(cache, sources, snapshot, Path(tmp), sys.executable)
+        test_map = load_or_collect(
+            cache, sources, snapshot, Path(tmp), sys.executable, parts=args.jobs
+        )
         print(f"coverage ready in {time.monotonic() - began:.0f} s; {len(mutants)} mutants")
         for done, verdict in enumerate(
             run_all(mutants, test_map, snapshot, args.jobs, sys.executable), 1
