@@ -7,8 +7,11 @@ the code it listed, and counts a mutant as killed only when a test caught it.
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -151,6 +154,51 @@ def test_the_first_failing_test_is_read_off_pytests_own_summary(
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True).stdout
     assert mutate.first_failure(out) == "test_x.py::test_bad[2]", out
     assert mutate.first_failure("1 passed in 0.01s\n") == ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the warm runner forks")
+@pytest.mark.parametrize("warm", [True, False])
+def test_the_runner_gives_pytests_answer_and_kills_a_hung_run_with_its_children(
+    mutate: ModuleType, tmp_path: Path, warm: bool
+) -> None:
+    """Each run imports the tests afresh (a changed file is seen), says pass or fail with
+    pytest's output, and a run out of time is killed with every process it started."""
+    test = tmp_path / "test_x.py"
+    test.write_text("def test_it():\n    assert True\n")
+    runner = mutate.PytestRunner(tmp_path, sys.executable, warm=warm)
+    try:
+        assert runner(mutate._pytest_args(["test_x.py"]), 60)[0] == 0
+        test.write_text("def test_it():\n    assert False, 'planted'\n")
+        code, output = runner(mutate._pytest_args(["test_x.py"]), 60)
+        assert code == 1 and mutate.first_failure(output) == "test_x.py::test_it"
+        pid_file = tmp_path / "child.pid"
+        test.write_text(
+            "import subprocess, time\n"
+            "def test_it():\n"
+            "    child = subprocess.Popen(['sleep', '60'])\n"
+            f"    open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "    time.sleep(60)\n"
+        )
+        assert runner(mutate._pytest_args(["test_x.py"]), 3)[0] is None
+    finally:
+        runner.close()
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while warm and _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not (warm and alive)  # a cold run's time-out kills pytest only (subprocess.run)
 
 
 def test_a_changed_test_file_replaces_its_own_tests_only(mutate: ModuleType) -> None:

@@ -627,9 +627,65 @@ def verdict_for_code(mutant: Mutant, code: int, clean_code: Callable[[], int]) -
 _SKIPPED_PLUGINS = ("no:cacheprovider", "no:hypothesispytest")
 
 
-def _pytest(copy: Path, python: str, tests: list[str], *extra: str) -> list[str]:
+def _pytest_args(tests: list[str], *extra: str) -> list[str]:
     plugins = [arg for name in _SKIPPED_PLUGINS for arg in ("-p", name)]
-    return [python, "-m", "pytest", "-x", "-q", *plugins, *extra, *tests]
+    return ["-x", "-q", *plugins, *extra, *tests]
+
+
+def _pytest(python: str, tests: list[str], *extra: str) -> list[str]:
+    return [python, "-m", "pytest", *_pytest_args(tests, *extra)]
+
+
+class PytestRunner:
+    """Runs pytest in one copy of the snapshot: each run in a forked child of a warm process
+    (``warm_pytest.py``: the interpreter, pytest and our third-party imports paid once), or with
+    ``warm=False`` in a fresh interpreter. Either way our code is imported afresh each run.
+    One thread at a time (each worker copy has its own)."""
+
+    def __init__(self, copy: Path, python: str, *, warm: bool = True) -> None:
+        self.copy = copy
+        self.python = python
+        self._out = copy / ".mutate-pytest.out"
+        self._server: Optional[subprocess.Popen] = None
+        if warm:
+            self._server = subprocess.Popen(
+                [python, str(Path(__file__).with_name("warm_pytest.py"))],
+                cwd=copy,
+                env=_env(copy),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+
+    def __call__(self, args: list[str], timeout: float) -> tuple[Optional[int], str]:
+        """pytest's exit code (None: out of time, killed) and its output."""
+        if self._server is None:
+            try:
+                proc = subprocess.run(
+                    [self.python, "-m", "pytest", *args],
+                    cwd=self.copy,
+                    env=_env(self.copy),
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired:
+                return None, ""
+            return proc.returncode, proc.stdout
+        assert self._server.stdin is not None and self._server.stdout is not None
+        request = {"args": args, "out": str(self._out), "timeout": timeout}
+        self._server.stdin.write(json.dumps(request) + "\n")
+        self._server.stdin.flush()
+        reply = self._server.stdout.readline()
+        if not reply:
+            raise SystemExit(f"the warm pytest of {self.copy} died")
+        output = self._out.read_text(errors="replace") if self._out.exists() else ""
+        return json.loads(reply)["code"], output
+
+    def close(self) -> None:
+        if self._server is not None and self._server.stdin is not None:
+            self._server.stdin.close()
+            self._server.wait(10)
 
 
 def first_failure(output: str) -> str:
@@ -659,39 +715,30 @@ def run_timeout(tests: list[str], durations: dict[str, float]) -> float:
 def run_mutant(
     mutant: Mutant,
     tests: list[str],
-    copy: Path,
-    python: str,
+    runner: PytestRunner,
     timeout: float,
     per_test: float = 60.0,
 ) -> Verdict:
     if not tests:
         return Verdict(mutant, False, "no test runs this line")
-    target = copy / mutant.relpath
+    target = runner.copy / mutant.relpath
     target.write_text(mutant.planted(), "utf-8")
-    env = _env(copy)
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            _pytest(copy, python, tests, "--timeout", f"{per_test:g}"),
-            cwd=copy,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        return Verdict(mutant, True, "timeout", time.monotonic() - started)
+        code, output = runner(_pytest_args(tests, "--timeout", f"{per_test:g}"), timeout)
     finally:
         target.write_text(mutant.source, "utf-8")
     seconds = time.monotonic() - started
+    if code is None:
+        return Verdict(mutant, True, "timeout", seconds)
 
     def clean_code() -> int:
-        cmd = _pytest(copy, python, tests, "--collect-only")
-        return subprocess.run(cmd, cwd=copy, env=env, capture_output=True).returncode
+        cmd = _pytest(runner.python, tests, "--collect-only")
+        env = _env(runner.copy)
+        return subprocess.run(cmd, cwd=runner.copy, env=env, capture_output=True).returncode
 
     verdict = verdict_for_code(mutant, code, clean_code)
-    killer = first_failure(proc.stdout) if code == _FAILED else ""
+    killer = first_failure(output) if code == _FAILED else ""
     return replace(verdict, seconds=seconds, killer=killer)
 
 
@@ -737,33 +784,43 @@ class TestOrder:
 
 
 def run_all(
-    mutants: list[Mutant], test_map: CoverageMap, snapshot: Path, jobs: int, python: str
+    mutants: list[Mutant],
+    test_map: CoverageMap,
+    snapshot: Path,
+    jobs: int,
+    python: str,
+    warm: bool = True,
 ) -> Iterator[Verdict]:
     copies = [snapshot.parent / f"w{i}" for i in range(jobs)]
     for copy in copies:
         shutil.copytree(snapshot, copy)
     check_imports_from(copies[0], python)
-    free = list(copies)
+    runners = [PytestRunner(copy, python, warm=warm) for copy in copies]
+    free = list(runners)
 
     learnt = TestOrder(test_map.durations)
 
     def work(mutant: Mutant) -> Verdict:
         module = str(mutant.relpath)
         tests = learnt.order(module, tests_for(mutant, test_map))
-        copy = free.pop()
+        runner = free.pop()
         try:
             per_test = test_timeout(tests, test_map.durations)
             timeout = run_timeout(tests, test_map.durations)
-            verdict = run_mutant(mutant, tests, copy, python, timeout=timeout, per_test=per_test)
+            verdict = run_mutant(mutant, tests, runner, timeout=timeout, per_test=per_test)
         finally:
-            free.append(copy)
+            free.append(runner)
         # Only a clear answer teaches the order (not a time-out, a crash or an unnamed failure).
         if verdict.why == "survived" or verdict.killer in tests:
             learnt.record(module, tests, verdict.killer)
         return verdict
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        yield from pool.map(work, mutants)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            yield from pool.map(work, mutants)
+    finally:
+        for runner in runners:
+            runner.close()
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -806,6 +863,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel workers (default 2)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument(
+        "--cold",
+        dest="warm",
+        action="store_false",
+        help="start a fresh interpreter for every mutant (default: fork a warm one, POSIX)",
+    )
     parser.add_argument("--min-score", type=float, default=0.90, help="default 0.90")
     parser.add_argument("--json", help="also write every verdict to this file (as they come)")
     parser.add_argument(
@@ -856,7 +919,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         print(f"coverage ready in {time.monotonic() - began:.0f} s; {len(mutants)} mutants")
         for done, verdict in enumerate(
-            run_all(mutants, test_map, snapshot, args.jobs, sys.executable), 1
+            run_all(mutants, test_map, snapshot, args.jobs, sys.executable, args.warm), 1
         ):
             verdicts.append(verdict)
             if not verdict.killed:
