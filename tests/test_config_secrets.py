@@ -206,3 +206,18 @@ def test_servers_command_masks_loaded_secrets(monkeypatch, capsys, env):
         )
         assert result.code == 0 and result.err == ""
         assert SECRET not in result.out
+
+
+def test_a_header_value_problem_names_its_character_counting_from_one() -> None:
+    """The position helps a user find the stray character; the value itself is never shown."""
+    from comfy_cluster.core.config.credentials import parse_token
+
+    with pytest.raises(ConfigError) as caught:
+        parse_token("\nabc", "servers.json", "", "a")
+    assert "(character 1)" in str(caught.value) and "abc" not in str(caught.value)
+
+
+def test_a_tilde_is_printable_ascii_and_may_be_sent() -> None:
+    from comfy_cluster.core.config.credentials import parse_token
+
+    assert parse_token("abc~def", "servers.json", "", "a") == "abc~def"

@@ -193,7 +193,8 @@ def test_an_idle_slot_keeps_reading_its_queue(tmp_path: Path) -> None:
     """A slot with no work reads its server once per interval: another client's model that
     arrives there meanwhile decides whether our next chunk may go there."""
     reads = Reads()
-    a, b = FakeServer("a", seconds=4 * MODELS_POLL), FakeServer("b")
+    # Both render slowly: whichever takes the frame, the other idles about two seconds.
+    a, b = (FakeServer(name, seconds=4 * MODELS_POLL) for name in ("a", "b"))
     with FakeCluster([a, b]) as cluster:
         rig = model_rig(cluster, job_of(tmp_path, "1"), reads)
         rig.run()
