@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fake_comfy import FakeClient, FakeCluster, FakeServer, SlotRig
+from fixtures_sim import wait_until
 from workflows import invert_workflow
 
 from comfy_cluster.core.engine import events as ev
@@ -204,18 +207,23 @@ def test_an_idle_slot_keeps_reading_its_queue(tmp_path: Path) -> None:
     assert len(reads.of("queue", idle)) >= 3, reads.of("queue", idle)
 
 
-def test_our_prompt_waiting_in_the_queue_is_not_taken_back(tmp_path: Path) -> None:
-    """A prompt of ours queued behind other work waits there: only another client's model
-    taking the server moves it. It is sent once."""
-    reads = Reads()
+@contextmanager
+def prompt_held_in_queue(tmp_path: Path) -> Iterator[tuple[FakeServer, SlotRig, list]]:
+    """A one-frame job whose prompt waits in held server ``a``'s queue, its slot running (the
+    stall limit far off, so only the rule under test ends the wait)."""
     a = FakeServer("a")
     a.hold()
     with FakeCluster([a]) as cluster:
-        rig = model_rig(cluster, job_of(tmp_path, "1"), reads, stall_timeout=30.0)
+        rig = model_rig(cluster, job_of(tmp_path, "1"), Reads(), stall_timeout=30.0)
         threads = rig.start()
-        deadline = time.monotonic() + 5
-        while not a.received and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: a.received, 5.0)
+        yield a, rig, threads
+
+
+def test_our_prompt_waiting_in_the_queue_is_not_taken_back(tmp_path: Path) -> None:
+    """A prompt of ours queued behind other work waits there: only another client's model
+    taking the server moves it. It is sent once."""
+    with prompt_held_in_queue(tmp_path) as (a, rig, threads):
         time.sleep(3 * MODELS_POLL)  # several reads see it pending
         a.release()
         rig.join(threads)
@@ -227,15 +235,7 @@ def test_our_prompt_waiting_in_the_queue_is_not_taken_back(tmp_path: Path) -> No
 def test_a_job_that_ends_interrupts_the_prompts_still_waiting(tmp_path: Path) -> None:
     """Another slot failed the job (say its disk is full): a prompt of ours still waiting on a
     server is deleted there at once, not at the stall limit."""
-    reads = Reads()
-    a = FakeServer("a")
-    a.hold()
-    with FakeCluster([a]) as cluster:
-        rig = model_rig(cluster, job_of(tmp_path, "1"), reads, stall_timeout=30.0)
-        threads = rig.start()
-        deadline = time.monotonic() + 5
-        while not a.received and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with prompt_held_in_queue(tmp_path) as (a, rig, threads):
         rig.book.fail("disk full on another slot")
         rig.join(threads, timeout=5.0)
         assert a.our_prompts_left() == []

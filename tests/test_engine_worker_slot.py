@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fake_comfy import FakeClient, FakeCluster, FakeServer, SlotRig, invert
+from fixtures_sim import wait_until
 from workflows import invert_workflow
 
 from comfy_cluster.core import protocol
@@ -332,9 +333,7 @@ def test_a_slot_that_never_rendered_copies_a_stuck_chunk_then_the_next(shot: Sho
     with FakeCluster([a, b]) as cluster:
         rig = SlotRig(cluster, shot.job("1-6", chunk_size=2), stall_timeout=30.0)
         holders = rig.start(rig.slot("a", 0), rig.slot("a", 1))
-        deadline = time.monotonic() + 5
-        while len(a.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(a.received) >= 2, 5.0)  # both chunks wait in a's queue
         first = rig.slot("b", 0)  # run by hand: it renders one chunk, then stays idle
         attempt = rig.book.next_attempt(first.slot, 5.0)
         assert attempt and attempt.chunk.frames == (5, 6), attempt

@@ -673,6 +673,7 @@ class PytestRunner:
                 return None, ""
             return proc.returncode, proc.stdout
         assert self._server.stdin is not None and self._server.stdout is not None
+        self._out.unlink(missing_ok=True)  # never an earlier run's output for this one's
         request = {"args": args, "out": str(self._out), "timeout": timeout}
         self._server.stdin.write(json.dumps(request) + "\n")
         self._server.stdin.flush()

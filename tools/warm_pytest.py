@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Optional
 
 #: What every run imports that is not ours (import errors are fine: the run will report them).
@@ -60,6 +61,8 @@ def run(args: list[str], out: str, timeout: float) -> Optional[int]:
             import pytest
 
             code = int(pytest.main(args))
+        except BaseException:
+            traceback.print_exc()  # into ``out``: the parent reports it as a tool error
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
